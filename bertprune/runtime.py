@@ -1,0 +1,49 @@
+"""ONNX Runtime sessions with execution providers chosen explicitly.
+
+onnxruntime-gpu lists CUDA/TensorRT providers even on machines without a usable GPU, so the list of
+*available* providers says nothing; a CUDA provider is used only when torch sees a CUDA device and
+the session really comes up on it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def cuda_usable() -> bool:
+    import onnxruntime as ort
+    import torch
+
+    return torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def choose_providers(device: str = "auto") -> list[str]:
+    """Providers for ``device``: cpu -> CPU; cuda -> CUDA (error if unusable); auto -> CUDA if usable else CPU."""
+    if device not in DEVICES:
+        raise ValueError(f"runtime device {device!r}; expected one of {DEVICES}")
+    if device == "cpu" or (device == "auto" and not cuda_usable()):
+        return ["CPUExecutionProvider"]
+    if not cuda_usable():
+        raise RuntimeError("device=cuda needs a CUDA GPU visible to torch and onnxruntime-gpu's CUDA provider; "
+                           "none is usable here. Use device=cpu (or auto).")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def make_session(path, device: str = "auto", intra_op_threads: int | None = None):
+    """An ``onnxruntime.InferenceSession`` and the provider it actually runs on."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if intra_op_threads:
+        opts.intra_op_num_threads = intra_op_threads
+    opts.log_severity_level = 3
+    providers = choose_providers(device)
+    session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    used = session.get_providers()[0]
+    if providers[0] != used:
+        log.warning("Asked for %s, ONNX Runtime runs on %s", providers[0], used)
+    return session, used

@@ -1,0 +1,141 @@
+"""Fine-tune a dense teacher (train.py) and cache it by (model, task, training config)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from bertprune.data import Task, load_task_data, tokenize
+from bertprune.evaluate import evaluate
+from bertprune.hardware import check_hardware, trainer_kwargs
+from bertprune.models import atomic_dir, check_source, load_model, load_tokenizer, tiny_bert, write_checkpoint
+from bertprune.resources import cache_dir, config_key, sha256_file
+
+log = logging.getLogger(__name__)
+COMPLETE = "COMPLETE.json"
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    metrics: dict
+    cached: bool
+
+
+def build_model(model_cfg, task: Task, tokenizer):
+    """The model to fine-tune: a tiny random BERT (``model.tiny``) or a folder / hub name."""
+    if model_cfg.get("tiny"):
+        return tiny_bert(task.kind, task.num_labels, vocab_size=len(tokenizer), **model_cfg.tiny)
+    return load_model(model_cfg.name_or_path, task.kind, task.num_labels)
+
+
+def teacher_key(cfg) -> str:
+    # Unresolved: ${pkg:...} stays symbolic, so a fresh clone (another venv path) finds the same entry.
+    return config_key({"model": OmegaConf.to_container(cfg.model, resolve=False),
+                       "task": OmegaConf.to_container(cfg.task, resolve=False),
+                       "training": OmegaConf.to_container(cfg.training, resolve=False), "seed": cfg.seed})
+
+
+def teacher_dir(cfg) -> Path:
+    return cache_dir() / "teachers" / f"{cfg.task.name}-{cfg.model.name}-{teacher_key(cfg)}"
+
+
+def valid_teacher(path: Path) -> dict | None:
+    """Metrics of a complete cache entry, or None if it is missing, partial or corrupt."""
+    marker = path / COMPLETE
+    try:
+        info = json.loads(marker.read_text())
+        if sha256_file(path / "model.safetensors") != info["sha256"]:
+            return None
+        return info["metrics"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def ensure_teacher(cfg) -> TrainResult:
+    """Reuse the cached teacher for (model, task, training, seed), or train it once."""
+    path = teacher_dir(cfg)
+    metrics = valid_teacher(path)
+    if metrics is not None:
+        log.info("Using cached teacher %s (%s)", path, metrics)
+        return TrainResult(path, metrics, cached=True)
+    if path.exists():
+        log.warning("Cached teacher %s is partial or corrupt: rebuilding it", path)
+        shutil.rmtree(path)
+    return fine_tune(cfg, path)
+
+
+def validate_inputs(cfg) -> tuple[Task, object]:
+    """Everything that can be checked before long work: task, model source, hardware, data."""
+    task = Task.from_config(cfg.task)
+    if not cfg.model.get("tiny"):
+        check_source(cfg.model.name_or_path)
+    check_hardware(cfg.hardware)
+    return task, load_tokenizer(cfg.model.tokenizer)
+
+
+def fine_tune(cfg, out_dir: Path) -> TrainResult:
+    """Fine-tune the configured model on the task; write an HF folder + metrics.json to ``out_dir``."""
+    import pytorch_lightning as pl
+
+    from bertprune.lit import FineTuneModule, TaskDataModule
+    from bertprune.loggers import finish_wandb, make_loggers
+
+    task, tokenizer = validate_inputs(cfg)
+    data = load_task_data(task)
+    if cfg.training.get("max_train_samples"):
+        n = min(int(cfg.training.max_train_samples), len(data["train"]))
+        data["train"] = data["train"].shuffle(seed=cfg.seed).select(range(n))
+    if cfg.training.get("max_eval_samples"):
+        data["validation"] = data["validation"].select(range(min(int(cfg.training.max_eval_samples),
+                                                                  len(data["validation"]))))
+    tokenized = tokenize(data, task, tokenizer)
+    pl.seed_everything(cfg.seed, workers=True)
+    model = build_model(cfg.model, task, tokenizer)
+    module = FineTuneModule(model, task, cfg.training.lr, cfg.training.weight_decay, cfg.training.warmup_ratio)
+    dm = TaskDataModule(tokenized, tokenizer, cfg.training.batch_size, seed=cfg.seed)
+    run_dir = Path(cfg.output_dir)
+    loggers = make_loggers(cfg.logger, str(run_dir), name=f"train-{task.name}-{cfg.model.name}",
+                           group="train", config=OmegaConf.to_container(cfg, resolve=True))
+    trainer = pl.Trainer(max_epochs=cfg.training.epochs, logger=loggers, enable_checkpointing=False,
+                         default_root_dir=str(run_dir), log_every_n_steps=10, num_sanity_val_steps=0,
+                         deterministic=False, **trainer_kwargs(cfg.hardware))
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    train_time = time.perf_counter() - start
+    model = module.model.cpu().eval()
+    metrics = evaluate(model, dm.val_dataloader(), task.kind)
+    metrics = {f"eval/{k}": v for k, v in metrics.items()}
+    metrics.update({"train/time_s": round(train_time, 1), "train/examples": len(tokenized["train"]),
+                    "eval/examples": len(tokenized["validation"])})
+    for lg in loggers:
+        lg.log_metrics(metrics)
+    finish_wandb()
+    if trainer.global_rank != 0:
+        return TrainResult(out_dir, metrics, cached=False)
+    with atomic_dir(out_dir) as tmp:
+        write_checkpoint(model, tokenizer, tmp)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (tmp / COMPLETE).write_text(json.dumps({"sha256": sha256_file(tmp / "model.safetensors"),
+                                                "metrics": metrics}))
+    return TrainResult(out_dir, metrics, cached=False)
+
+
+def train(cfg) -> TrainResult:
+    """Entry of train.py: the cached teacher for this config (trained if needed); metrics.json in the run dir."""
+    result = ensure_teacher(cfg) if cfg.get("cache", True) else fine_tune(cfg, Path(cfg.output_dir) / "teacher")
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"checkpoint": str(result.checkpoint), "cached": result.cached, **result.metrics}
+    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    acc = result.metrics.get("eval/accuracy")
+    print(f"teacher: {result.checkpoint}\n" + (f"dev accuracy: {acc:.2f}%" if acc is not None else
+                                              f"metrics: {result.metrics}") + (" (cached)" if result.cached else ""))
+    return result

@@ -1,0 +1,18 @@
+"""Prune a fine-tuned BERT without retraining: python prune.py [-m] constraint=0.4,0.5,0.6 (conf/prune.yaml)."""
+
+import hydra
+
+from bertprune.resources import register_resolvers
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="prune")
+def main(cfg) -> float:
+    from bertprune.prune import prune
+
+    return prune(cfg)["prune/mac_ratio"]
+
+
+if __name__ == "__main__":
+    main()

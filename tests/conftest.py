@@ -1,0 +1,71 @@
+"""Shared fixtures: a tiny sentiment dataset written as CSV, a composed tiny config, an isolated cache."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
+
+from bertprune.resources import register_resolvers
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+POS = ["great", "wonderful", "moving", "brilliant", "funny", "charming", "superb", "delightful"]
+NEG = ["dull", "boring", "awful", "tedious", "clumsy", "bland", "terrible", "lifeless"]
+FILL = ["the", "film", "movie", "story", "is", "a", "and", "acting", "plot", "was", "quite", "very"]
+
+register_resolvers()
+
+
+def make_sentiment_csv(path: Path, n: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    rows = ["text,label"]
+    for i in range(n):
+        label = i % 2
+        words = [rng.choice(FILL) for _ in range(rng.randint(3, 12))]
+        words.insert(rng.randrange(len(words) + 1), rng.choice(POS if label else NEG))
+        rows.append(f"{' '.join(words)},{label}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("BERTPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> tuple[str, str]:
+    return (str(make_sentiment_csv(tmp_path / "train.csv", 192, 0)),
+            str(make_sentiment_csv(tmp_path / "dev.csv", 64, 1)))
+
+
+def compose_cfg(config_name: str, overrides: list[str], output_dir: Path):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides)
+    with open_dict(cfg):
+        cfg.output_dir = str(output_dir)
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path, tiny_data):
+    """Compose a real config (train/prune/...) switched to the tiny model and the tiny CSV task."""
+    train_file, dev_file = tiny_data
+
+    def make(config_name: str = "prune", extra: list[str] | None = None):
+        overrides = ["model=tiny", "task=csv", f"task.train_file={train_file}", f"task.validation_file={dev_file}",
+                     "task.max_length=32", "training=fast", "training.max_train_samples=null",
+                     "training.epochs=3", "logger=csv"] + (extra or [])
+        cfg = compose_cfg(config_name, overrides, tmp_path / "run")
+        return cfg
+
+    return make
+
+
+def to_yaml(cfg) -> str:
+    return OmegaConf.to_yaml(cfg)

@@ -1,0 +1,210 @@
+"""The algorithm core on a tiny random BERT: masks, cost, search, rearrangement, tuning, physical pruning."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from bertprune.cost import MacCost
+from bertprune.masks import MaskHooks, ones_masks
+from bertprune.models import load_model, model_shape, save_checkpoint, tiny_bert
+from bertprune.physical import prune_physically
+from bertprune.rearrange import rearrange_layer, rearrange_masks
+from bertprune.search import check_constraint, mac_ratio, search_mac
+from bertprune.tuning import tune_masks
+
+VOCAB = 200
+
+
+def batch(seed=0, b=6, s=14):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (b, s), generator=g)
+    am = torch.ones(b, s, dtype=torch.long)
+    am[1, 9:] = 0
+    am[4, 3:] = 0
+    return {"input_ids": ids, "attention_mask": am, "token_type_ids": torch.zeros_like(ids),
+            "labels": torch.randint(0, 2, (b,), generator=g)}
+
+
+@pytest.fixture
+def model():
+    return tiny_bert("classification", 2, VOCAB, num_layers=3, hidden_size=32, num_heads=4,
+                     intermediate_size=48).eval()
+
+
+def logits(m, batches, hm=None, nm=None):
+    with torch.no_grad():
+        if hm is None:
+            return torch.cat([m(**{k: v for k, v in b.items() if k != "labels"}).logits for b in batches])
+        with MaskHooks(m, hm, nm):
+            return logits(m, batches)
+
+
+def test_cost_model_matches_design():
+    # BERT-base at S≈39: one head costs about 131 FFN neurons (DESIGN.md §2).
+    c = MacCost(seq_len=39, hidden_size=768, head_size=64)
+    assert c.head == 4 * 39 * 768 * 64 + 2 * 39 * 39 * 64
+    assert c.neuron == 2 * 39 * 768
+    assert round(c.head / c.neuron) == 131
+
+
+def test_masks_ones_is_identity_and_zero_head_changes_output(model):
+    b = [batch()]
+    hm, nm = ones_masks(model)
+    ref = logits(model, b)
+    assert torch.allclose(logits(model, b, hm, nm), ref, atol=1e-6)
+    hm2 = hm.clone()
+    hm2[0, 1] = 0
+    assert (logits(model, b, hm2, nm) - ref).abs().max() > 1e-6
+    hooks = MaskHooks(model, hm2, nm)
+    hooks.remove()
+    assert torch.allclose(logits(model, b), ref)  # detached hooks leave no trace
+    with pytest.raises(ValueError, match="masks must be"):
+        MaskHooks(model, torch.ones(2, 4), nm)
+
+
+@pytest.mark.parametrize("constraint", [0.3, 0.5, 0.7])
+def test_search_meets_budget_and_keeps_most_important(constraint):
+    torch.manual_seed(1)
+    cost = MacCost(seq_len=20, hidden_size=32, head_size=8)
+    hi, ni = torch.rand(3, 4), torch.rand(3, 48)
+    hm, nm = search_mac(hi, ni, constraint, cost)
+    ratio = mac_ratio(hm, nm, cost)
+    assert ratio <= constraint + 1e-9
+    # the budget is used up to one neuron, or to one head once every neuron is kept
+    slack = cost.head if nm.all() else cost.neuron
+    assert constraint - ratio < slack / cost.encoder(12, 144) + 1e-9
+    # kept units are the globally most important of their kind
+    kept_h = hi[hm.bool()]
+    if kept_h.numel() and (~hm.bool()).any():
+        assert kept_h.min() >= hi[~hm.bool()].max()
+    if (~nm.bool()).any():
+        assert ni[nm.bool()].min() >= ni[~nm.bool()].max()
+
+
+def test_search_prefers_important_heads():
+    cost = MacCost(seq_len=20, hidden_size=32, head_size=8)
+    hi, ni = torch.full((3, 4), 100.0), torch.full((3, 48), 1e-3)
+    hm, nm = search_mac(hi, ni, 0.5, cost)
+    assert hm.sum() == 12 or hm.sum() * cost.head > 0.5 * cost.encoder(12, 144) - cost.head
+
+
+@pytest.mark.parametrize("bad", [0, 1, 1.5, -0.2, "abc", float("nan")])
+def test_bad_constraint(bad):
+    cost = MacCost(seq_len=20, hidden_size=32, head_size=8)
+    with pytest.raises(ValueError, match="constraint"):
+        check_constraint(bad, cost, 12, 144)
+
+
+def test_constraint_too_small_to_keep_anything():
+    cost = MacCost(seq_len=20, hidden_size=32, head_size=8)
+    with pytest.raises(ValueError, match="nothing could be kept"):
+        check_constraint(1e-6, cost, 12, 144)
+
+
+def _set_loss(grads, mask):
+    return grads[:, mask == 0].sum(1).pow(2).sum().item()
+
+
+def test_rearrangement_keeps_counts_and_lowers_loss():
+    # Units 0 and 1 are the least important but push the loss the same way; unit 2 cancels unit 0.
+    grads = torch.tensor([[1.0, 1.0, -1.2, 3.0], [0.0, 0.1, 0.0, 3.0]])  # [B=2, N=4]
+    mask = torch.tensor([0.0, 0.0, 1.0, 1.0])  # the search's choice: the two lowest
+    new = rearrange_layer(mask, grads)
+    assert new.tolist() == [0.0, 1.0, 0.0, 1.0]
+    assert _set_loss(grads, new) == pytest.approx(0.04) and _set_loss(grads, mask) == pytest.approx(4.01)
+    torch.manual_seed(0)
+    B, N = 16, 40
+    grads = torch.randn(B, N) * torch.linspace(0.5, 2, N)
+    mask = torch.ones(N)
+    mask[grads.pow(2).sum(0).argsort()[:25]] = 0
+    new = rearrange_layer(mask, grads)
+    assert int(new.sum()) == int(mask.sum())
+    assert _set_loss(grads, new) <= _set_loss(grads, mask) + 1e-9
+    # all-kept / all-pruned layers are left alone; [L, N] version works layer by layer
+    assert torch.equal(rearrange_layer(torch.ones(N), grads), torch.ones(N))
+    masks = torch.stack([mask, torch.ones(N)])  # [L=2, N]
+    out = rearrange_masks(masks, torch.stack([grads, grads], 1))
+    assert torch.equal(out[0], new) and torch.equal(out[1], torch.ones(N))
+
+
+def test_tuning_dense_teacher_recovers_ones_and_reduces_error(model):
+    batches = [batch(i) for i in range(4)]
+    H1, N1 = ones_masks(model)
+    h, n, rep = tune_masks(model, H1, N1, H1, N1, batches, progress=False)
+    assert torch.allclose(h, H1, atol=1e-3) and torch.allclose(n, N1, atol=1e-3)
+    hm, nm = H1.clone(), N1.clone()
+    hm[0, 1] = 0
+    hm[1, :3] = 0
+    nm[:, ::2] = 0
+    nm[2] = 0  # a layer left with 0 neurons
+    h, n, rep = tune_masks(model, hm, nm, H1, N1, batches, progress=False)
+    assert torch.equal(h == 0, hm == 0) and torch.equal(n == 0, nm == 0)  # pruned stay pruned
+    ref = logits(model, batches)
+    err_binary = (logits(model, batches, hm, nm) - ref).pow(2).mean()
+    err_tuned = (logits(model, batches, h, n) - ref).pow(2).mean()
+    assert err_tuned < err_binary
+    assert any(e["status"] == "empty" for e in rep.entries)
+
+
+def test_tuning_absurd_scales_fall_back_per_layer_and_continue(model, monkeypatch):
+    import bertprune.tuning as tuning
+
+    batches = [batch(i) for i in range(2)]
+    H1, N1 = ones_masks(model)
+    hm, nm = H1.clone(), N1.clone()
+    nm[:, ::2] = 0
+    calls = {"n": 0}
+    real_solve = torch.linalg.solve
+
+    def flaky(A, b):
+        calls["n"] += 1
+        if calls["n"] <= 4:  # first sub-block: every attempt gives absurd scales
+            return torch.full_like(b, 1e6)
+        return real_solve(A, b)
+
+    monkeypatch.setattr(tuning.torch.linalg, "solve", flaky)
+    h, n, rep = tune_masks(model, hm, nm, H1, N1, batches, progress=False)
+    assert rep.entries[0]["status"] == "binary" and torch.equal(h[0], H1[0])
+    assert all(e["status"] == "tuned" for e in rep.entries[1:])  # later layers are still tuned
+    assert rep.fallbacks == 1
+
+
+def test_physical_pruning_matches_masked_model_and_reloads(model, tmp_path):
+    batches = [batch(i) for i in range(2)]
+    torch.manual_seed(3)
+    hm = torch.tensor([[1.0, 0, 1.2, 0], [0, 0, 0, 0], [0.9, 1, 1, 1]])  # uneven, one layer with 0 heads
+    nm = (torch.rand(3, 48) > 0.5).float() * (0.5 + torch.rand(3, 48))
+    nm[2] = 0  # one layer with 0 neurons
+    masked = logits(model, batches, hm, nm)
+    pruned = prune_physically(copy.deepcopy(model), hm, nm).eval()
+    assert model_shape(pruned) == ([2, 0, 4], [int((nm[0] != 0).sum()), int((nm[1] != 0).sum()), 0])
+    out = logits(pruned, batches)
+    assert (out - masked).abs().max() <= 1e-4
+    assert not torch.isnan(out).any()
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+    save_checkpoint(pruned, None, tmp_path / "p")
+    again = load_model(str(tmp_path / "p"))
+    assert (logits(again, batches) - masked).abs().max() <= 1e-4
+    assert model_shape(again) == model_shape(pruned)
+
+
+def test_pruned_model_is_faster_at_half_macs():
+    """Not a timing assertion: the pruned encoder does strictly fewer multiply-adds (counted by FLOP counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = tiny_bert("classification", 2, VOCAB, num_layers=2, hidden_size=64, num_heads=4, intermediate_size=256).eval()
+    hm, nm = ones_masks(m)
+    hm[:, :2] = 0
+    nm[:, :128] = 0
+    p = prune_physically(copy.deepcopy(m), hm, nm)
+    b = batch()
+    inputs = {k: v for k, v in b.items() if k != "labels"}
+    counts = []
+    for net in (m, p):
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            net(**inputs)
+        counts.append(fc.get_total_flops())
+    assert counts[1] < 0.6 * counts[0]
