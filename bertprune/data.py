@@ -130,8 +130,12 @@ def load_task_data(task: Task) -> datasets.DatasetDict:
         if builder is None:
             raise ValueError(f"task.train_file must be .csv/.tsv/.json/.jsonl, got {task.train_file}")
         kwargs = {"delimiter": "\t"} if suffix == "tsv" else {}
-        raw = datasets.load_dataset(builder, data_files={"train": task.train_file,
-                                                         "validation": task.validation_file}, **kwargs)
+        try:
+            raw = datasets.load_dataset(builder, data_files={"train": task.train_file,
+                                                             "validation": task.validation_file}, **kwargs)
+        except Exception as e:  # noqa: BLE001 - one clear message for any unreadable/empty file
+            raise ValueError(f"task {task.name}: could not read {task.train_file} / {task.validation_file} "
+                             f"(is a file empty or malformed?): {e}") from e
         dd = datasets.DatasetDict(train=raw["train"], validation=raw["validation"])
     if task.label_field != "label":
         dd = dd.rename_column(task.label_field, "label")

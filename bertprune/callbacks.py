@@ -1,0 +1,63 @@
+"""Per-variant hooks that prune.py calls when a pruned checkpoint is saved (``export=true`` …).
+
+Each callback has ``on_variant_saved(run_dir, checkpoint_dir, task, results) -> dict`` and returns the
+extra entries to merge into the job's results.json.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from bertprune.data import Task
+from bertprune.onnx_export import (DEFAULT_OPSET, PARITY_BATCH_SIZES, PARITY_TOLERANCE, export_variant, int8_dir,
+                                   read_sidecar)
+
+log = logging.getLogger(__name__)
+
+
+class ExportCallback:
+    """Export the job's pruned checkpoint to ``<run_dir>/onnx`` (+ ``<run_dir>/onnx_int8``).
+
+    export_teacher: also export the dense teacher once per sweep, to ``<run_dir>/../dense/onnx`` (the
+    sweep folder for ``-m`` runs), so ``python -m bertprune.bench_export`` finds its reference; an
+    existing export of the same teacher is reused.
+    """
+
+    def __init__(self, quantize: str | None = None, opset: int = DEFAULT_OPSET, device: str = "auto",
+                 parity_tolerance: float = PARITY_TOLERANCE, parity_batch_sizes=PARITY_BATCH_SIZES,
+                 max_eval_samples: int | None = None, export_teacher: bool = True):
+        self.kwargs = dict(quantize=quantize, opset=opset, device=device, parity_tolerance=parity_tolerance,
+                           parity_batch_sizes=list(parity_batch_sizes), max_eval_samples=max_eval_samples)
+        self.export_teacher = export_teacher
+
+    def on_variant_saved(self, run_dir: Path, checkpoint_dir: Path, task: Task, results: dict) -> dict:
+        run_dir, checkpoint_dir = Path(run_dir), Path(checkpoint_dir)
+        out = export_variant(checkpoint_dir, run_dir / "onnx", task, **self.kwargs)
+        fp32, int8 = out["fp32"], out["int8"]
+        extra = {"export/onnx_path": fp32["path"], "export/onnx_accuracy": fp32["accuracy"].get("onnx"),
+                 "export/pytorch_accuracy": fp32["accuracy"].get("pytorch"),
+                 "export/parity_max_abs_diff": fp32["parity_max_abs_diff"], "export/provider": fp32["provider"],
+                 "export/onnx_file_size": fp32["file_size"], "export/time_s": fp32["export_time_s"]}
+        if int8 is not None:
+            extra.update({"export/int8_path": int8["path"], "export/int8_accuracy": int8["accuracy"].get("onnx"),
+                          "export/int8_file_size": int8["file_size"],
+                          "export/int8_parity_max_abs_diff": int8["parity_max_abs_diff"]})
+        teacher = results.get("teacher") or fp32.get("teacher")
+        if self.export_teacher and teacher and Path(teacher).is_dir():  # a hub name has no folder to export
+            dense = self._export_teacher(Path(teacher), run_dir.parent / "dense" / "onnx", task, fp32["mac_seq_len"])
+            if dense is not None:
+                extra["export/dense_onnx_path"] = dense["path"]
+        return extra
+
+    def _export_teacher(self, teacher: Path, out_dir: Path, task: Task, mac_seq_len: float) -> dict | None:
+        existing = read_sidecar(out_dir)
+        if existing is not None:
+            if existing.get("source_checkpoint") != str(teacher.resolve()):
+                log.warning("%s already holds the export of another teacher (%s); leaving it", out_dir,
+                            existing.get("source_checkpoint"))
+                return None
+            if self.kwargs["quantize"] is None or read_sidecar(int8_dir(out_dir)) is not None:
+                return existing
+        log.info("exporting the dense teacher %s -> %s", teacher, out_dir)
+        return export_variant(teacher, out_dir, task, mac_seq_len=mac_seq_len, **self.kwargs)["fp32"]

@@ -1,0 +1,18 @@
+"""Export checkpoints to ONNX (MLPerf BERT interface): python export.py source=DIR [quantize=int8] (conf/export.yaml)."""
+
+import hydra
+
+from bertprune.resources import register_resolvers
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="export")
+def main(cfg) -> int:
+    from bertprune.export import export
+
+    return len(export(cfg))
+
+
+if __name__ == "__main__":
+    main()
