@@ -37,9 +37,12 @@ def build_model(model_cfg, task: Task, tokenizer):
 
 def teacher_key(cfg) -> str:
     # Unresolved: ${pkg:...} stays symbolic, so a fresh clone (another venv path) finds the same entry.
+    # The teacher's seed lives in the training group, so prune.py (whose own `seed` picks calibration
+    # samples) finds the same teacher as train.py.
+    training = OmegaConf.to_container(cfg.training, resolve=False)
+    seed = training.pop("seed")
     return config_key({"model": OmegaConf.to_container(cfg.model, resolve=False),
-                       "task": OmegaConf.to_container(cfg.task, resolve=False),
-                       "training": OmegaConf.to_container(cfg.training, resolve=False), "seed": cfg.seed})
+                       "task": OmegaConf.to_container(cfg.task, resolve=False), "training": training, "seed": seed})
 
 
 def teacher_dir(cfg) -> Path:
@@ -91,15 +94,15 @@ def fine_tune(cfg, out_dir: Path) -> TrainResult:
     data = load_task_data(task)
     if cfg.training.get("max_train_samples"):
         n = min(int(cfg.training.max_train_samples), len(data["train"]))
-        data["train"] = data["train"].shuffle(seed=cfg.seed).select(range(n))
+        data["train"] = data["train"].shuffle(seed=cfg.training.seed).select(range(n))
     if cfg.training.get("max_eval_samples"):
         data["validation"] = data["validation"].select(range(min(int(cfg.training.max_eval_samples),
                                                                   len(data["validation"]))))
     tokenized = tokenize(data, task, tokenizer)
-    pl.seed_everything(cfg.seed, workers=True)
+    pl.seed_everything(cfg.training.seed, workers=True)
     model = build_model(cfg.model, task, tokenizer)
     module = FineTuneModule(model, task, cfg.training.lr, cfg.training.weight_decay, cfg.training.warmup_ratio)
-    dm = TaskDataModule(tokenized, tokenizer, cfg.training.batch_size, seed=cfg.seed)
+    dm = TaskDataModule(tokenized, tokenizer, cfg.training.batch_size, seed=cfg.training.seed)
     run_dir = Path(cfg.output_dir)
     loggers = make_loggers(cfg.logger, str(run_dir), name=f"train-{task.name}-{cfg.model.name}",
                            group="train", config=OmegaConf.to_container(cfg, resolve=True))

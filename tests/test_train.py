@@ -98,3 +98,14 @@ def test_real_minilm_learns_on_a_slice_of_real_data(tmp_path):
                       tmp_path / "run")
     r = train(cfg)
     assert r.metrics["eval/accuracy"] > 62.0  # chance is ~58 (majority class)
+
+
+def test_prune_and_train_configs_share_one_teacher(tmp_path):
+    """Regression: prune.py's own seed (calibration sampling) must not change which teacher it uses."""
+    from conftest import compose_cfg
+
+    train_cfg = compose_cfg("train", [], tmp_path / "a")
+    prune_cfg = compose_cfg("prune", ["seed=123", "constraint=0.4"], tmp_path / "b")
+    assert teacher_dir(train_cfg) == teacher_dir(prune_cfg)
+    other = compose_cfg("train", ["training.seed=7"], tmp_path / "c")
+    assert teacher_dir(other) != teacher_dir(train_cfg)
