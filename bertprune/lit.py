@@ -7,17 +7,11 @@ import pytorch_lightning as pl
 import torch
 
 from bertprune.data import Task, make_loader
-
-
-def task_loss(kind: str, logits, labels):
-    """The task loss: cross-entropy (classification), MSE (regression)."""
-    if kind == "regression":
-        return torch.nn.functional.mse_loss(logits.squeeze(-1), labels.float())
-    return torch.nn.functional.cross_entropy(logits, labels)
+from bertprune.fisher import INPUT_KEYS, task_loss
 
 
 def model_inputs(batch: dict) -> dict:
-    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    return {k: v for k, v in batch.items() if k in INPUT_KEYS}
 
 
 class TaskDataModule(pl.LightningDataModule):
@@ -48,8 +42,7 @@ class FineTuneModule(pl.LightningModule):
         self.model.train()  # from_pretrained returns eval mode; fine-tuning wants dropout on
 
     def training_step(self, batch, _):
-        logits = self.model(**model_inputs(batch)).logits
-        loss = task_loss(self.task.kind, logits, batch["labels"])
+        loss = task_loss(self.task.kind, self.model(**model_inputs(batch)), batch)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -58,8 +51,9 @@ class FineTuneModule(pl.LightningModule):
         self._sq_err = 0.0
 
     def validation_step(self, batch, _):
-        logits = self.model(**model_inputs(batch)).logits
-        self.log("eval/loss", task_loss(self.task.kind, logits, batch["labels"]), prog_bar=False)
+        outputs = self.model(**model_inputs(batch))
+        logits = outputs.logits
+        self.log("eval/loss", task_loss(self.task.kind, outputs, batch), prog_bar=False)
         if self.task.kind == "classification":
             self._correct += (logits.argmax(-1) == batch["labels"]).sum().item()
         else:

@@ -20,10 +20,10 @@ from omegaconf import OmegaConf
 
 from bertprune.cost import MacCost
 from bertprune.data import Task, average_token_length, load_task_data, make_loader, tokenize
-from bertprune.evaluate import evaluate, predict_logits, primary_metric
+from bertprune.evaluate import evaluate, metrics_from_logits, predict_logits, primary_metric
 from bertprune.fisher import check_importance
 from bertprune.hardware import check_hardware
-from bertprune.masks import MaskHooks, ones_masks
+from bertprune.masks import MaskHooks, mask_shapes, ones_masks
 from bertprune.models import count_parameters, load_model, load_tokenizer, model_shape, save_checkpoint
 from bertprune.physical import prune_physically
 from bertprune.rearrange import rearrange_masks
@@ -115,7 +115,7 @@ def prune(cfg, callbacks=None) -> dict:
     batches = calibration_batches(len(tokenized["train"]), int(cfg.num_samples), int(cfg.batch_size), int(cfg.seed))
     seq_len = cfg.cost.seq_len or average_token_length(tokenized["train"])
     cost = MacCost.for_model(model, seq_len)
-    (L, H), (_, F) = ones_masks(model)[0].shape, ones_masks(model)[1].shape
+    (L, H), (_, F) = mask_shapes(model)
     check_constraint(constraint, cost, L * H, L * F)
     val_loader = make_loader(tokenized["validation"], tokenizer, int(cfg.eval_batch_size))
     collate = val_loader.collate_fn
@@ -174,8 +174,6 @@ def prune(cfg, callbacks=None) -> dict:
     parity = float((pruned_logits - masked_logits).abs().max())
     if parity > 1e-4:
         raise RuntimeError(f"physically pruned model differs from the masked model by {parity:.2e} (> 1e-4)")
-    from bertprune.evaluate import metrics_from_logits
-
     pruned_metric = metrics_from_logits(task.kind, pruned_logits, labels)[metric]
     heads, ffn = model_shape(pruned)
     achieved = mac_ratio(head_mask, neuron_mask, cost)
