@@ -495,9 +495,11 @@ def measurements(variant: Variant, task, onnx_sha256: str | None = None) -> dict
     elif prov.get("fine_tuned_by_bertprune") is None:
         retraining = (f"unknown: the teacher {start} is not on this machine, so whether bertprune fine-tuned it "
                       "cannot be told; pruning itself does not retrain")
-    else:
+    elif constraint is not None:
         retraining = (f"no: bertprune pruned {start} without retraining (it rescales kept heads and neurons by "
                       "least squares); it did not fine-tune that starting checkpoint")
+    else:
+        retraining = f"no: bertprune exported {start} as it is (dense); it did not fine-tune it"
     if constraint is not None:
         steps.append(f"pruned (Kwon et al. 2022, retraining-free structured pruning of heads and FFN neurons; "
                      f"constraint={constraint}, mac_ratio={meta.get('mac_ratio')}, "

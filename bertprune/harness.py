@@ -1209,7 +1209,7 @@ def default_time_limit(spec: RunSpec) -> tuple[float | None, str]:
 
 def _progress_text(p: dict, elapsed: float) -> str:
     done = p.get("completed") or 0
-    rate = f", {done / elapsed:.1f} samples/s" if done and elapsed > 0 else ""
+    rate = f", {done / elapsed:.1f} samples/s" if done and elapsed > 0 and p.get("phase") == "loadgen" else ""
     return f"{p.get('phase', 'starting')}, {elapsed:.0f} s, {done} samples completed{rate}"
 
 
