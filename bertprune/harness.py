@@ -6,8 +6,10 @@ Pieces, each usable on its own (no Hydra here)::
     prepare_features / load_features      the QSL's data: the task's validation features, cached
     OrtSUT                                LoadGen SUT over one ONNX Runtime session
     calibrate / loadgen_config            expected QPS / latency so short local runs come out VALID
-    run_loadgen                           one variant x scenario x mode (runs in its own process)
-    run_isolated                          launch run_loadgen in a subprocess, with one retune retry
+    run_loadgen                           one variant x scenario x mode (runs in its own process); it
+                                          hashes the ONNX bytes it loads and checks them against the export
+    run_isolated                          launch run_loadgen in a subprocess (progress logged, a default
+                                          time limit: default_time_limit), with one retune retry
     parse_summary / read_accuracy_log / task_metrics   read LoadGen's logs back
 
 Why one process per run: ``TestSettings.FromConfig`` loads LoadGen's built-in mlperf.conf (official
@@ -1070,7 +1072,6 @@ def run_loadgen(spec: RunSpec) -> dict:
     lg_sut = lg.ConstructSUT(sut.issue_queries, sut.flush_queries)
     t0 = time.time()
     progress.phase = "loadgen"
-    sut.completed = 0  # calibration's samples are not the run's
     try:
         with sut:
             lg.StartTestWithLogSettings(lg_sut, qsl, settings, log_settings)
