@@ -6,15 +6,22 @@ logs under ``<output_dir>/<variant>/<Scenario>/<mode>/``. Then, in ``output_dir`
 * ``summary.csv`` / ``summary.md`` / ``summary.json`` — one row per variant x scenario; a run that
   failed or never ran (interrupted) is a row with status ``failed`` / ``interrupted``, never dropped.
   ``summary.json`` is written last and says ``"complete": true`` only when every run finished.
-* ``bench.png`` — accuracy vs throughput (Offline) and accuracy vs latency (SingleStream p90).
-* ``submission/open/<submitter>/`` — an MLPerf Inference open-division tree (v6.0 layout):
+* ``bench.png`` — one panel per scenario: accuracy vs that scenario's own metric (Offline/Server
+  throughput in samples/s, SingleStream p90 / MultiStream p99 latency in ms); failed runs listed, INVALID hollow.
+* ``submission/open/<submitter>/`` — an MLPerf Inference **v6.1** open-division tree (LoadGen 6.0.17
+  carries the v6.1 RNG seeds: check it with the submission checker's ``--version v6.1``):
   ``results/<system>/<model>/<Scenario>/{performance/run_1, accuracy, measurements.json, user.conf}``,
   ``systems/<system>.json``, ``src/README.md`` and ``model_mapping.json`` (custom name -> bert-99).
+  Accuracy logs are truncated and hashed into ``accuracy.txt`` as MLCommons' truncate_accuracy_log.py
+  does (the full logs stay in the run folders).
+
+``bench`` exits non-zero (``python bench.py``) when any run failed; the summary is still written.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -35,8 +42,14 @@ SUMMARY_FILES = ("summary.json", "summary.csv", "summary.md", "bench.png")
 LOADGEN_LOGS = ("mlperf_log_summary.txt", "mlperf_log_detail.txt")
 DIVISION = "open"
 BENCHMARK = "bert-99"  # the closed-division model class every variant maps to in model_mapping.json
+# The MLPerf Inference round whose RNG seeds LoadGen logs; the submission checker must be run with this
+# --version. Identified from the seeds in the runs' logs (mlperf.conf's qsl/sample_index/schedule seeds).
+MLPERF_SEEDS = {"v6.1": {"qsl_rng_seed": 2085463073848966840, "sample_index_rng_seed": 2747215439041700203,
+                         "schedule_rng_seed": 16159082839903944936}}
+# truncate_accuracy_log.py: logs of VIEWABLE_SIZE bytes or more keep their first and last VIEWABLE_SIZE bytes
+ACCURACY_LOG_VIEWABLE = 4096
 COLUMNS = ["variant", "precision", "mac_ratio", "scenario", "status", "valid", "throughput", "latency_p90_ms",
-           "latency_p99_ms", "accuracy", "direct_accuracy", "metric", "file_size_mb", "error"]
+           "latency_p99_ms", "accuracy", "direct_accuracy", "metric", "file_size_mb", "onnx_sha256", "error"]
 
 
 @dataclass
@@ -56,7 +69,12 @@ class BenchRow:
     direct_accuracy: float | None = None  # same ONNX, same features, no LoadGen
     metric: str = ""
     file_size_mb: float | None = None
+    onnx_sha256: str = ""  # of the file the runs loaded (each run hashes it and checks it against its export)
     error: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status != "ok"
 
 
 @dataclass
@@ -66,6 +84,11 @@ class BenchSummary:
     output_dir: Path
     runs: list[dict] = field(default_factory=list)
     files: dict = field(default_factory=dict)
+    mlperf_version: str | None = None
+
+    @property
+    def failed_runs(self) -> list[dict]:
+        return [r for r in self.runs if r.get("status") != "ok"]
 
     def to_markdown(self) -> str:
         return markdown_table(self.rows, self.complete)
@@ -96,20 +119,34 @@ class _Plan:
     tokenizer: str
 
 
-def plan_bench(source, task, scenarios, mode: str, tokenizer=None) -> tuple[list[_Plan], list[ScenarioSettings], list[str]]:
-    """Validate everything before anything runs: modes, scenarios, every variant's ONNX interface
-    against the task, and a tokenizer for each variant."""
+def plan_bench(source, task, scenarios, mode: str, tokenizer=None, device: str = "auto"
+               ) -> tuple[list[_Plan], list[ScenarioSettings], list[str]]:
+    """Validate everything before anything runs: modes, scenarios, the device, every variant's ONNX
+    interface against the task and its file against the sha256 its export recorded, and a tokenizer for
+    each variant (``tokenizer`` given: it wins over the sidecars')."""
+    from bertprune.runtime import choose_providers
+
     modes = harness.resolve_modes(mode)
     scen = harness.resolve_scenarios(scenarios)
+    choose_providers(device)  # device=cuda without a usable GPU: one error here, not one per run
     plans = []
     for v in harness.discover_variants(source):
         sig = harness.check_variant(v, task.kind, task.num_labels, task.max_length, task.name)
-        tok = v.tokenizer or (Path(tokenizer) if tokenizer else None)
-        if tok is None:
+        v.check_sha256()
+        if tokenizer:
+            tok = Path(tokenizer)
+            if not tok.exists():
+                raise FileNotFoundError(f"tokenizer={tokenizer}: folder not found; pass the folder holding the "
+                                        "variants' tokenizer files (or leave tokenizer unset to use the sidecars')")
+        elif v.tokenizer is None:
             raise ValueError(f"variant {v.name} ({v.onnx}) names no tokenizer (no model.json sidecar with "
                              "'tokenizer'); pass tokenizer=/path/to/tokenizer_folder")
-        if not tok.exists():
-            raise FileNotFoundError(f"variant {v.name}: tokenizer folder {tok} not found")
+        else:
+            tok = v.tokenizer
+            if not tok.exists():
+                tried = ", ".join(str(c) for c in v.tokenizer_candidates)
+                raise FileNotFoundError(f"variant {v.name}: its sidecar's tokenizer folder is gone (tried {tried}); "
+                                        "pass tokenizer=/path/to/tokenizer_folder")
         plans.append(_Plan(v, sig, str(tok)))
     return plans, scen, modes
 
@@ -122,7 +159,7 @@ def run_bench(source, task, scenarios=("offline", "single_stream"), mode: str = 
     task: a ``bertprune.data.Task``. scenarios: names, a {name: settings} mapping or ScenarioSettings.
     tokenizer: used for variants whose sidecar names none. Returns the summary (also written to disk).
     """
-    plans, scen, modes = plan_bench(source, task, scenarios, mode, tokenizer)
+    plans, scen, modes = plan_bench(source, task, scenarios, mode, tokenizer, device)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name in SUMMARY_FILES:  # a stale summary must never pass for this run's
@@ -138,7 +175,7 @@ def run_bench(source, task, scenarios=("offline", "single_stream"), mode: str = 
             spec = RunSpec(variant=p.variant.name, onnx=str(p.variant.onnx), kind=task.kind,
                            num_labels=task.num_labels, seq_len=p.signature.seq_len, features=features[p.tokenizer],
                            scenario=asdict(s), mode=m, out_dir=str(out / _safe(p.variant.name) / s.loadgen / m),
-                           device=device, submission=submission)
+                           device=device, submission=submission, onnx_sha256=p.variant.sha256)
             result = harness.run_isolated(spec, timeout_s=timeout_s, retries=retries)
             runs[(p.variant.name, s.loadgen, m)] = result
             if result.get("status") != "ok":
@@ -149,16 +186,18 @@ def run_bench(source, task, scenarios=("offline", "single_stream"), mode: str = 
 
     rows = build_rows(plans, scen, modes, runs, task.kind)
     complete = not interrupted and all(r.status == "ok" for r in rows)
-    summary = BenchSummary(rows=rows, complete=complete, output_dir=out, runs=list(runs.values()))
+    version = mlperf_version(runs.values())
+    summary = BenchSummary(rows=rows, complete=complete, output_dir=out, runs=list(runs.values()),
+                           mlperf_version=version)
     summary.files["csv"] = _write(out / "summary.csv", csv_table(rows))
     summary.files["md"] = _write(out / "summary.md", markdown_table(rows, complete))
     summary.files["plot"] = plot(rows, out / "bench.png")
     summary.files["submission"] = str(write_submission(out / "submission", plans, scen, runs, task,
                                                        system_name=system_name, submitter=submitter,
-                                                       submission=submission))
+                                                       submission=submission, version=version))
     summary.files["json"] = _write(out / "summary.json", json.dumps(
         {"complete": complete, "interrupted": interrupted, "task": task.name, "modes": modes,
-         "scenarios": [s.loadgen for s in scen], "submission": submission,
+         "scenarios": [s.loadgen for s in scen], "submission": submission, "mlperf_version": version,
          "rows": [asdict(r) for r in rows], "runs": list(runs.values()), "files": summary.files},
         indent=2, default=str))
     print(summary.to_markdown())
@@ -194,6 +233,7 @@ def build_rows(plans, scenarios, modes, runs: dict, kind: str) -> list[BenchRow]
                     row.status = "failed"
                     errors.append(f"{m}: {r.get('error', 'failed')}")
                     continue
+                row.onnx_sha256 = row.onnx_sha256 or r.get("onnx_sha256") or ""
                 sm = r.get("summary") or {}
                 if m == "performance":
                     row.valid = "VALID" if sm.get("valid") else "INVALID"
@@ -254,40 +294,78 @@ def _write(path: Path, text: str) -> str:
     return str(path)
 
 
+# scenario -> (the BenchRow field bench.png plots for it, its axis label with units)
+PLOT_METRICS = {"Offline": ("throughput", "Offline throughput (samples/s)"),
+                "Server": ("throughput", "Server completed throughput (samples/s)"),
+                "SingleStream": ("latency_p90_ms", "SingleStream p90 latency (ms)"),
+                "MultiStream": ("latency_p99_ms", "MultiStream p99 query latency (ms)")}
+METRIC_UNITS = {"accuracy": "accuracy (%)", "f1": "F1 (%)", "mse": "MSE"}
+
+
+def plot_panels(rows: list[BenchRow]) -> list[dict]:
+    """What bench.png shows: one panel per scenario (row order), never mixing scenarios.
+
+    Each: {"scenario", "x_label", "y_label", "points": [(variant, x, y, precision, valid)], "failed": [..],
+    "missing": [..]}. x is the scenario's own metric from its own run (``PLOT_METRICS``); y the variant's
+    accuracy (its LoadGen accuracy run, else the direct evaluation, else any scenario's: the model is the
+    same), or its MAC ratio when no accuracy was measured at all. A failed or interrupted run is listed in
+    "failed", a finished one without a value in "missing": neither is placed.
+    """
+    if not rows:
+        return []
+    accs = {}
+    for r in rows:
+        a = r.accuracy if r.accuracy is not None else r.direct_accuracy
+        if a is not None:
+            accs.setdefault(r.variant, a)
+    use_acc = bool(accs)
+    y_label = METRIC_UNITS.get(rows[0].metric, rows[0].metric) if use_acc else "MACs kept (fraction of dense)"
+    panels: dict[str, dict] = {}
+    for r in rows:
+        attr, x_label = PLOT_METRICS[r.scenario]
+        panel = panels.setdefault(r.scenario, {"scenario": r.scenario, "x_label": x_label, "y_label": y_label,
+                                               "points": [], "failed": [], "missing": []})
+        if r.failed:
+            panel["failed"].append(f"{r.variant} ({r.status})")
+            continue
+        x = getattr(r, attr)
+        own = r.accuracy if r.accuracy is not None else r.direct_accuracy
+        y = (own if own is not None else accs.get(r.variant)) if use_acc else (r.mac_ratio or 1.0)
+        if x is None or y is None:
+            panel["missing"].append(r.variant)
+            continue
+        panel["points"].append((r.variant, float(x), float(y), r.precision, r.valid != "INVALID"))
+    return list(panels.values())
+
+
 def plot(rows: list[BenchRow], path: Path) -> str | None:
-    """Accuracy vs throughput (Offline, else any) and vs latency p90 (SingleStream, else any), per variant."""
+    """``bench.png`` from ``plot_panels``: circles FP32, squares INT8, hollow = INVALID performance run;
+    failed runs are named in red on their scenario's panel. None (nothing written) when no panel has data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by_variant: dict[str, dict] = {}
-    for r in rows:
-        d = by_variant.setdefault(r.variant, {"precision": r.precision})
-        acc = r.accuracy if r.accuracy is not None else r.direct_accuracy
-        if acc is not None:
-            d.setdefault("acc", acc)
-        if r.throughput is not None and ("thr" not in d or r.scenario == "Offline"):
-            d["thr"] = r.throughput
-        if r.latency_p90_ms is not None and ("lat" not in d or r.scenario == "SingleStream"):
-            d["lat"] = r.latency_p90_ms
-    points = {k: d for k, d in by_variant.items() if "acc" in d and ("thr" in d or "lat" in d)}
-    if not points:
+    panels = [p for p in plot_panels(rows) if p["points"] or p["failed"]]
+    if not panels:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    metric = rows[0].metric
-    for ax, key, label in ((axes[0], "thr", "throughput (samples/s, Offline)"),
-                           (axes[1], "lat", "latency p90 (ms, SingleStream)")):
-        for name, d in points.items():
-            if key not in d:
-                continue
-            ax.scatter(d[key], d["acc"], marker="s" if d["precision"] == "int8" else "o",
-                       color="tab:orange" if d["precision"] == "int8" else "tab:blue")
-            ax.annotate(name, (d[key], d["acc"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.set_xlabel(label)
-        ax.set_ylabel(metric)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for name, x, y, precision, valid in panel["points"]:
+            color = "tab:orange" if precision == "int8" else "tab:blue"
+            ax.scatter([x], [y], marker="s" if precision == "int8" else "o", s=40,
+                       facecolors=color if valid else "none", edgecolors=color)
+            ax.annotate(name + ("" if valid else " (INVALID)"), (x, y), textcoords="offset points", xytext=(4, 4),
+                        fontsize=8)
+        notes = [f"failed: {', '.join(panel['failed'])}"] if panel["failed"] else []
+        notes += [f"no value: {', '.join(panel['missing'])}"] if panel["missing"] else []
+        if notes:
+            ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=8, color="tab:red", va="bottom")
+        ax.set_title(panel["scenario"])
+        ax.set_xlabel(panel["x_label"])
+        ax.set_ylabel(panel["y_label"])
         ax.grid(alpha=0.3)
-    fig.suptitle("bertprune variants under MLPerf LoadGen (o fp32, s int8)")
+    fig.suptitle("bertprune variants under MLPerf LoadGen (o FP32, s INT8, hollow = INVALID)")
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=110)
@@ -343,7 +421,8 @@ def default_system_name() -> str:
 
 def system_description(system_name: str, submitter: str, providers: set[str]) -> dict:
     """``systems/<system>.json`` with the fields the MLPerf submission checker asks for, filled from
-    this machine where it can tell (CPU from /proc/cpuinfo, memory, OS, ONNX Runtime version, GPU)."""
+    this machine where it can tell (CPU from /proc/cpuinfo, memory, OS, ONNX Runtime version, GPU).
+    Every value is a non-empty string ("accelerators_per_node": "0"), as the checker expects."""
     from importlib.metadata import PackageNotFoundError, version
 
     import numpy as np
@@ -368,7 +447,7 @@ def system_description(system_name: str, submitter: str, providers: set[str]) ->
             return "?"
 
     disk = shutil.disk_usage("/").total / 2**30
-    return {
+    desc = {
         "division": DIVISION, "submitter": submitter, "status": "available", "system_name": system_name,
         "system_type": "edge", "system_type_detail": "workstation/server running the bertprune harness",
         "number_of_nodes": 1, "host_processor_model_name": cpu["model"],
@@ -382,7 +461,8 @@ def system_description(system_name: str, submitter: str, providers: set[str]) ->
         "accelerator_frequency": "N/A", "accelerator_host_interconnect": "PCIe" if gpu else "N/A",
         "accelerator_interconnect": "N/A", "accelerator_interconnect_topology": "N/A",
         "accelerator_memory_capacity": gpu_mem, "accelerator_memory_configuration": "N/A",
-        "accelerator_on-chip_memories": "N/A", "cooling": "N/A", "hw_notes": "",
+        "accelerator_on-chip_memories": "N/A", "cooling": "N/A",
+        "hw_notes": "CPU only" if not gpu else "",
         "framework": f"onnxruntime {ort.__version__}",
         "operating_system": _os_name(),
         "other_software_stack": f"Python {platform.python_version()}, mlcommons-loadgen "
@@ -390,26 +470,53 @@ def system_description(system_name: str, submitter: str, providers: set[str]) ->
                                 f"bertprune {dist_version('bertprune')}",
         "sw_notes": f"execution providers: {', '.join(sorted(providers)) or 'CPUExecutionProvider'}",
     }
+    # the checker wants every field a string: a number 0 ("accelerators_per_node": 0) reads as empty
+    return {k: str(v) for k, v in desc.items()}
 
 
-def measurements(variant: Variant, task) -> dict:
+def measurements(variant: Variant, task, onnx_sha256: str | None = None) -> dict:
+    """``measurements.json``: data types, and an honest account of the weights: where they started (the
+    public name of the pre-trained model), whether bertprune fine-tuned the teacher, and every transformation
+    after it (pruning, ONNX export, INT8)."""
+    from bertprune.onnx_export import teacher_provenance
+
     meta = variant.meta
+    prov = meta.get("starting_weights") or teacher_provenance(meta.get("teacher") or meta.get("source_checkpoint"))
+    start = prov.get("starting_weights") or variant.onnx.name
     constraint = meta.get("constraint")
-    pruned = (f"pruned (Kwon et al. 2022, retraining-free structured pruning of heads and FFN neurons; "
-              f"constraint={constraint}, mac_ratio={meta.get('mac_ratio')}, heads_per_layer={meta.get('heads_per_layer')}, "
-              f"ffn_per_layer={meta.get('ffn_per_layer')})") if constraint is not None else "none (dense)"
-    steps = [pruned, f"exported to ONNX opset {meta.get('opset', '?')}"]
+    steps = []
+    if prov.get("fine_tuned_by_bertprune"):
+        ft = prov.get("fine_tuning") or {}
+        steps.append(f"fine-tuned by bertprune (train.py) from {start} on task {ft.get('task') or task.name} "
+                     f"({ft.get('epochs')} epochs, lr {ft.get('lr')}, batch size {ft.get('batch_size')}, "
+                     f"seed {ft.get('seed')})")
+        retraining = (f"yes: the dense teacher was fine-tuned from {start} by bertprune (train.py); pruning itself "
+                      "does not retrain (it rescales kept heads and neurons by least squares)")
+    elif prov.get("fine_tuned_by_bertprune") is None:
+        retraining = (f"unknown: the teacher {start} is not on this machine, so whether bertprune fine-tuned it "
+                      "cannot be told; pruning itself does not retrain")
+    elif constraint is not None:
+        retraining = (f"no: bertprune pruned {start} without retraining (it rescales kept heads and neurons by "
+                      "least squares); it did not fine-tune that starting checkpoint")
+    else:
+        retraining = f"no: bertprune exported {start} as it is (dense); it did not fine-tune it"
+    if constraint is not None:
+        steps.append(f"pruned (Kwon et al. 2022, retraining-free structured pruning of heads and FFN neurons; "
+                     f"constraint={constraint}, mac_ratio={meta.get('mac_ratio')}, "
+                     f"heads_per_layer={meta.get('heads_per_layer')}, ffn_per_layer={meta.get('ffn_per_layer')})")
+    else:
+        steps.append("not pruned (dense)")
+    steps.append(f"exported to ONNX opset {meta.get('opset', '?')}")
     if variant.precision == "int8":
         steps.append("INT8 quantization (ONNX Runtime)")
     return {
         "input_data_types": "int64",
         "weight_data_types": variant.precision,
-        "retraining": "no",
-        # the fine-tuned dense model pruning started from (the sidecar's teacher), else the pruned checkpoint
-        "starting_weights_filename": str(meta.get("teacher") or meta.get("source_checkpoint") or variant.onnx.name),
+        "retraining": retraining,
+        "starting_weights_filename": str(start),
         "weight_transformations": "; ".join(steps),
         "task": task.name,
-        "onnx_sha256": meta.get("sha256"),
+        "onnx_sha256": onnx_sha256 or meta.get("sha256"),
     }
 
 
@@ -417,9 +524,61 @@ def submission_model_name(variant: Variant, task) -> str:
     return _safe(f"{task.name}-{variant.name}")
 
 
+def _logged_seeds(log_dir) -> dict:
+    """The RNG seeds LoadGen logged (``effective_*_rng_seed`` in mlperf_log_detail.txt)."""
+    path = Path(log_dir) / "mlperf_log_detail.txt"
+    seeds: dict = {}
+    if not path.is_file():
+        return seeds
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if "_rng_seed" not in line or ":::MLLOG" not in line:
+            continue
+        try:
+            entry = json.loads(line.split(":::MLLOG", 1)[1])
+        except json.JSONDecodeError:
+            continue
+        key = str(entry.get("key", ""))
+        if key.startswith("effective_") and key.endswith("_rng_seed"):
+            seeds[key[len("effective_"):]] = entry.get("value")
+    return seeds
+
+
+def mlperf_version(runs) -> str | None:
+    """The MLPerf Inference round whose seeds the runs' LoadGen logged (``MLPERF_SEEDS``): "v6.1" for
+    LoadGen 6.0.17; "unknown" for seeds of another round (with a warning); None when no run logged any."""
+    found = [_logged_seeds(r["log_dir"]) for r in runs if r.get("status") == "ok" and r.get("log_dir")]
+    found = [{k: v for k, v in f.items() if k in ("qsl_rng_seed", "sample_index_rng_seed", "schedule_rng_seed")}
+             for f in found if f]
+    if not found:
+        return None
+    for version, seeds in MLPERF_SEEDS.items():
+        if all(f == seeds for f in found):
+            return version
+    log.warning("LoadGen logged RNG seeds %s, which match no MLPerf round bertprune knows (%s): the submission "
+                "tree is labelled 'unknown'; run the checker with the --version whose mlperf.conf has these seeds",
+                found[0], sorted(MLPERF_SEEDS))
+    return "unknown"
+
+
+def truncate_accuracy_log(src: Path, dst: Path) -> str:
+    """Copy LoadGen's accuracy log ``src`` to ``dst`` truncated as MLCommons' truncate_accuracy_log.py
+    does (a log of 4096 bytes or more keeps its first and last 4096 bytes around a ``...`` line), and
+    return the sha256 of the full log (the ``hash=`` line of accuracy.txt)."""
+    data = Path(src).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) >= ACCURACY_LOG_VIEWABLE:
+        data = data[:ACCURACY_LOG_VIEWABLE] + b"\n\n...\n\n" + data[-ACCURACY_LOG_VIEWABLE:]
+    Path(dst).write_bytes(data)
+    return digest
+
+
 def write_submission(root: Path, plans, scenarios, runs: dict, task, system_name: str | None = None,
-                     submitter: str = "bertprune", submission: bool = False) -> Path:
-    """The open-division tree for every finished run (built in a temp folder, moved into place)."""
+                     submitter: str = "bertprune", submission: bool = False, version: str | None = None) -> Path:
+    """The open-division tree for every finished run (built in a temp folder, moved into place).
+
+    Accuracy: LoadGen's logs, ``mlperf_log_accuracy.json`` truncated and ``accuracy.txt`` (the metric line
+    at full precision + ``hash=<sha256 of the full log>``), as MLCommons' truncate_accuracy_log.py leaves them.
+    version: the MLPerf round the runs' seeds belong to (``mlperf_version``), named in src/README.md."""
     from bertprune.models import atomic_dir
 
     system = _safe(system_name) if system_name else default_system_name()
@@ -432,7 +591,8 @@ def write_submission(root: Path, plans, scenarios, runs: dict, task, system_name
         (base / "systems" / f"{system}.json").write_text(
             json.dumps(system_description(system, submitter, providers), indent=2), encoding="utf-8")
         (base / "src").mkdir()
-        (base / "src" / "README.md").write_text(_src_readme(task, submission), encoding="utf-8")
+        (base / "src" / "README.md").write_text(_src_readme(task, submission, version, submitter),
+                                                encoding="utf-8")
         for p in plans:
             model = submission_model_name(p.variant, task)
             for s in scenarios:
@@ -447,10 +607,14 @@ def write_submission(root: Path, plans, scenarios, runs: dict, task, system_name
                 if perf and perf.get("status") == "ok":
                     _copy(Path(perf["log_dir"]), sdir / "performance" / "run_1", LOADGEN_LOGS)
                 if acc and acc.get("status") == "ok":
-                    _copy(Path(acc["log_dir"]), sdir / "accuracy",
-                          LOADGEN_LOGS + ("mlperf_log_accuracy.json", "accuracy.txt"))
+                    src, dst = Path(acc["log_dir"]), sdir / "accuracy"
+                    _copy(src, dst, LOADGEN_LOGS)
+                    digest = truncate_accuracy_log(src / "mlperf_log_accuracy.json", dst / "mlperf_log_accuracy.json")
+                    line = (src / "accuracy.txt").read_text(encoding="utf-8").rstrip("\n")
+                    (dst / "accuracy.txt").write_text(f"{line}\n\nhash={digest}\n", encoding="utf-8")
                 shutil.copy2(Path(done[0]["log_dir"]) / "user.conf", sdir / "user.conf")
-                (sdir / "measurements.json").write_text(json.dumps(measurements(p.variant, task), indent=2),
+                sha = next((r.get("onnx_sha256") for r in done if r.get("onnx_sha256")), None)
+                (sdir / "measurements.json").write_text(json.dumps(measurements(p.variant, task, sha), indent=2),
                                                         encoding="utf-8")
                 (sdir / "README.md").write_text(
                     f"# {model} {s.loadgen}\n\n{p.variant.onnx} (variant {p.variant.name}) on task {task.name}, "
@@ -467,16 +631,30 @@ def _copy(src: Path, dst: Path, names) -> None:
             shutil.copy2(src / n, dst / n)
 
 
-def _src_readme(task, submission: bool) -> str:
+def _src_readme(task, submission: bool, version: str | None = None, submitter: str = "bertprune") -> str:
+    label = version or "v6.1"
+    check = (f"Check this tree with MLCommons' submission checker (mlcommons/inference, tools/submission), "
+             f"from that repository's `tools/` folder:\n\n"
+             f"    python -m submission.submission_checker.main --input <this submission folder> "
+             f"--version {label} --submitter {submitter}\n\n")
+    seeds = (f"MLPerf Inference {label}: the runs' LoadGen logged the {label} RNG seeds.\n\n" if version not in (None, "unknown")
+             else "The runs' LoadGen logged RNG seeds of no MLPerf round bertprune knows: find the round whose "
+                  "mlperf.conf has them (mlperf_log_detail.txt, effective_*_rng_seed) and check with its --version.\n\n"
+             if version == "unknown" else "")
     return (
         "# bertprune\n\nRetraining-free structured pruning (Kwon et al., NeurIPS 2022) of fine-tuned BERT models "
         "into physically smaller dense models, exported to ONNX in the MLPerf Inference BERT interface "
         "(input_ids, input_mask, segment_ids -> output_start_logits, output_end_logits) and run with "
         "ONNX Runtime under MLPerf LoadGen.\n\n"
+        + seeds + check +
         f"Reproduce: `python prune.py -m constraint=...`, `python export.py ...`, then "
         f"`python bench.py source=<sweep folder> task={task.name} scenario=[offline,single_stream]"
         f"{' submission=true' if submission else ''}`.\n\n"
         + ("" if submission else "These are LOCAL runs (short min_duration): not valid for an official submission; "
                                  "rerun with submission=true.\n")
-        + ("" if task.kind == "qa" else f"\nNote: task {task.name} is not SQuAD v1.1; model_mapping.json maps to "
-                                        "bert-99 only to keep the tree's shape — accuracy is not comparable.\n"))
+        + ("" if task.kind == "qa" else
+           f"\nNote: task {task.name} is not SQuAD v1.1, so this tree can never pass as bert-99: its performance "
+           "runs hold fewer than the 10,833 performance samples bert-99 needs (the task's validation set), its "
+           "accuracy run does not cover SQuAD's 10,833 samples and its metric is not SQuAD F1. model_mapping.json "
+           "maps to bert-99 only to keep the tree's shape; the layout, system description, seeds and logs are "
+           "still checked.\n"))

@@ -78,7 +78,7 @@ def measure(source: str | None, batch: int, seconds: float, task_name: str, devi
         variant = harness.load_variant(onnx_path)
     else:
         variant = harness.discover_variants(source)[0]
-        tok = variant.tokenizer or tokenizer
+        tok = tokenizer or variant.tokenizer  # an explicit --tokenizer wins over the sidecar
         if tok is None:
             raise ValueError(f"{variant.onnx}: no tokenizer in its sidecar; pass --tokenizer")
     sig = harness.check_variant(variant, task.kind, task.num_labels, task.max_length, task.name)

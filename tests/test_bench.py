@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from bertprune import harness
 from bertprune.bench import bench, run_bench
 from bertprune.bench_callback import LoadgenCallback
 from bertprune.harness import SCENARIOS, ScenarioSettings
+from bertprune.resources import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["scenario.offline.min_duration_ms=500", "scenario.offline.calibration_s=0.3",
@@ -88,7 +90,10 @@ def test_bench_sweep_end_to_end(tiny_data, tmp_path):
     assert system["framework"].startswith("onnxruntime ")
     assert json.loads((sub / "model_mapping.json").read_text()) == {"csv-dense": "bert-99",
                                                                       "csv-c0.50-int8": "bert-99"}
-    assert (sub / "src" / "README.md").is_file()
+    readme = (sub / "src" / "README.md").read_text()
+    assert "MLPerf Inference v6.1" in readme and "--version v6.1 --submitter lab" in readme  # LoadGen 6.0.17's seeds
+    assert meta["mlperf_version"] == "v6.1" and summary.mlperf_version == "v6.1"
+    assert all(isinstance(v, str) for v in system.values()) and system["accelerators_per_node"] in ("0", "1")
     for model, precision in (("csv-dense", "fp32"), ("csv-c0.50-int8", "int8")):
         for scen in ("Offline", "SingleStream"):
             d = sub / "results" / "testbox" / model / scen
@@ -97,11 +102,17 @@ def test_bench_sweep_end_to_end(tiny_data, tmp_path):
             assert (perf / "mlperf_log_detail.txt").is_file()
             for f in ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json"):
                 assert (d / "accuracy" / f).is_file(), f
-            assert "accuracy" in json.loads((d / "accuracy" / "accuracy.txt").read_text())
+            lines = (d / "accuracy" / "accuracy.txt").read_text().splitlines()
+            assert "accuracy" in json.loads(lines[0])
+            full = out / ("dense" if precision == "fp32" else "c0.50-int8") / scen / "accuracy" / "mlperf_log_accuracy.json"
+            assert f"hash={sha256_file(full)}" in lines  # the full log's hash, as truncate_accuracy_log.py writes
             assert f"bert.{scen}." in (d / "user.conf").read_text()
             m = json.loads((d / "measurements.json").read_text())
             assert m["input_data_types"] == "int64" and m["weight_data_types"] == precision
-            assert m["retraining"] == "no" and m["starting_weights_filename"] == "/models/teacher"
+            # the sidecar's teacher (/models/teacher) is not on this machine: its fine-tuning is unknown
+            assert m["retraining"].startswith("unknown") and m["starting_weights_filename"] == "/models/teacher"
+            assert m["onnx_sha256"] == sha256_file(sweep / ("dense/onnx" if precision == "fp32" else "0/onnx_int8")
+                                                   / "model.onnx")
             if precision == "int8":
                 assert m["weight_transformations"].startswith("pruned (Kwon et al. 2022")
                 assert "INT8" in m["weight_transformations"]
@@ -206,3 +217,242 @@ def test_bench_cli(tiny_data, tmp_path):
     assert meta["complete"] and meta["rows"][0]["accuracy"] == meta["rows"][0]["direct_accuracy"]
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert Path(CONF, "bench.yaml").is_file()
+
+
+# ----------------------------------------------------------------------------------------------
+# Exit codes and the device: one clear answer
+
+
+def test_bench_cli_exits_nonzero_when_runs_fail(tiny_data, tmp_path):
+    """Every run failing (here: inference breaks inside ONNX Runtime) must not exit 0; the summary is
+    still written with the failed rows marked."""
+    variant = write_variant(tmp_path / "v", "c0.40", mac_ratio=0.4, constraint=0.4, vocab=100)
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "bench.py"), f"source={variant}", *task_overrides(tiny_data),
+           "scenario=[offline]", "mode=accuracy", "scenario.offline.calibration_s=0.3", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "bench: 1 of 1 runs failed" in proc.stderr and "inference failed" in proc.stderr
+    meta = json.loads((run_dir / "summary.json").read_text())
+    assert meta["complete"] is False and [r["status"] for r in meta["rows"]] == ["failed"]
+
+
+def test_device_without_a_gpu_is_one_error_before_any_run(tiny_data, tmp_path, monkeypatch):
+    from bertprune import runtime
+
+    calls = []
+    monkeypatch.setattr(harness, "run_isolated", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(runtime, "cuda_usable", lambda: False)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="device=cuda needs a CUDA GPU.*Use device=cpu"):
+        run_bench(make_sweep(tmp_path / "sweep"), csv_task(tiny_data), ["offline"], device="cuda", output_dir=out)
+    with pytest.raises(ValueError, match="runtime device 'tpu'"):
+        run_bench(tmp_path / "sweep", csv_task(tiny_data), ["offline"], device="tpu", output_dir=out)
+    assert calls == [] and not out.exists()
+
+    # the command line: one message, non-zero exit, no summary and no run folder (CUDA hidden from torch)
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "bench.py"), f"source={tmp_path / 'sweep'}", *task_overrides(tiny_data),
+           "scenario=[offline,single_stream]", "device=cuda", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode != 0
+    assert proc.stderr.count("RuntimeError: device=cuda needs a CUDA GPU") == 1, proc.stderr[-2000:]
+    assert not any((run_dir / n).exists() for n in ("summary.json", "summary.md", "dense", "submission"))
+
+
+def test_swapped_onnx_is_refused_before_any_run(tiny_data, tmp_path, monkeypatch):
+    """A model.onnx replaced after export (its sha256 no longer the sidecar's) must not be benchmarked and
+    reported as the exported variant."""
+    calls = []
+    monkeypatch.setattr(harness, "run_isolated", lambda *a, **k: calls.append(a))
+    sweep = make_sweep(tmp_path / "sweep")
+    recorded = json.loads((sweep / "dense" / "onnx" / "model.json").read_text())["sha256"]
+    tiny_onnx(sweep / "dense" / "onnx" / "model.onnx", seed=7)  # another model, same interface
+    with pytest.raises(ValueError, match=f"has sha256 {sha256_file(sweep / 'dense' / 'onnx' / 'model.onnx')} "
+                                         f"but its export recorded {recorded}"):
+        run_bench(sweep, csv_task(tiny_data), ["offline"], output_dir=tmp_path / "out")
+    assert calls == [] and not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Submission tree: what the official checker reads
+
+
+def test_system_description_fields_are_strings():
+    """The checker reads a number 0 as an empty answer ("accelerators_per_node requires a meaningful
+    response"): every field is a non-empty string."""
+    from bertprune.bench import system_description
+
+    for providers in ({"CPUExecutionProvider"}, set()):
+        d = system_description("box", "lab", providers)
+        assert d["accelerators_per_node"] == "0" and d["number_of_nodes"] == "1"
+        assert all(isinstance(v, str) for v in d.values())
+        meaningful = ("division", "submitter", "system_type", "status", "system_name", "number_of_nodes",
+                      "host_processor_model_name", "host_processors_per_node", "host_processor_core_count",
+                      "host_memory_capacity", "host_memory_configuration", "host_storage_capacity",
+                      "host_storage_type", "host_networking", "host_network_card_count", "host_networking_topology",
+                      "accelerators_per_node", "accelerator_model_name", "accelerator_memory_capacity",
+                      "accelerator_host_interconnect", "accelerator_memory_configuration",
+                      "accelerator_interconnect", "cooling", "framework", "operating_system", "other_software_stack")
+        assert [k for k in meaningful if not d.get(k)] == []
+
+
+def _detail_log(folder: Path, seeds: dict) -> Path:
+    folder.mkdir(parents=True)
+    lines = [f':::MLLOG {{"key": "effective_{k}", "value": {v}, "time_ms": 0.0, "namespace": "mlperf::logging", '
+             f'"event_type": "POINT_IN_TIME", "metadata": {{"is_error": false, "is_warning": false}}}}'
+             for k, v in seeds.items()]
+    (folder / "mlperf_log_detail.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_tree_is_labelled_with_the_round_of_loadgens_seeds(tmp_path):
+    from bertprune.bench import MLPERF_SEEDS, mlperf_version
+
+    v61 = {"qsl_rng_seed": 2085463073848966840, "sample_index_rng_seed": 2747215439041700203,
+           "schedule_rng_seed": 16159082839903944936}
+    assert MLPERF_SEEDS["v6.1"] == v61  # mlperf.conf of MLPerf Inference v6.1, as LoadGen 6.0.17 logs them
+    ok = {"status": "ok", "log_dir": str(_detail_log(tmp_path / "a", {**v61, "accuracy_log_rng_seed": 0}))}
+    assert mlperf_version([ok, {"status": "failed", "log_dir": str(tmp_path / "none")}]) == "v6.1"
+    v60 = {"qsl_rng_seed": 2465351861681999779, "sample_index_rng_seed": 14276810075590677512,
+           "schedule_rng_seed": 3936089224930324775}
+    other = {"status": "ok", "log_dir": str(_detail_log(tmp_path / "b", v60))}
+    assert mlperf_version([ok, other]) == "unknown" and mlperf_version([]) is None
+
+
+def test_accuracy_log_truncated_and_hashed_like_mlcommons(tmp_path):
+    """truncate_accuracy_log.py: accuracy.txt gets ``hash=<sha256 of the full log>``; a log of 4096 bytes or
+    more keeps its first and last 4096 bytes around a "..." line (the checker wants <= 10 KiB)."""
+    import hashlib
+
+    from bertprune.bench import truncate_accuracy_log
+
+    entries = [{"seq_id": i, "qsl_idx": i, "data": f"{i:08X}" * 4} for i in range(400)]
+    full = json.dumps(entries, indent=0).encode()
+    assert len(full) > 3 * 4096
+    (tmp_path / "full.json").write_bytes(full)
+    digest = truncate_accuracy_log(tmp_path / "full.json", tmp_path / "cut.json")
+    assert digest == hashlib.sha256(full).hexdigest()
+    cut = (tmp_path / "cut.json").read_bytes()
+    assert cut == full[:4096] + b"\n\n...\n\n" + full[-4096:] and len(cut) <= 10 * 1024
+    small = b'[\n{"seq_id": 0, "qsl_idx": 0, "data": "00"}\n]\n'
+    (tmp_path / "small.json").write_bytes(small)
+    assert truncate_accuracy_log(tmp_path / "small.json", tmp_path / "small_cut.json") == hashlib.sha256(small).hexdigest()
+    assert (tmp_path / "small_cut.json").read_bytes() == small  # under 4096 bytes: left whole
+
+
+def _bertprune_teacher(folder: Path, name_or_path: str) -> Path:
+    """A teacher folder as train.py caches it: config.yaml (the composed config) + COMPLETE.json."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(
+        f"model:\n  name: m\n  name_or_path: {name_or_path}\ntask:\n  name: rotten_tomatoes\n"
+        "training:\n  seed: 42\n  epochs: 2\n  batch_size: 32\n  lr: 5.0e-05\n")
+    (folder / "COMPLETE.json").write_text('{"sha256": "x"}')
+    return folder
+
+
+def test_measurements_disclose_starting_weights_and_fine_tuning(tmp_path):
+    from bertprune.bench import measurements
+    from bertprune.data import Task
+
+    task = Task(name="rotten_tomatoes", kind="classification", num_labels=2, source="rotten_tomatoes")
+    teacher = _bertprune_teacher(tmp_path / "teachers" / "rt-minilm", minilm_dir())
+    v = harness.load_variant(write_variant(tmp_path / "v", "c0.50", mac_ratio=0.5, constraint=0.5))
+    v.meta["teacher"] = str(teacher)
+    m = measurements(v, task)
+    assert m["starting_weights_filename"] == "sentence-transformers/all-MiniLM-L6-v2"  # the packaged MiniLM
+    assert m["retraining"].startswith("yes: the dense teacher was fine-tuned from sentence-transformers/all-MiniLM")
+    assert m["weight_transformations"].startswith("fine-tuned by bertprune (train.py) from sentence-transformers/"
+                                                  "all-MiniLM-L6-v2 on task rotten_tomatoes (2 epochs, lr 5e-05")
+    assert "pruned (Kwon et al. 2022" in m["weight_transformations"]
+    v.meta["teacher"] = str(_bertprune_teacher(tmp_path / "teachers" / "bb", "bert-base-uncased"))
+    assert measurements(v, task)["starting_weights_filename"] == "bert-base-uncased"  # the model config's hub name
+    own = tmp_path / "my-finetuned-bert"  # a fine-tuned checkpoint given to prune.py: bertprune did not train it
+    own.mkdir()
+    v.meta["teacher"] = str(own)
+    m = measurements(v, task)
+    assert m["starting_weights_filename"] == str(own) and m["retraining"].startswith("no: bertprune pruned")
+    assert "fine-tuned by bertprune" not in m["weight_transformations"]
+    # the export's record (model.json "starting_weights") wins over the folder, which may be gone by now
+    v.meta["starting_weights"] = {"starting_weights": "bert-large-uncased", "fine_tuned_by_bertprune": True,
+                                  "fine_tuning": {"task": "sst2", "epochs": 3, "lr": 2e-5, "batch_size": 16, "seed": 1}}
+    assert measurements(v, task)["starting_weights_filename"] == "bert-large-uncased"
+
+
+# ----------------------------------------------------------------------------------------------
+# Sidecar paths: a copied or moved sweep still benchmarks
+
+
+def test_moved_sweep_benchmarks_and_the_tokenizer_override_wins(tiny_data, tmp_path):
+    import shutil
+
+    from bertprune.bench import plan_bench
+    from bertprune.models import load_tokenizer, save_checkpoint, tiny_bert
+    from bertprune.onnx_export import export_variant
+
+    task = csv_task(tiny_data)
+    sweep = tmp_path / "sweep"
+    ckpt = save_checkpoint(tiny_bert("classification", 2, 30522), load_tokenizer(minilm_dir()), sweep / "0" / "pruned")
+    export_variant(ckpt, sweep / "0" / "onnx", task, device="cpu", max_eval_samples=16)
+    side = json.loads((sweep / "0" / "onnx" / "model.json").read_text())
+    assert side["tokenizer"] == "../pruned"  # relative to the variant folder
+    assert side["starting_weights"]["starting_weights"] == str(ckpt.resolve())
+    moved = tmp_path / "elsewhere" / "sweep-copy"
+    shutil.copytree(sweep, moved)
+    shutil.rmtree(sweep)
+    summary = run_bench(moved, task, [ScenarioSettings(name="offline", min_duration_ms=500, calibration_s=0.3)],
+                        mode="accuracy", output_dir=tmp_path / "bench")
+    assert summary.complete and summary.rows[0].accuracy == summary.rows[0].direct_accuracy
+    plans, _, _ = plan_bench(moved, task, ["offline"], "accuracy")
+    assert Path(plans[0].tokenizer) == moved / "0" / "onnx" / ".." / "pruned"
+    other = tmp_path / "other-tokenizer"
+    shutil.copytree(minilm_dir(), other)
+    plans, _, _ = plan_bench(moved, task, ["offline"], "accuracy", tokenizer=str(other))
+    assert plans[0].tokenizer == str(other)  # tokenizer= wins over the sidecar
+    with pytest.raises(FileNotFoundError, match="tokenizer=.*folder not found"):
+        plan_bench(moved, task, ["offline"], "accuracy", tokenizer=str(tmp_path / "nope"))
+    shutil.rmtree(moved / "0" / "pruned")
+    with pytest.raises(FileNotFoundError, match=r"tokenizer folder is gone \(tried .*pruned, .*\).*tokenizer="):
+        plan_bench(moved, task, ["offline"], "accuracy")
+
+
+# ----------------------------------------------------------------------------------------------
+# bench.png
+
+
+def test_plot_never_mixes_scenarios_and_marks_failed_runs(tmp_path, monkeypatch):
+    """A variant whose Offline run failed must not appear on the Offline axis at its SingleStream
+    throughput; every panel holds one scenario, names its failed runs and labels its units."""
+    import matplotlib.figure
+
+    from bertprune.bench import BenchRow, plot
+
+    figures = []
+    real_savefig = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda self, *a, **k: (figures.append(self), real_savefig(self, *a, **k))[1])
+    rows = [BenchRow("dense", "fp32", 1.0, "Offline", valid="VALID", throughput=900.0, accuracy=83.0, metric="accuracy"),
+            BenchRow("dense", "fp32", 1.0, "SingleStream", valid="VALID", throughput=200.0, latency_p90_ms=5.0,
+                     accuracy=83.0, metric="accuracy"),
+            BenchRow("c0.40", "fp32", 0.4, "Offline", status="failed", valid="failed", metric="accuracy",
+                     error="performance: boom"),
+            BenchRow("c0.40", "fp32", 0.4, "SingleStream", valid="VALID", throughput=350.0, latency_p90_ms=2.9,
+                     accuracy=80.0, metric="accuracy"),
+            BenchRow("c0.50", "int8", 0.5, "Server", valid="INVALID", throughput=120.0, latency_p90_ms=40.0,
+                     latency_p99_ms=90.0, accuracy=82.0, metric="accuracy")]
+    assert plot(rows, tmp_path / "bench.png") == str(tmp_path / "bench.png")
+
+    def xs(ax):
+        return sorted(float(x) for c in ax.collections for x, _ in c.get_offsets())
+
+    offline = next(ax for ax in figures[-1].axes if "Offline" in ax.get_xlabel())
+    assert xs(offline) == [900.0]  # not c0.40's SingleStream 350 samples/s, nor the Server run's 120
+    axes = {ax.get_title(): ax for ax in figures[-1].axes}
+    assert set(axes) == {"Offline", "SingleStream", "Server"}  # one panel per scenario
+    assert xs(axes["SingleStream"]) == [2.9, 5.0] and xs(axes["Server"]) == [120.0]
+    assert any("failed: c0.40" in t.get_text() for t in axes["Offline"].texts)
+    assert any("INVALID" in t.get_text() for t in axes["Server"].texts)
+    assert axes["Offline"].get_xlabel() == "Offline throughput (samples/s)"
+    assert axes["SingleStream"].get_xlabel() == "SingleStream p90 latency (ms)"
+    assert all(ax.get_ylabel() == "accuracy (%)" for ax in axes.values())

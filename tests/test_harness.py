@@ -542,3 +542,73 @@ def test_squad_accuracy_mode_equals_direct_and_follows_mlperf_windows(tmp_path):
     assert set(acc["loadgen"]["targets"]) == {"bert-99", "bert-99.9"}
     line = (tmp_path / "acc" / "accuracy.txt").read_text().strip()
     assert line.startswith('{"exact_match": ') and '"f1": ' in line  # the checker's F1 pattern
+
+
+# ----------------------------------------------------------------------------------------------
+# Run time limits and progress
+
+
+def test_overloaded_server_run_is_stopped_with_a_clear_error_and_progress(cls_model, tmp_path, monkeypatch, caplog):
+    """A Server run offered far more queries per second than the model sustains never ends on its own
+    (LoadGen waits for every query): a default limit derived from the min duration stops it, the parent
+    logs progress meanwhile, and the error says what to change."""
+    import logging
+    import time
+
+    onnx_path, feats = cls_model
+    monkeypatch.setattr(harness, "RUN_TIME_SLACK_S", 4.0, raising=False)  # limit = 4 x 0.5 s + 4 s: test-sized
+    monkeypatch.setattr(harness, "PROGRESS_EVERY_S", 1.0, raising=False)
+    sc = ScenarioSettings(name="server", batch_size=8, workers=1, target_qps=2e6, min_duration_ms=500,
+                          calibration_s=0.3)
+    spec = RunSpec(variant="tiny", onnx=str(onnx_path), kind="classification", num_labels=2, seq_len=None,
+                   features=str(feats), scenario=asdict(sc), mode="performance", out_dir=str(tmp_path / "srv"))
+    t0 = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="bertprune.harness"):
+        r = harness.run_isolated(spec)
+    assert time.monotonic() - t0 < 30
+    assert r["status"] == "failed"
+    assert "timed out after 6 s" in r["error"] and "scenario.server.target_qps" in r["error"]
+    assert "samples completed" in r["error"]
+    assert any("tiny Server performance: loadgen" in m and "samples completed" in m for m in caplog.messages)
+    assert harness.default_time_limit(spec)[0] == pytest.approx(6.0)
+    # submission runs: mlperf.conf's 600 s; accuracy runs: no limit (one pass over the data, however long)
+    assert harness.default_time_limit(RunSpec(**{**asdict(spec), "submission": True}))[0] == pytest.approx(2404.0)
+    assert harness.default_time_limit(RunSpec(**{**asdict(spec), "mode": "accuracy"}))[0] is None
+
+
+# ----------------------------------------------------------------------------------------------
+# The file a run loads is the file its export recorded
+
+
+def test_run_hashes_the_onnx_it_loads_and_refuses_a_swapped_file(cls_model, tmp_path):
+    from bertprune.resources import sha256_file
+
+    onnx_path, feats = cls_model
+    sc = asdict(ScenarioSettings(name="offline", batch_size=8, **FAST))
+    good = sha256_file(onnx_path)
+    spec = RunSpec(variant="tiny", onnx=str(onnx_path), kind="classification", num_labels=2, seq_len=None,
+                   features=str(feats), scenario=sc, mode="accuracy", out_dir=str(tmp_path / "ok"), onnx_sha256=good)
+    r = harness.run_subprocess(spec)
+    assert r["status"] == "ok", r.get("error")
+    assert r["onnx_sha256"] == good and json.loads((tmp_path / "ok" / "result.json").read_text())["onnx_sha256"] == good
+    # the export recorded another file (a model swapped after export): the run fails and says why
+    swapped = RunSpec(**{**asdict(spec), "out_dir": str(tmp_path / "bad"), "onnx_sha256": "0" * 64})
+    r = harness.run_subprocess(swapped)
+    assert r["status"] == "failed"
+    assert f"has sha256 {good} but its export recorded {'0' * 64}" in r["error"] and "Re-export" in r["error"]
+    assert not (tmp_path / "bad" / "result.json").exists()
+
+
+def test_accuracy_txt_keeps_full_precision_for_the_checker():
+    """4 decimals would lift an F1 of 89.965255 to 89.9653, past the bert-99 target 89.96526."""
+    import re
+
+    f1 = 89.965255
+    line = harness.accuracy_txt("qa", {"exact_match": 81.0, "f1": f1})
+    # the MLPerf submission checker's F1 pattern for bert (tools/submission, ACC_PATTERN["F1"])
+    m = re.match(r"^{[\"\']exact_match[\"\']\:\s*[\d\.]+,\s*[\"\']f1[\"\']\:\s*([\d\.]+)}", line)
+    assert m and float(m.group(1)) == f1 and float(m.group(1)) < 90.874 * 0.99
+    assert json.loads(line) == {"exact_match": 81.0, "f1": f1}
+    tiny = json.loads(harness.accuracy_txt("classification", {"accuracy": 1e-7}))["accuracy"]
+    assert tiny == 1e-7 and "e" not in harness.accuracy_txt("classification", {"accuracy": 1e-7})  # never 1e-07
+    assert harness.accuracy_txt("classification", {"accuracy": 83.29}) == '{"accuracy": 83.29}'
