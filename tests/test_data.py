@@ -117,12 +117,12 @@ def test_hub_names_offline_say_no_network(monkeypatch):
     """No network: one line telling the user to give a local folder (not a 104-line traceback)."""
     import huggingface_hub.constants
 
-    from bertprune.models import check_prunable
+    import bertprune.models
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # like a machine without network
     for fn in (lambda: load_model("bertprune-test/no-such-model", "classification", 2),
                lambda: load_tokenizer("bertprune-test/no-such-model"),
-               lambda: check_prunable("bertprune-test/no-such-model"),
+               lambda: bertprune.models.check_prunable("bertprune-test/no-such-model"),
                lambda: load_task_data(Task(name="h", source="hub", hub_name="bertprune-test/no-such-data"))):
         with pytest.raises(OSError, match=r"no network: .*'bertprune-test/no-such-.*'.*Give a local folder") as e:
             fn()

