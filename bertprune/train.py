@@ -63,7 +63,7 @@ def source_fingerprint(value: str, files: tuple[str, ...] = ()) -> str | dict:
 def teacher_key_data(cfg) -> dict:
     """Everything the teacher depends on, JSON-able: the model (weights/config and tokenizer by content),
     the task (all its fields, data files by content and absolute path) and the training config.
-    Unset (None) entries are left out, so a config schema that spells out optional keys keys alike."""
+    Unset (None) entries are left out: a config schema that spells out optional keys gives the same key."""
     # The teacher's seed lives in the training group, so prune.py (whose own `seed` picks calibration
     # samples) finds the same teacher as train.py.
     training = OmegaConf.to_container(cfg.training, resolve=True)

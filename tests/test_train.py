@@ -222,3 +222,22 @@ def test_prune_refuses_bad_input_before_the_teacher_is_fine_tuned(tiny_cfg, tmp_
     dev.write_text("text,label\ngood,1\nbad,2\n")
     with pytest.raises(ValueError, match=r"bad_dev.csv, data row 2 .*label 2 is out of range"):
         prune(tiny_cfg("prune", [f"task.validation_file={dev}", "export=false"]))
+
+
+def test_file_hashes_are_cached_but_never_stale(tmp_path, monkeypatch):
+    """The key hashes model weights; big files' hashes are remembered per (path, size, mtime)."""
+    import os
+
+    import bertprune.resources as res
+
+    big = tmp_path / "model.safetensors"
+    big.write_bytes(b"a" * (res._STORE_MIN_BYTES + 1))
+    first = res.sha256_cached(big)
+    assert first == res.sha256_file(big)
+    big.write_bytes(b"b" * (res._STORE_MIN_BYTES + 1))  # same size, other content, other mtime
+    os.utime(big, ns=(big.stat().st_atime_ns, big.stat().st_mtime_ns + 10**9))
+    second = res.sha256_cached(big)
+    assert second != first and second == res.sha256_file(big)
+    monkeypatch.setattr(res, "_HASHES", {})  # a new process: the digest comes from the store, unread file
+    monkeypatch.setattr(res, "sha256_file", lambda p: pytest.fail("re-hashed a file whose hash is stored"))
+    assert res.sha256_cached(big) == second
