@@ -132,10 +132,13 @@ def load_config(name_or_path: str):
         return AutoConfig.from_pretrained(name_or_path)
 
 
-def check_prunable(name_or_path: str, kind: str = "classification") -> None:
-    """Refuse a model whose encoder is not BERT-structured, from its config alone: the architecture
-    is built on the meta device (no weights read, no memory), before any teacher is fine-tuned."""
+def check_prunable(name_or_path: str, kind: str = "classification", num_labels: int | None = None,
+                   require_head: bool = False) -> None:
+    """Refuse a model whose encoder is not BERT-structured (or, with ``require_head``, a checkpoint
+    without a fitting fine-tuned head), from its config alone: the architecture is built on the meta
+    device (no weights read, no memory), before any teacher is fine-tuned."""
     config = load_config(name_or_path)
+    _check_head(name_or_path, config, kind, num_labels, require_head)
     with torch.device("meta"):
         model = _auto_class(kind).from_config(config)
     try:
@@ -143,6 +146,22 @@ def check_prunable(name_or_path: str, kind: str = "classification") -> None:
     except ValueError as e:
         raise ValueError(f"{name_or_path}: {e} Give a BERT-family checkpoint (e.g. model=minilm or model=bert_base, "
                          "or checkpoint=<a fine-tuned BERT folder>).") from None
+
+
+def _check_head(name_or_path: str, config, kind: str, num_labels: int | None, require_head: bool) -> bool:
+    """Whether the checkpoint carries a head for ``kind``; one clear error if it is missing but
+    required, or was fine-tuned for another number of labels."""
+    archs = config.architectures or []
+    has_head = any(a.endswith(TASK_HEADS[kind]) for a in archs)
+    if require_head and not has_head:
+        raise ValueError(
+            f"{name_or_path} has no {TASK_HEADS[kind]} head (architectures={archs}); it is not fine-tuned for a "
+            f"{kind} task. Fine-tune it first (python train.py) or pass a fine-tuned checkpoint.")
+    if has_head and num_labels is not None and kind != "qa" and config.num_labels != num_labels:
+        raise ValueError(
+            f"{name_or_path} was fine-tuned with num_labels={config.num_labels} but the task has "
+            f"num_labels={num_labels}: the checkpoint does not fit this task.")
+    return has_head
 
 
 def load_tokenizer(name_or_path: str):
@@ -173,16 +192,7 @@ def load_model(name_or_path: str, kind: str = "classification", num_labels: int 
     fine-tuned model); a mismatching head raises one clear error.
     """
     config = load_config(name_or_path)
-    archs = config.architectures or []
-    has_head = any(a.endswith(TASK_HEADS[kind]) for a in archs)
-    if require_head and not has_head:
-        raise ValueError(
-            f"{name_or_path} has no {TASK_HEADS[kind]} head (architectures={archs}); it is not fine-tuned for a "
-            f"{kind} task. Fine-tune it first (python train.py) or pass a fine-tuned checkpoint.")
-    if has_head and num_labels is not None and kind != "qa" and config.num_labels != num_labels:
-        raise ValueError(
-            f"{name_or_path} was fine-tuned with num_labels={config.num_labels} but the task has "
-            f"num_labels={num_labels}: the checkpoint does not fit this task.")
+    has_head = _check_head(name_or_path, config, kind, num_labels, require_head)
     if getattr(config, HEADS_KEY, None) is not None:
         return _load_pruned(name_or_path, config, kind)
     kwargs = {} if has_head or num_labels is None or kind == "qa" else {"num_labels": num_labels}

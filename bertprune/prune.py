@@ -109,8 +109,10 @@ def prune(cfg, callbacks=None) -> dict:
 
     # ---- model family, data, calibration sample: checked before a teacher is fine-tuned or loaded
     # (the cached teacher is saved with cfg.model.tokenizer, so its tokens are the same)
-    if cfg.checkpoint or not cfg.model.get("tiny"):
-        check_prunable(cfg.checkpoint or cfg.model.name_or_path, task.kind)
+    if cfg.checkpoint:
+        check_prunable(cfg.checkpoint, task.kind, task.num_labels, require_head=True)
+    elif not cfg.model.get("tiny"):
+        check_prunable(cfg.model.name_or_path, task.kind)
     tokenizer = load_tokenizer(cfg.checkpoint or cfg.model.tokenizer)
     data = load_task_data(task)
     batches = calibration_batches(len(data["train"]), int(cfg.num_samples), int(cfg.batch_size), int(cfg.seed))
