@@ -141,6 +141,7 @@ def test_same_relative_name_in_another_folder_is_another_teacher(tmp_path, monke
         entries.append(cfg)
     assert len(set(keys)) == 3
     for folder, cfg in zip("abc", entries):
+        monkeypatch.chdir(tmp_path / folder)  # relative paths are relative to the working directory
         data = bertprune.train.teacher_key_data(cfg)["task"]["train_file"]
         assert data["path"] == str(tmp_path / folder / "data" / "train.csv") and len(data["sha256"]) == 64
 
