@@ -107,58 +107,177 @@ def load_rotten_tomatoes(path: str, validation_fraction: float = 0.2) -> dataset
     return datasets.DatasetDict(train=part(~is_val), validation=part(is_val))
 
 
+# Reader of a local data file, chosen by the file's own suffix (a .jsonl validation file may sit
+# beside a .csv training file): (datasets builder, its options, what the row numbers in messages count).
+READERS = {".csv": ("csv", {}, "data row"), ".tsv": ("csv", {"delimiter": "\t"}, "data row"),
+           ".json": ("json", {}, "record"), ".jsonl": ("json", {}, "record")}
+ROW_NOTE = {"data row": "1-based, header not counted", "record": "1-based", "index": "0-based index in the split"}
+
+
+def _check_utf8(path: Path, name: str, chunk: int = 1 << 20) -> None:
+    """Raise one clear error (naming ``name``, e.g. ``task.train_file=...``) if ``path`` is not UTF-8 text."""
+    import codecs
+
+    decoder, offset, lines = codecs.getincrementaldecoder("utf-8")(), 0, 1
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as e:  # e.object: the undecoded tail of the last block + this block
+                data = e.object
+                pos = offset - (len(data) - len(block)) + e.start
+                line = lines + data[:e.start].count(b"\n")
+                raise ValueError(f"{name} is not UTF-8 text (byte {data[e.start]:#04x} at offset {pos}, line {line}); "
+                                 "re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+            if not block:
+                return
+            offset, lines = offset + len(block), lines + block.count(b"\n")
+
+
+def read_data_file(path: str, split: str, key: str = "train_file") -> datasets.Dataset:
+    """One split from a local .csv/.tsv/.json/.jsonl file (``key`` names the config entry in messages)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"task.{key}={path!r} is not an existing file (csv, tsv, json or jsonl)")
+    reader = READERS.get(p.suffix.lower())
+    if reader is None:
+        raise ValueError(f"task.{key}={path}: unknown format {p.suffix!r}; give a .csv, .tsv, .json or .jsonl file")
+    if p.stat().st_size == 0:
+        raise ValueError(f"task.{key}={path} is empty: it needs a header (csv/tsv) or records (json/jsonl) and rows")
+    _check_utf8(p, f"task.{key}={path}")
+    builder, kwargs, _ = reader
+    try:
+        return datasets.load_dataset(builder, data_files={split: str(p)}, split=split, **kwargs)
+    except Exception as e:  # noqa: BLE001 - one clear message, naming the file, for any unreadable file
+        cause = e
+        while cause.__cause__ is not None or cause.__context__ is not None:
+            cause = cause.__cause__ or cause.__context__
+        fmt = p.suffix.lower().lstrip(".")
+        raise ValueError(f"task.{key}={path} could not be read as {fmt} ({type(cause).__name__}: "
+                         f"{str(cause).splitlines()[0] if str(cause) else ''}); check that it is valid {fmt} "
+                         "(a .json/.jsonl file holds JSON records, a .csv/.tsv file a header and rows)") from None
+
+
+def _hub_split(raw, task: Task, split: str) -> datasets.Dataset:
+    if split not in raw:
+        raise ValueError(f"task {task.name}: {task.hub_name}/{task.hub_config} has no split {split!r} "
+                         f"(it has {list(raw)}); set task.train_split / task.validation_split")
+    return raw[split]
+
+
 def load_task_data(task: Task) -> datasets.DatasetDict:
-    """Train/validation splits of a classification or regression task, checked against the task."""
+    """Train/validation splits of a classification or regression task, checked against the task.
+
+    Each split keeps only the task's text fields and ``label`` (int64 for classification)."""
     if task.kind == "qa":
         raise ValueError(f"task {task.name} is a question-answering task: use bertprune.squad for its features")
     if task.source == "rotten_tomatoes":
         if task.data_file is None:
             raise ValueError("task.data_file must point at rotten_tomatoes_corpus_full.csv.bz2")
         dd = load_rotten_tomatoes(task.data_file, task.validation_fraction)
+        rows = {split: (f"{task.data_file} ({split} split)", "index") for split in dd}
     elif task.source == "hub":
+        from bertprune.models import hub_errors
+
         if not task.hub_name:
             raise ValueError(f"task {task.name}: source=hub needs task.hub_name (e.g. glue)")
-        raw = datasets.load_dataset(task.hub_name, task.hub_config)
-        dd = datasets.DatasetDict(train=raw[task.train_split], validation=raw[task.validation_split])
-    else:  # files
-        for key in ("train_file", "validation_file"):
-            value = getattr(task, key)
-            if not value or not Path(value).is_file():
-                raise FileNotFoundError(f"task.{key}={value!r} is not an existing file (csv, json or jsonl)")
-        suffix = Path(task.train_file).suffix.lstrip(".")
-        builder = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json"}.get(suffix)
-        if builder is None:
-            raise ValueError(f"task.train_file must be .csv/.tsv/.json/.jsonl, got {task.train_file}")
-        kwargs = {"delimiter": "\t"} if suffix == "tsv" else {}
-        try:
-            raw = datasets.load_dataset(builder, data_files={"train": task.train_file,
-                                                             "validation": task.validation_file}, **kwargs)
-        except Exception as e:  # noqa: BLE001 - one clear message for any unreadable/empty file
-            raise ValueError(f"task {task.name}: could not read {task.train_file} / {task.validation_file} "
-                             f"(is a file empty or malformed?): {e}") from e
-        dd = datasets.DatasetDict(train=raw["train"], validation=raw["validation"])
+        with hub_errors(task.hub_name, "data set", "task.source=files with task.train_file/task.validation_file"):
+            raw = datasets.load_dataset(task.hub_name, task.hub_config)
+        dd = datasets.DatasetDict(train=_hub_split(raw, task, task.train_split),
+                                  validation=_hub_split(raw, task, task.validation_split))
+        name = "/".join(x for x in (task.hub_name, task.hub_config) if x)
+        rows = {"train": (f"hub {name} ({task.train_split} split)", "index"),
+                "validation": (f"hub {name} ({task.validation_split} split)", "index")}
+    else:  # files: each read by its own suffix
+        files = {"train": ("train_file", task.train_file), "validation": ("validation_file", task.validation_file)}
+        for key, value in files.values():
+            if not value:
+                raise FileNotFoundError(f"task.{key} is not set; give a .csv, .tsv, .json or .jsonl file")
+        dd = datasets.DatasetDict({split: read_data_file(value, split, key) for split, (key, value) in files.items()})
+        rows = {split: (f"task.{key}={value}", READERS[Path(value).suffix.lower()][2])
+                for split, (key, value) in files.items()}
+    check_task_data(task, dd, rows)
+    dd = datasets.DatasetDict({split: ds.select_columns([*task.text_fields, task.label_field]) for split, ds in dd.items()})
     if task.label_field != "label":
         dd = dd.rename_column(task.label_field, "label")
-    check_task_data(task, dd)
+    if task.kind == "classification":  # integral floats (a csv column with 1.0) -> class ids
+        dd = datasets.DatasetDict({split: ds if ds.features["label"].dtype == "int64"
+                                   else ds.cast_column("label", datasets.Value("int64")) for split, ds in dd.items()})
     return dd
 
 
-def check_task_data(task: Task, dd: datasets.DatasetDict) -> None:
-    """One clear error for data that does not fit the task (missing columns, empty split, labels)."""
+def _label_problem(task: Task, y) -> str | None:
+    """Why one label does not fit the task (and the fix), or None."""
+    import math
+
+    expected = (f"labels are integer class ids 0..{task.num_labels - 1}" if task.kind == "classification"
+                else "regression labels are finite numbers")
+    if y is None or (isinstance(y, float) and math.isnan(y)):
+        return f"the label is empty; {expected}: fill it in or drop that row"
+    if isinstance(y, (str, bool, np.bool_)) or not isinstance(y, (int, float, np.integer, np.floating)):
+        return f"label {y!r} is a {type(y).__name__}; {expected}: convert the column"
+    if not math.isfinite(y):
+        return f"label {y!r} is not finite; {expected}: fix or drop that row"
+    if task.kind == "classification" and float(y) != int(y):
+        return f"label {y!r} is not an integer; {expected}: fix or drop that row"
+    if task.kind == "classification" and not 0 <= int(y) < task.num_labels:
+        return (f"label {y!r} is out of range for num_labels={task.num_labels}; {expected}: "
+                "fix that row, or set task.num_labels if the task has more classes")
+    return None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def check_task_data(task: Task, dd: datasets.DatasetDict, rows: dict[str, tuple[str, str]] | None = None) -> None:
+    """One clear error for data that does not fit the task, checked on BOTH splits before any work:
+    missing columns, an empty split, empty / non-string texts, empty / string / out-of-range labels
+    (classification: integer ids 0..num_labels-1; regression: finite numbers).
+
+    rows: per split, (where the split comes from, what its row numbers count: see ``ROW_NOTE``)."""
+    label = task.label_field
     for split in ("train", "validation"):
         ds = dd[split]
-        missing = [c for c in [*task.text_fields, "label"] if c not in ds.column_names]
+        source, unit = (rows or {}).get(split, (f"the {split} split", "index"))
+        missing = [c for c in [*task.text_fields, label] if c not in ds.column_names]
         if missing:
-            raise ValueError(f"task {task.name}: {split} split lacks columns {missing} (has {ds.column_names})")
+            raise ValueError(f"task {task.name}: {source} lacks columns {missing} (has {ds.column_names}); "
+                             "set task.text_fields / task.label_field to its column names")
         if len(ds) == 0:
-            raise ValueError(f"task {task.name}: the {split} split is empty")
+            raise ValueError(f"task {task.name}: {source} is empty (no rows)")
+
+        def fail(i: int, what: str) -> None:
+            n = i + 1 if unit != "index" else i
+            raise ValueError(f"task {task.name}: {source}, {unit} {n} ({ROW_NOTE[unit]}): {what}")
+
+        for col in task.text_fields:
+            for i, t in enumerate(ds[col]):
+                if t is None or (isinstance(t, str) and not t.strip()):
+                    fail(i, f"text column {col!r} is empty: give that row a text or drop it")
+                if not isinstance(t, str):
+                    fail(i, f"text column {col!r} holds {t!r} ({type(t).__name__}), not a string: quote the "
+                            "texts, or set task.text_fields to the text columns")
+        quoted = None  # first label that is a number written as text: reported only if no worse row exists
+        for i, y in enumerate(ds[label]):
+            problem = _label_problem(task, y)
+            if problem and isinstance(y, str) and _is_number(y):
+                quoted = quoted if quoted is not None else (i, problem)
+            elif problem:
+                fail(i, problem)
+        if quoted is not None:
+            fail(*quoted)
     if task.kind == "classification":
-        labels = np.asarray(dd["train"]["label"])
-        seen = int(labels.max()) + 1
-        if labels.min() < 0 or seen != task.num_labels:
+        seen = int(max(dd["train"][label])) + 1
+        if seen != task.num_labels:
             raise ValueError(
                 f"task {task.name}: num_labels={task.num_labels} but the training labels span "
-                f"{sorted(set(labels.tolist()))[:10]}; set task.num_labels={seen}")
+                f"{sorted(set(int(y) for y in dd['train'][label]))[:10]}; set task.num_labels={seen}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,28 +27,148 @@ def _auto_class(kind: str):
 
 
 def _is_local(name_or_path: str) -> bool:
-    return os.path.sep in name_or_path or name_or_path.startswith(".") or Path(name_or_path).exists()
+    """A folder (existing, or written as a path) rather than a hub name ("bert-base-uncased", "org/name")."""
+    return (Path(name_or_path).exists() or name_or_path.startswith((".", "/", "~"))
+            or name_or_path.count("/") > 1 or (os.path.sep != "/" and os.path.sep in name_or_path))
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """True if ``exc`` (or anything in its chain) says the Hugging Face hub could not be reached."""
+    try:
+        from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+        hub = (LocalEntryNotFoundError, OfflineModeIsEnabled)
+    except ImportError:  # pragma: no cover - very old huggingface_hub
+        hub = ()
+    import socket
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (*hub, ConnectionError, TimeoutError, socket.gaierror)) or \
+                type(exc).__name__ in ("ConnectError", "ConnectTimeout", "ConnectionError"):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def hub_errors(name: str, what: str = "model", local: str = "model.name_or_path=/path/to/a/local/folder"):
+    """Context manager: a hub download that fails for lack of a network becomes one clear error
+    ("no network: give a local folder"); every other error passes through unchanged."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def _ctx():
+        try:
+            yield
+        except Exception as e:
+            if not _is_connection_error(e):
+                raise
+            raise OSError(f"no network: the {what} {name!r} is not a local folder, so it is read as a Hugging Face "
+                          f"hub name, and the hub cannot be reached (nor is it in the hub cache). Give a local folder "
+                          f"instead ({local}), or run once with a network to fill the hub cache.") from None
+
+    return _ctx()
+
+
+def check_safetensors(path: str | Path) -> None:
+    """Cheap integrity check of a .safetensors file (its header only, no tensor is read): the header
+    parses and the file is exactly as long as the header says. A truncated or corrupt file raises one
+    clear error naming it."""
+    path = Path(path)
+    size = path.stat().st_size
+
+    def bad(detail: str):
+        return ValueError(f"{path} is truncated or corrupt ({detail}); re-copy it or re-save the checkpoint "
+                          "(model.save_pretrained)")
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise bad(f"{size} bytes, shorter than a safetensors header")
+        n = int.from_bytes(head, "little")
+        if n > size - 8 or n > 100 << 20:
+            raise bad(f"header length {n} does not fit a file of {size} bytes")
+        try:
+            header = json.loads(f.read(n))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise bad("its header is not valid safetensors JSON") from None
+    if 8 + n + end != size:
+        raise bad(f"its header describes {8 + n + end} bytes, the file has {size}")
 
 
 def check_source(name_or_path: str) -> None:
-    """Fail fast for a local folder that is not a Hugging Face checkpoint."""
+    """Fail fast for a local folder that is not a Hugging Face checkpoint, or whose weights are truncated."""
     if not _is_local(name_or_path):
-        return  # a hub name: transformers raises its own error if it cannot be fetched
+        return  # a hub name: load_model / load_tokenizer turn a missing network into one clear error
     p = Path(name_or_path)
     if not p.is_dir():
         raise FileNotFoundError(f"Model folder not found: {p}")
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"{p} is not a Hugging Face checkpoint: no config.json")
-    if not any((p / w).is_file() for w in ("model.safetensors", "model.safetensors.index.json")):
+    if (p / "model.safetensors").is_file():
+        check_safetensors(p / "model.safetensors")
+    elif (p / "model.safetensors.index.json").is_file():
+        try:
+            shards = sorted(set(json.loads((p / "model.safetensors.index.json").read_text())["weight_map"].values()))
+        except (ValueError, KeyError, AttributeError):
+            raise ValueError(f"{p / 'model.safetensors.index.json'} is corrupt: no weight_map") from None
+        for shard in shards:
+            if not (p / shard).is_file():
+                raise FileNotFoundError(f"{p} lacks the weight shard {shard} listed in model.safetensors.index.json")
+            check_safetensors(p / shard)
+    else:
         raise FileNotFoundError(
             f"{p} has no model.safetensors; bertprune loads weights only from safetensors "
             "(never pickled .bin files). Convert with `model.save_pretrained(dir)` in a trusted session.")
 
 
+def load_config(name_or_path: str):
+    """The Hugging Face config of a checkpoint folder or hub name (a missing network: one clear error)."""
+    from transformers import AutoConfig
+
+    check_source(name_or_path)
+    with hub_errors(name_or_path):
+        return AutoConfig.from_pretrained(name_or_path)
+
+
+def check_prunable(name_or_path: str, kind: str = "classification", num_labels: int | None = None,
+                   require_head: bool = False) -> None:
+    """Refuse a model whose encoder is not BERT-structured (or, with ``require_head``, a checkpoint
+    without a fitting fine-tuned head), from its config alone: the architecture is built on the meta
+    device (no weights read, no memory), before any teacher is fine-tuned."""
+    config = load_config(name_or_path)
+    _check_head(name_or_path, config, kind, num_labels, require_head)
+    with torch.device("meta"):
+        model = _auto_class(kind).from_config(config)
+    try:
+        encoder_layers(model)
+    except ValueError as e:
+        raise ValueError(f"{name_or_path}: {e} Give a BERT-family checkpoint (e.g. model=minilm or model=bert_base, "
+                         "or checkpoint=<a fine-tuned BERT folder>).") from None
+
+
+def _check_head(name_or_path: str, config, kind: str, num_labels: int | None, require_head: bool) -> bool:
+    """Whether the checkpoint carries a head for ``kind``; one clear error if it is missing but
+    required, or was fine-tuned for another number of labels."""
+    archs = config.architectures or []
+    has_head = any(a.endswith(TASK_HEADS[kind]) for a in archs)
+    if require_head and not has_head:
+        raise ValueError(
+            f"{name_or_path} has no {TASK_HEADS[kind]} head (architectures={archs}); it is not fine-tuned for a "
+            f"{kind} task. Fine-tune it first (python train.py) or pass a fine-tuned checkpoint.")
+    if has_head and num_labels is not None and kind != "qa" and config.num_labels != num_labels:
+        raise ValueError(
+            f"{name_or_path} was fine-tuned with num_labels={config.num_labels} but the task has "
+            f"num_labels={num_labels}: the checkpoint does not fit this task.")
+    return has_head
+
+
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(name_or_path)
+    with hub_errors(name_or_path, "tokenizer", "model.tokenizer=/path/to/a/local/folder"):
+        return AutoTokenizer.from_pretrained(name_or_path)
 
 
 def tiny_bert(kind: str, num_labels: int, vocab_size: int, hidden_size: int = 32, num_layers: int = 2,
@@ -71,24 +191,13 @@ def load_model(name_or_path: str, kind: str = "classification", num_labels: int 
     require_head: the checkpoint must already carry a trained head for this task (pruning needs a
     fine-tuned model); a mismatching head raises one clear error.
     """
-    from transformers import AutoConfig
-
-    check_source(name_or_path)
-    config = AutoConfig.from_pretrained(name_or_path)
-    archs = config.architectures or []
-    has_head = any(a.endswith(TASK_HEADS[kind]) for a in archs)
-    if require_head and not has_head:
-        raise ValueError(
-            f"{name_or_path} has no {TASK_HEADS[kind]} head (architectures={archs}); it is not fine-tuned for a "
-            f"{kind} task. Fine-tune it first (python train.py) or pass a fine-tuned checkpoint.")
-    if has_head and num_labels is not None and kind != "qa" and config.num_labels != num_labels:
-        raise ValueError(
-            f"{name_or_path} was fine-tuned with num_labels={config.num_labels} but the task has "
-            f"num_labels={num_labels}: the checkpoint does not fit this task.")
+    config = load_config(name_or_path)
+    has_head = _check_head(name_or_path, config, kind, num_labels, require_head)
     if getattr(config, HEADS_KEY, None) is not None:
         return _load_pruned(name_or_path, config, kind)
     kwargs = {} if has_head or num_labels is None or kind == "qa" else {"num_labels": num_labels}
-    return _auto_class(kind).from_pretrained(name_or_path, **kwargs)
+    with hub_errors(name_or_path):
+        return _auto_class(kind).from_pretrained(name_or_path, **kwargs)
 
 
 def _load_pruned(path: str, config, kind: str):

@@ -24,7 +24,8 @@ from bertprune.evaluate import evaluate, metrics_from_logits, predict_logits, pr
 from bertprune.fisher import check_importance
 from bertprune.hardware import check_hardware
 from bertprune.masks import MaskHooks, mask_shapes, ones_masks
-from bertprune.models import count_parameters, load_model, load_tokenizer, model_shape, save_checkpoint
+from bertprune.models import (check_prunable, count_parameters, load_model, load_tokenizer, model_shape,
+                              save_checkpoint)
 from bertprune.physical import prune_physically
 from bertprune.rearrange import rearrange_masks
 from bertprune.search import check_constraint, mac_ratio, search_mac
@@ -106,13 +107,20 @@ def prune(cfg, callbacks=None) -> dict:
     if stale.exists():
         stale.unlink()  # rerun into the same folder: never let an old result look current
 
-    # ---- teacher, data, cost model: everything checked before the long work
+    # ---- model family, data, calibration sample: checked before a teacher is fine-tuned or loaded
+    # (the cached teacher is saved with cfg.model.tokenizer, so its tokens are the same)
+    if cfg.checkpoint:
+        check_prunable(cfg.checkpoint, task.kind, task.num_labels, require_head=True)
+    elif not cfg.model.get("tiny"):
+        check_prunable(cfg.model.name_or_path, task.kind)
+    tokenizer = load_tokenizer(cfg.checkpoint or cfg.model.tokenizer)
+    data = load_task_data(task)
+    batches = calibration_batches(len(data["train"]), int(cfg.num_samples), int(cfg.batch_size), int(cfg.seed))
+    tokenized = tokenize(data, task, tokenizer)
+
+    # ---- teacher, cost model
     checkpoint = cfg.checkpoint or str(ensure_teacher(cfg).checkpoint)
     model = load_model(checkpoint, task.kind, task.num_labels, require_head=True).to(device).eval()
-    tokenizer = load_tokenizer(checkpoint)
-    data = load_task_data(task)
-    tokenized = tokenize(data, task, tokenizer)
-    batches = calibration_batches(len(tokenized["train"]), int(cfg.num_samples), int(cfg.batch_size), int(cfg.seed))
     seq_len = cfg.cost.seq_len or average_token_length(tokenized["train"])
     cost = MacCost.for_model(model, seq_len)
     (L, H), (_, F) = mask_shapes(model)

@@ -51,6 +51,56 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+_HASHES: dict[str, str] = {}  # "abs path|size|mtime_ns" -> sha256, this process
+_HASH_STORE = "file_hashes.json"  # the same across runs, for big files (<cache>/file_hashes.json)
+_STORE_MIN_BYTES = 8 << 20
+
+
+def sha256_cached(path: str | Path) -> str:
+    """``sha256_file``, remembered per (absolute path, size, mtime): a cache key that hashes a 1.3 GB
+    checkpoint on every run would cost seconds. Big files are remembered across runs in the cache dir
+    (best effort: an unwritable cache only costs the re-hash)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = f"{p}|{st.st_size}|{st.st_mtime_ns}"
+    if key in _HASHES:
+        return _HASHES[key]
+    store = cache_dir() / _HASH_STORE
+    known: dict = {}
+    if st.st_size >= _STORE_MIN_BYTES:
+        try:
+            known = json.loads(store.read_text())
+        except (OSError, ValueError):
+            known = {}
+    digest = known.get(key) if isinstance(known, dict) else None
+    if digest is None:
+        digest = sha256_file(p)
+        if st.st_size >= _STORE_MIN_BYTES:
+            try:
+                store.parent.mkdir(parents=True, exist_ok=True)
+                tmp = store.with_name(f".{store.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps({**(known if isinstance(known, dict) else {}), key: digest}, indent=0))
+                os.replace(tmp, store)
+            except OSError:
+                pass
+    _HASHES[key] = digest
+    return digest
+
+
+def packaged_relative(path: str | Path) -> str | None:
+    """``package:relative/path`` if ``path`` lies inside a package that carries an embedded default
+    (the same in every clone, whatever its venv path), else None."""
+    p = Path(path).resolve()
+    for package in PACKAGES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        root = Path(list(spec.submodule_search_locations)[0]).resolve()
+        if p == root or root in p.parents:
+            return f"{package}:{p.relative_to(root).as_posix()}"
+    return None
+
+
 def register_resolvers() -> None:
     """OmegaConf resolver ``${pkg:package,relative/path}`` used by the configs."""
     from omegaconf import OmegaConf

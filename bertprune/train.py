@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from bertprune.data import Task, load_task_data, tokenize
 from bertprune.evaluate import evaluate
 from bertprune.hardware import check_hardware, trainer_kwargs
 from bertprune.models import atomic_dir, check_source, load_model, load_tokenizer, tiny_bert, write_checkpoint
-from bertprune.resources import cache_dir, config_key, sha256_file
+from bertprune.resources import cache_dir, config_key, packaged_relative, sha256_cached, sha256_file
 
 log = logging.getLogger(__name__)
 COMPLETE = "COMPLETE.json"
@@ -35,14 +37,54 @@ def build_model(model_cfg, task: Task, tokenizer):
     return load_model(model_cfg.name_or_path, task.kind, task.num_labels)
 
 
-def teacher_key(cfg) -> str:
-    # Unresolved: ${pkg:...} stays symbolic, so a fresh clone (another venv path) finds the same entry.
+# Files of a local model folder that make the teacher: weights and config / tokenizer.
+MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+                   "special_tokens_map.json", "added_tokens.json", "spiece.model", "sentencepiece.bpe.model")
+
+
+def source_fingerprint(value: str, files: tuple[str, ...] = ()) -> str | dict:
+    """What identifies a data file or model folder in the teacher key: its content (sha256; for a
+    folder, of each of ``files`` it holds, plus weight shards) and where it is: the absolute path for
+    a user's file, the package-relative name for a packaged default (the same in every clone, whatever
+    its venv). A hub name has no content here: it is keyed by name."""
+    p = Path(value)
+    if not p.exists():
+        return value
+    packaged = packaged_relative(p)
+    where = {"packaged": packaged} if packaged else {"path": str(p.resolve())}
+    if p.is_file():
+        return {**where, "sha256": sha256_cached(p)}
+    names = sorted(f.name for f in p.iterdir() if f.is_file() and (f.name in files or (
+        "model.safetensors" in files and f.name.startswith("model-") and f.name.endswith(".safetensors"))))
+    return {**where, "files": {n: sha256_cached(p / n) for n in names}}
+
+
+def teacher_key_data(cfg) -> dict:
+    """Everything the teacher depends on, JSON-able: the model (weights/config and tokenizer by content),
+    the task (all its fields, data files by content and absolute path) and the training config.
+    Unset (None) entries are left out: a config schema that spells out optional keys gives the same key."""
     # The teacher's seed lives in the training group, so prune.py (whose own `seed` picks calibration
     # samples) finds the same teacher as train.py.
-    training = OmegaConf.to_container(cfg.training, resolve=False)
+    training = OmegaConf.to_container(cfg.training, resolve=True)
     seed = training.pop("seed")
-    return config_key({"model": OmegaConf.to_container(cfg.model, resolve=False),
-                       "task": OmegaConf.to_container(cfg.task, resolve=False), "training": training, "seed": seed})
+    model = OmegaConf.to_container(cfg.model, resolve=False)
+    for key, files in (("name_or_path", MODEL_FILES), ("tokenizer", TOKENIZER_FILES)):
+        if cfg.model.get(key) is not None:
+            model[key] = source_fingerprint(str(cfg.model[key]), files)
+    task = dataclasses.asdict(Task.from_config(cfg.task))
+    for key in ("data_file", "train_file", "validation_file"):
+        if task[key] is not None:
+            task[key] = source_fingerprint(str(task[key]))
+    return {"model": _given(model), "task": _given(task), "training": _given(training), "seed": seed}
+
+
+def _given(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def teacher_key(cfg) -> str:
+    return config_key(teacher_key_data(cfg))
 
 
 def teacher_dir(cfg) -> Path:
@@ -68,10 +110,24 @@ def ensure_teacher(cfg) -> TrainResult:
     if metrics is not None:
         log.info("Using cached teacher %s (%s)", path, metrics)
         return TrainResult(path, metrics, cached=True)
+    check_writable(path.parent)
     if path.exists():
         log.warning("Cached teacher %s is partial or corrupt: rebuilding it", path)
         shutil.rmtree(path)
     return fine_tune(cfg, path)
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse an unwritable teacher cache before a teacher is fine-tuned (and would be lost)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise PermissionError(
+            f"The teacher cache {folder} is not writable ({e.strerror or e}): the fine-tuned teacher could not "
+            "be saved. Set BERTPRUNE_CACHE_DIR to a writable folder, run train.py with cache=false, or pass a "
+            "fine-tuned checkpoint (prune.py checkpoint=<folder>).") from None
 
 
 def validate_inputs(cfg) -> tuple[Task, object]:

