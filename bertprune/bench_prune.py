@@ -36,14 +36,15 @@ def main(argv=None) -> dict:
     from bertprune.fisher import INPUT_KEYS, task_loss
     from bertprune.models import load_model
     from bertprune.prune import calibration_batches, prune
-    from bertprune.resources import register_resolvers
+    from bertprune.config import register
+    from bertprune.evaluate import primary_metric
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--constraint", type=float, default=0.5)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("overrides", nargs="*", help="prune config overrides, e.g. num_samples=1024")
     args = ap.parse_args(argv)
-    register_resolvers()
+    register()
     import os
     conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
     with initialize_config_dir(config_dir=conf, version_base="1.3"):

@@ -32,10 +32,16 @@ from bertprune.tuning import tune_masks
 
 log = logging.getLogger(__name__)
 RESULTS = "results.json"
+# What a prune job writes into its folder. A rerun into the same folder removes them first, so nothing
+# of the previous run (an ONNX export of another model beside the new pruned/ …) can pass for this one's.
+RUN_ARTIFACTS = (RESULTS, "pruned", "onnx", "onnx_int8", "bench", "csv", "tuning.json", "fisher.safetensors")
 
 
 def check_prune_config(cfg) -> float:
-    """Fast checks of the plain numbers (before a teacher is trained or anything is loaded)."""
+    """Fast checks of every value (before a teacher is trained or anything is loaded); returns the constraint."""
+    from bertprune.config import validate_prune
+
+    validate_prune(cfg)  # keys, types, ranges of everything but the constraint; errors name the key
     try:
         c = float(cfg.constraint)
     except (TypeError, ValueError):
@@ -43,8 +49,6 @@ def check_prune_config(cfg) -> float:
                          "encoder's MACs to keep, e.g. constraint=0.5") from None
     if not math.isfinite(c) or not 0.0 < c < 1.0:
         raise ValueError(f"constraint={c} must be in (0, 1): the fraction of the dense encoder's MACs that is kept")
-    if int(cfg.num_samples) < 1 or int(cfg.batch_size) < 1:
-        raise ValueError(f"num_samples={cfg.num_samples} and batch_size={cfg.batch_size} must be >= 1")
     if cfg.cost.name != "mac":
         raise ValueError(f"cost={cfg.cost.name!r} is not implemented; available: mac")
     if cfg.tuning.teacher not in ("sqrt", "dense"):
@@ -229,7 +233,9 @@ def default_callbacks(cfg) -> list:
     if cfg.get("export", False):
         from bertprune.callbacks import ExportCallback
 
-        cbs.append(ExportCallback(quantize=cfg.get("quantize"), device=cfg.get("runtime_device", "auto")))
+        quantize = cfg.get("quantize")
+        cbs.append(ExportCallback(quantize=None if quantize is None else str(quantize),
+                                  device=str(cfg.get("runtime_device", "auto"))))
     if cfg.get("bench", False):
         from bertprune.bench_callback import LoadgenCallback
 
