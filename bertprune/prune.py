@@ -86,6 +86,28 @@ def _masked_eval(model, head_mask, neuron_mask, loader, kind, device):
         return evaluate(model, loader, kind, device)[primary_metric(kind)]
 
 
+def clear_run_dir(run_dir: Path) -> None:
+    """Remove what a previous job left in ``run_dir`` (``RUN_ARTIFACTS``); refuse folders prune.py did not write."""
+    import shutil
+
+    from bertprune.onnx_export import MODEL_FILE, SIDECAR
+
+    ours = {"pruned": lambda d: (d / "config.json").is_file(),
+            "onnx": lambda d: {p.name for p in d.iterdir()} <= {MODEL_FILE, SIDECAR},
+            "csv": lambda d: {p.name for p in d.iterdir()} <= {"metrics.csv", "hparams.yaml"},
+            "bench": lambda d: (d / "summary.json").is_file() or not any(d.iterdir())}
+    ours["onnx_int8"] = ours["onnx"]
+    found = [run_dir / name for name in RUN_ARTIFACTS if (run_dir / name).exists()]
+    for path in found:
+        if path.is_dir() and not ours[path.name](path):
+            raise FileExistsError(f"output_dir {run_dir} holds a folder {path.name}/ that prune.py did not write; "
+                                  "a rerun replaces it, so it refuses. Choose another output_dir.")
+    for path in found:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if found:
+        log.info("rerun into %s: removed the previous run's %s", run_dir, ", ".join(p.name for p in found))
+
+
 def _atomic_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=float))
@@ -93,8 +115,17 @@ def _atomic_json(path: Path, data: dict) -> None:
 
 
 def prune(cfg, callbacks=None) -> dict:
-    """Prune the fine-tuned model of ``cfg`` to ``cfg.constraint`` of its MACs; returns results.json's content."""
-    from bertprune.loggers import finish_wandb, make_loggers
+    """Prune the fine-tuned model of ``cfg`` to ``cfg.constraint`` of its MACs; returns results.json's content.
+
+    The job's loggers (``logger``) open once the teacher and data are ready and always close: a job that
+    fails later leaves its W&B run marked failed (exit code 1)."""
+    from bertprune.loggers import JobLoggers
+
+    with JobLoggers() as job_loggers:
+        return _prune(cfg, callbacks, job_loggers)
+
+
+def _prune(cfg, callbacks, job_loggers) -> dict:
     from bertprune.train import ensure_teacher
 
     t_start = time.perf_counter()
@@ -106,9 +137,7 @@ def prune(cfg, callbacks=None) -> dict:
     device = check_hardware(cfg.hardware)
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    stale = run_dir / RESULTS
-    if stale.exists():
-        stale.unlink()  # rerun into the same folder: never let an old result look current
+    clear_run_dir(run_dir)  # rerun into the same folder: nothing of the previous run may look current
 
     # ---- teacher, data, cost model: everything checked before the long work
     checkpoint = cfg.checkpoint or str(ensure_teacher(cfg).checkpoint)
@@ -132,6 +161,9 @@ def prune(cfg, callbacks=None) -> dict:
         timings[name] = time.perf_counter() - t
         return out
 
+    group = Path(cfg.output_dir).parent.name if cfg.get("sweep_group") is None else cfg.sweep_group
+    job_loggers.open(cfg.logger, str(run_dir), name=f"prune-{task.name}-{cfg.model.name}-c{constraint}",
+                     group=f"prune-{group}", config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     dense_metric = timed("eval_dense", lambda: evaluate(model, val_loader, task.kind, device)[metric])
     log.info("dense %s: %.2f", metric, dense_metric)
 
@@ -213,13 +245,7 @@ def prune(cfg, callbacks=None) -> dict:
         results.update(cb.on_variant_saved(run_dir, out_ckpt, task, results) or {})
     results["time/total_s"] = round(time.perf_counter() - t_start, 3)
 
-    group = Path(cfg.output_dir).parent.name if cfg.get("sweep_group") is None else cfg.sweep_group
-    loggers = make_loggers(cfg.logger, str(run_dir), name=f"prune-{task.name}-{cfg.model.name}-c{constraint}",
-                           group=f"prune-{group}", config=OmegaConf.to_container(cfg, resolve=True))
-    for lg in loggers:
-        lg.log_metrics({k: v for k, v in results.items() if isinstance(v, (int, float))})
-        lg.save()
-    finish_wandb()
+    job_loggers.log(results)
     _atomic_json(run_dir / RESULTS, results)
     print(format_result(results, metric))
     del model, pruned
