@@ -54,6 +54,7 @@ def main(argv=None) -> dict:
 
     r = prune(cfg)
     task = Task.from_config(cfg.task)
+    metric = r.get("metric") or primary_metric(task.kind)  # accuracy (classification) or mse (regression)
     teacher = load_model(r["teacher"], task.kind, task.num_labels, require_head=True)
     pruned = load_model(r["checkpoint"], task.kind, task.num_labels, require_head=True)
     from bertprune.models import load_tokenizer
@@ -95,13 +96,13 @@ def main(argv=None) -> dict:
         "prune_over_floor": r["time/prune_s"] / floor,
         "latency_b1_dense_ms": 1e3 * res["batch1"][0], "latency_b1_pruned_ms": 1e3 * res["batch1"][1],
         "latency_b32_dense_ms": 1e3 * res["batch32"][0], "latency_b32_pruned_ms": 1e3 * res["batch32"][1],
-        "accuracy_dense": r["eval/accuracy_dense"], "accuracy_pruned": r["eval/accuracy"],
+        "metric": metric, f"{metric}_dense": r[f"eval/{metric}_dense"], f"{metric}_pruned": r[f"eval/{metric}"],
     }
     print(f"""
 | measure (same run) | value |
 |---|---|
 | constraint / achieved MAC ratio | {args.constraint:.2f} / {out['mac_ratio']:.3f} |
-| accuracy dense -> pruned | {out['accuracy_dense']:.2f} -> {out['accuracy_pruned']:.2f} |
+| {metric} dense -> pruned | {out[f'{metric}_dense']:.4g} -> {out[f'{metric}_pruned']:.4g} |
 | pruning wall time (Fisher -> saved) | {out['prune_s']:.1f} s (Fisher {out['fisher_s']:.1f} s, tuning {out['tune_s']:.1f} s) |
 | floor: plain fwd+bwd over the {cfg.num_samples} calibration samples | {floor:.1f} s |
 | **pruning / floor** (target <= 2.5) | **{out['prune_over_floor']:.2f}x** |

@@ -236,6 +236,7 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
         "tune/fallback_layers": tune_report.fallbacks if tune_report else 0,
         **{f"time/{k}_s": round(v, 3) for k, v in timings.items()}, "time/prune_s": round(prune_time, 3),
         "num_samples": int(cfg.num_samples), "seed": int(cfg.seed), "task": task.name, "model": cfg.model.name,
+        "metric": metric,
         "checkpoint": str(out_ckpt), "teacher": checkpoint,
     }
     if tune_report:
