@@ -67,7 +67,6 @@ def test_a_failed_job_leaves_a_wandb_run_marked_failed(tiny_cfg, monkeypatch):
 def test_dense_baseline_is_keyed_on_the_teacher(tmp_path, tiny_data):
     from bertprune.callbacks import ExportCallback
     from bertprune.data import Task
-    from bertprune.export import dense_dir
     from bertprune.models import load_tokenizer, save_checkpoint, tiny_bert
     from bertprune.physical import prune_physically
     from bertprune.resources import packaged_path
@@ -87,11 +86,13 @@ def test_dense_baseline_is_keyed_on_the_teacher(tmp_path, tiny_data):
         save_checkpoint(pruned, tok, run / "pruned", metadata={"constraint": 0.5, "teacher": str(t_dir)})
         extra = ExportCallback(device="cpu", max_eval_samples=16).on_variant_saved(
             run, run / "pruned", task, {"teacher": str(t_dir)})
-        assert extra["export/dense_onnx_path"] == str(dense_dir(parent, t_dir) / "model.onnx")
         side = json.loads((Path(extra["export/dense_onnx_path"]).parent / "model.json").read_text())
         assert side["source_checkpoint"] == str(t_dir.resolve())
         paths.append(extra["export/dense_onnx_path"])
     assert paths[0] != paths[1]  # each teacher its own baseline; the first one is untouched
+    from bertprune.export import dense_dir
+
+    assert paths == [str(dense_dir(parent, tmp_path / f"teacher{s}") / "model.onnx") for s in (1, 2)]
     assert json.loads((Path(paths[0]).parent / "model.json").read_text())["source_checkpoint"].endswith("teacher1")
     # an export in the teacher's folder made for another task is replaced, not reused
     other = Task(name="t", source="files", train_file=tiny_data[0], validation_file=tiny_data[1], max_length=24)

@@ -3,6 +3,7 @@ metric; make demo and export.py on a sweep tell the truth when part of it failed
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
@@ -113,27 +114,27 @@ def test_summary_is_written_after_every_job_and_on_interrupt(tmp_path, monkeypat
     from hydra.types import RunMode
 
     exits = []
-    monkeypatch.setattr(sweep.atexit, "register", exits.append)
+    monkeypatch.setattr(atexit, "register", exits.append)
     cb, out = sweep.SweepSummary(), tmp_path / "sweep"
     out.mkdir()
     hydra_cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(out)}}})
     cb.on_multirun_start(hydra_cfg)
     cfg = _start(out, "c0.4", 0.4)
     cfg.hydra.mode = RunMode.MULTIRUN
-    cb.on_job_start(cfg)
+    cb.on_job_start(cfg, task_function=None)
     assert "| c0.4 |" in (out / "summary.md").read_text() and "unfinished" in (out / "summary.md").read_text()
     (out / "c0.4" / "results.json").write_text(json.dumps({"constraint": 0.4, "prune/mac_ratio": 0.4,
                                                            "eval/accuracy_dense": 80.0, "eval/accuracy_tune": 75.0}))
     cb.on_job_end(cfg, JobReturn(status=JobStatus.COMPLETED, _return_value=0.4))
     cfg = _start(out, "c0.5", 0.5)
     cfg.hydra.mode = RunMode.MULTIRUN
-    cb.on_job_start(cfg)
+    cb.on_job_start(cfg, task_function=None)
     cb.on_job_end(cfg, JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("out of memory")))
     md = (out / "summary.md").read_text()
     assert "| c0.5 | 0.50 |" in md and "**FAILED**" in md and "c0.5: failed: RuntimeError: out of memory" in md
     cfg = _start(out, "c0.6", 0.6)
     cfg.hydra.mode = RunMode.MULTIRUN
-    cb.on_job_start(cfg)  # Ctrl-C now: Hydra calls neither on_job_end nor on_multirun_end ...
+    cb.on_job_start(cfg, task_function=None)  # Ctrl-C now: Hydra calls neither on_job_end nor on_multirun_end ...
     for fn in exits:  # ... but the interpreter's exit hooks run
         fn()
     rows = {r["job"]: r for r in sweep.collect(out)}
@@ -196,7 +197,6 @@ def test_demo_exits_non_zero_and_names_what_failed(tmp_path, monkeypatch, capsys
 def test_export_of_a_sweep_exports_the_good_variants_and_reports_the_bad(tmp_path, tiny_data):
     import torch
 
-    from bertprune.export import dense_dir
     from bertprune.models import load_tokenizer, save_checkpoint, tiny_bert
     from bertprune.physical import prune_physically
     from bertprune.resources import packaged_path
@@ -219,6 +219,8 @@ def test_export_of_a_sweep_exports_the_good_variants_and_reports_the_bad(tmp_pat
     assert proc.returncode != 0
     assert "1 of 3 checkpoints could not be exported" in proc.stderr and str(out / "c0.3" / "pruned") in proc.stderr
     assert (out / "c0.4" / "onnx" / "model.json").is_file() and not (out / "c0.3" / "onnx").exists()
+    from bertprune.export import dense_dir
+
     assert (dense_dir(out, t_dir) / "model.json").is_file()
     assert [s["variant"] for s in json.loads((tmp_path / "run" / "exports.json").read_text())] == ["dense", "c0.40"]
     failures = json.loads((tmp_path / "run" / "export_failures.json").read_text())
