@@ -2,9 +2,9 @@
 
 import hydra
 
-from bertprune.resources import register_resolvers
+from bertprune.config import register
 
-register_resolvers()
+register()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="prune")

@@ -2,15 +2,17 @@
 
 import hydra
 
-from bertprune.resources import register_resolvers
+from bertprune.config import register
 
-register_resolvers()
+register()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg) -> float | None:
+    from bertprune.config import validate_train
     from bertprune.train import train
 
+    validate_train(cfg)  # every value checked before the data is loaded or the teacher trained
     return train(cfg).metrics.get("eval/accuracy")
 
 

@@ -36,14 +36,15 @@ def main(argv=None) -> dict:
     from bertprune.fisher import INPUT_KEYS, task_loss
     from bertprune.models import load_model
     from bertprune.prune import calibration_batches, prune
-    from bertprune.resources import register_resolvers
+    from bertprune.config import register
+    from bertprune.evaluate import primary_metric
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--constraint", type=float, default=0.5)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("overrides", nargs="*", help="prune config overrides, e.g. num_samples=1024")
     args = ap.parse_args(argv)
-    register_resolvers()
+    register()
     import os
     conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
@@ -53,6 +54,7 @@ def main(argv=None) -> dict:
 
     r = prune(cfg)
     task = Task.from_config(cfg.task)
+    metric = r.get("metric") or primary_metric(task.kind)  # accuracy (classification) or mse (regression)
     teacher = load_model(r["teacher"], task.kind, task.num_labels, require_head=True)
     pruned = load_model(r["checkpoint"], task.kind, task.num_labels, require_head=True)
     from bertprune.models import load_tokenizer
@@ -94,13 +96,13 @@ def main(argv=None) -> dict:
         "prune_over_floor": r["time/prune_s"] / floor,
         "latency_b1_dense_ms": 1e3 * res["batch1"][0], "latency_b1_pruned_ms": 1e3 * res["batch1"][1],
         "latency_b32_dense_ms": 1e3 * res["batch32"][0], "latency_b32_pruned_ms": 1e3 * res["batch32"][1],
-        "accuracy_dense": r["eval/accuracy_dense"], "accuracy_pruned": r["eval/accuracy"],
+        "metric": metric, f"{metric}_dense": r[f"eval/{metric}_dense"], f"{metric}_pruned": r[f"eval/{metric}"],
     }
     print(f"""
 | measure (same run) | value |
 |---|---|
 | constraint / achieved MAC ratio | {args.constraint:.2f} / {out['mac_ratio']:.3f} |
-| accuracy dense -> pruned | {out['accuracy_dense']:.2f} -> {out['accuracy_pruned']:.2f} |
+| {metric} dense -> pruned | {out[f'{metric}_dense']:.4g} -> {out[f'{metric}_pruned']:.4g} |
 | pruning wall time (Fisher -> saved) | {out['prune_s']:.1f} s (Fisher {out['fisher_s']:.1f} s, tuning {out['tune_s']:.1f} s) |
 | floor: plain fwd+bwd over the {cfg.num_samples} calibration samples | {floor:.1f} s |
 | **pruning / floor** (target <= 2.5) | **{out['prune_over_floor']:.2f}x** |

@@ -7,6 +7,7 @@ extra entries to merge into the job's results.json.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 from bertprune.data import Task
@@ -19,9 +20,11 @@ log = logging.getLogger(__name__)
 class ExportCallback:
     """Export the job's pruned checkpoint to ``<run_dir>/onnx`` (+ ``<run_dir>/onnx_int8``).
 
-    export_teacher: also export the dense teacher once per sweep, to ``<run_dir>/../dense/onnx`` (the
-    sweep folder for ``-m`` runs), so ``python -m bertprune.bench_export`` finds its reference; an
-    existing export of the same teacher is reused.
+    export_teacher: also export the dense teacher, to ``<run_dir>/../dense/<teacher key>/onnx``
+    (``bertprune.export.dense_dir``: under the sweep folder for ``-m`` runs), so
+    ``python -m bertprune.bench_export`` finds its reference. The folder is keyed on the teacher's
+    weights, so runs from different teachers never share one; an export there is reused when it was made
+    for the same task and MAC sequence length, else replaced.
     """
 
     def __init__(self, quantize: str | None = None, opset: int = DEFAULT_OPSET, device: str = "auto",
@@ -45,19 +48,18 @@ class ExportCallback:
                           "export/int8_parity_max_abs_diff": int8["parity_max_abs_diff"]})
         teacher = results.get("teacher") or fp32.get("teacher")
         if self.export_teacher and teacher and Path(teacher).is_dir():  # a hub name has no folder to export
-            dense = self._export_teacher(Path(teacher), run_dir.parent / "dense" / "onnx", task, fp32["mac_seq_len"])
-            if dense is not None:
-                extra["export/dense_onnx_path"] = dense["path"]
+            dense = self._export_teacher(Path(teacher), run_dir.parent, task, fp32["mac_seq_len"])
+            extra["export/dense_onnx_path"] = dense["path"]
         return extra
 
-    def _export_teacher(self, teacher: Path, out_dir: Path, task: Task, mac_seq_len: float) -> dict | None:
+    def _export_teacher(self, teacher: Path, root: Path, task: Task, mac_seq_len: float) -> dict:
+        from bertprune.export import dense_dir
+
+        out_dir = dense_dir(root, teacher)
         existing = read_sidecar(out_dir)
-        if existing is not None:
-            if existing.get("source_checkpoint") != str(teacher.resolve()):
-                log.warning("%s already holds the export of another teacher (%s); leaving it", out_dir,
-                            existing.get("source_checkpoint"))
-                return None
-            if self.kwargs["quantize"] is None or read_sidecar(int8_dir(out_dir)) is not None:
-                return existing
+        if (existing is not None and existing.get("task_config") == asdict(task)
+                and existing.get("mac_seq_len") == mac_seq_len
+                and (self.kwargs["quantize"] is None or read_sidecar(int8_dir(out_dir)) is not None)):
+            return existing
         log.info("exporting the dense teacher %s -> %s", teacher, out_dir)
         return export_variant(teacher, out_dir, task, mac_seq_len=mac_seq_len, **self.kwargs)["fp32"]

@@ -6,8 +6,10 @@
   checkpoint folder itself (possibly the teacher cache) is never written to; or
 * a prune run / sweep folder: every ``**/pruned/config.json`` found in it is exported to
   ``<run_dir>/onnx`` (+ ``<run_dir>/onnx_int8``), next to the run's results.json; with
-  ``include_teacher`` the dense teacher named in the runs' bertprune.json goes to ``<source>/dense/onnx``
-  (the reference bench_export compares against).
+  ``include_teacher`` each dense teacher named in the runs' bertprune.json goes to
+  ``<source>/dense/<teacher key>/onnx`` (``dense_dir``: the reference bench_export compares against).
+  One variant that cannot be exported (a corrupt checkpoint …) does not stop the others: it is
+  reported at the end (``export_failures.json``), and the command fails then.
 
 The task: a pruned checkpoint's bertprune.json records the task it was pruned for, and that wins;
 ``cfg.task`` is used for checkpoints without it (dense ones).
@@ -24,6 +26,33 @@ from bertprune.onnx_export import export_variant
 
 log = logging.getLogger(__name__)
 SUMMARY = "exports.json"
+FAILURES = "export_failures.json"
+
+
+class ExportFailed(RuntimeError):
+    """Some variants of a run/sweep folder could not be exported (the others were)."""
+
+
+def teacher_key(checkpoint: str | Path) -> str:
+    """12 hex digits of the SHA-256 of a checkpoint's weights (``model.safetensors``)."""
+    from bertprune.resources import sha256_file
+
+    return sha256_file(Path(checkpoint) / "model.safetensors")[:12]
+
+
+def dense_dir(root: str | Path, teacher: str | Path) -> Path:
+    """Where the dense reference export of ``teacher`` goes under ``root``: ``root/dense/<teacher_key>/onnx``.
+    Keyed on the teacher's weights, so runs from different teachers (single runs share their parent folder)
+    never share, overwrite or reuse each other's dense baseline."""
+    return Path(root) / "dense" / teacher_key(teacher) / "onnx"
+
+
+def _metadata(checkpoint: Path) -> dict:
+    """A pruned checkpoint's bertprune.json ({} when absent or unreadable: the export then says what is wrong)."""
+    try:
+        return json.loads((checkpoint / "bertprune.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def find_runs(source: Path) -> list[Path]:
@@ -36,7 +65,10 @@ def task_for(checkpoint: Path, default: Task) -> Task:
     """The task recorded in a pruned checkpoint's bertprune.json, else ``default``."""
     meta = checkpoint / "bertprune.json"
     if meta.is_file():
-        recorded = json.loads(meta.read_text()).get("task")
+        try:
+            recorded = json.loads(meta.read_text()).get("task")
+        except ValueError as e:
+            raise ValueError(f"{meta} is not valid JSON ({e}); re-run prune.py for this variant") from None
         if recorded:
             task = Task.from_config(recorded)
             if task.name != default.name:
@@ -47,7 +79,7 @@ def task_for(checkpoint: Path, default: Task) -> Task:
 
 
 def plan(source: Path, output_dir: Path, include_teacher: bool) -> list[tuple[Path, Path]]:
-    """(checkpoint, out_dir) pairs to export for ``source``."""
+    """(checkpoint, out_dir) pairs to export for ``source``: the dense teachers first (one per distinct teacher)."""
     if not source.exists():
         raise FileNotFoundError(f"source={source} does not exist; give a checkpoint folder or a prune run/sweep folder")
     if (source / "config.json").is_file():
@@ -58,13 +90,15 @@ def plan(source: Path, output_dir: Path, include_teacher: bool) -> list[tuple[Pa
                                 "folder (no **/pruned/config.json under it)")
     pairs = [(ckpt, ckpt.parent / "onnx") for ckpt in runs]
     if include_teacher:
-        teachers = {json.loads((c / "bertprune.json").read_text()).get("teacher")
-                    for c in runs if (c / "bertprune.json").is_file()} - {None}
-        if len(teachers) == 1:
-            pairs.insert(0, (Path(teachers.pop()), source / "dense" / "onnx"))
-        elif teachers:
-            log.warning("runs under %s come from %d different teachers; not exporting a dense reference",
-                        source, len(teachers))
+        teachers = list(dict.fromkeys(t for c in runs if (t := _metadata(c).get("teacher"))))
+        dense = []
+        for teacher in teachers:
+            if (Path(teacher) / "model.safetensors").is_file():
+                dense.append((Path(teacher), dense_dir(source, teacher)))
+            else:
+                log.warning("not exporting the dense reference of teacher %s: not a local checkpoint folder "
+                            "(moved, deleted, or a hub name)", teacher)
+        pairs = dense + pairs
     return pairs
 
 
@@ -72,25 +106,46 @@ def export(cfg) -> list[dict]:
     """Entry of export.py: export every variant ``cfg.source`` designates; returns their sidecars."""
     from bertprune.hardware import check_hardware
 
+    from bertprune.config import validate_export
+
+    default_task = validate_export(cfg)
     check_hardware(cfg.hardware)
-    default_task = Task.from_config(cfg.task)
     source = Path(cfg.source).expanduser().resolve()
     output_dir = Path(cfg.output_dir)
     pairs = plan(source, output_dir, bool(cfg.get("include_teacher", True)))
-    tasks = [task_for(ckpt, default_task) for ckpt, _ in pairs]
-    # seq_len S of the MAC model: the pruned runs' (from prune.py), so the dense reference uses the same S.
-    pruned_s = next((json.loads((c / "bertprune.json").read_text()).get("seq_len") for c, _ in pairs
-                     if (c / "bertprune.json").is_file()), None)
-    exported = []
-    for (ckpt, out_dir), task in zip(pairs, tasks):
-        result = export_variant(ckpt, out_dir, task, tokenizer_dir=cfg.get("tokenizer"), quantize=cfg.quantize,
-                                opset=cfg.opset, device=cfg.device, max_eval_samples=cfg.max_eval_samples,
-                                parity_tolerance=cfg.parity_tolerance,
-                                parity_batch_sizes=list(cfg.parity_batch_sizes), mac_seq_len=pruned_s)
+    metas = {ckpt: _metadata(ckpt) for ckpt, _ in pairs}
+    # seq_len S of the MAC model: the pruned runs' (from prune.py), so a dense reference uses its runs' S.
+    seq_lens = {}
+    for meta in metas.values():
+        if meta.get("teacher") and meta.get("seq_len"):
+            seq_lens.setdefault(str(Path(meta["teacher"])), meta["seq_len"])
+    pruned_s = next((m["seq_len"] for m in metas.values() if m.get("seq_len")), None)
+    quantize = None if cfg.quantize is None else str(cfg.quantize)
+    exported, failed = [], []
+    for ckpt, out_dir in pairs:
+        try:
+            result = export_variant(ckpt, out_dir, task_for(ckpt, default_task), tokenizer_dir=cfg.get("tokenizer"),
+                                    quantize=quantize, opset=int(cfg.opset), device=str(cfg.device),
+                                    max_eval_samples=cfg.max_eval_samples, parity_tolerance=cfg.parity_tolerance,
+                                    parity_batch_sizes=list(cfg.parity_batch_sizes),
+                                    mac_seq_len=metas[ckpt].get("seq_len") or seq_lens.get(str(ckpt), pruned_s))
+        except Exception as e:  # noqa: BLE001 - one bad variant must not cost the others their export
+            if len(pairs) == 1:
+                raise
+            log.error("could not export %s: %s: %s", ckpt, type(e).__name__, e)
+            failed.append({"checkpoint": str(ckpt), "out_dir": str(out_dir), "error": f"{type(e).__name__}: {e}"})
+            continue
         exported += [r for r in (result["fp32"], result["int8"]) if r is not None]
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / SUMMARY).write_text(json.dumps(exported, indent=2, default=float))
+    (output_dir / FAILURES).unlink(missing_ok=True)
     print(format_table(exported))
+    if failed:
+        (output_dir / FAILURES).write_text(json.dumps(failed, indent=2))
+        lines = "\n".join(f"  {f['checkpoint']}: {f['error'].splitlines()[0]}" for f in failed)
+        raise ExportFailed(f"{len(failed)} of {len(pairs)} checkpoints could not be exported (the other "
+                           f"{len(pairs) - len(failed)} were, see {output_dir / SUMMARY}):\n{lines}\n"
+                           f"Fix or remove them and rerun; details in {output_dir / FAILURES}")
     return exported
 
 

@@ -33,10 +33,16 @@ from bertprune.tuning import tune_masks
 
 log = logging.getLogger(__name__)
 RESULTS = "results.json"
+# What a prune job writes into its folder. A rerun into the same folder removes them first, so nothing
+# of the previous run (an ONNX export of another model beside the new pruned/ …) can pass for this one's.
+RUN_ARTIFACTS = (RESULTS, "pruned", "onnx", "onnx_int8", "bench", "csv", "tuning.json", "fisher.safetensors")
 
 
 def check_prune_config(cfg) -> float:
-    """Fast checks of the plain numbers (before a teacher is trained or anything is loaded)."""
+    """Fast checks of every value (before a teacher is trained or anything is loaded); returns the constraint."""
+    from bertprune.config import validate_prune
+
+    validate_prune(cfg)  # keys, types, ranges of everything but the constraint; errors name the key
     try:
         c = float(cfg.constraint)
     except (TypeError, ValueError):
@@ -44,8 +50,6 @@ def check_prune_config(cfg) -> float:
                          "encoder's MACs to keep, e.g. constraint=0.5") from None
     if not math.isfinite(c) or not 0.0 < c < 1.0:
         raise ValueError(f"constraint={c} must be in (0, 1): the fraction of the dense encoder's MACs that is kept")
-    if int(cfg.num_samples) < 1 or int(cfg.batch_size) < 1:
-        raise ValueError(f"num_samples={cfg.num_samples} and batch_size={cfg.batch_size} must be >= 1")
     if cfg.cost.name != "mac":
         raise ValueError(f"cost={cfg.cost.name!r} is not implemented; available: mac")
     if cfg.tuning.teacher not in ("sqrt", "dense"):
@@ -83,6 +87,28 @@ def _masked_eval(model, head_mask, neuron_mask, loader, kind, device):
         return evaluate(model, loader, kind, device)[primary_metric(kind)]
 
 
+def clear_run_dir(run_dir: Path) -> None:
+    """Remove what a previous job left in ``run_dir`` (``RUN_ARTIFACTS``); refuse folders prune.py did not write."""
+    import shutil
+
+    from bertprune.onnx_export import MODEL_FILE, SIDECAR
+
+    ours = {"pruned": lambda d: (d / "config.json").is_file(),
+            "onnx": lambda d: {p.name for p in d.iterdir()} <= {MODEL_FILE, SIDECAR},
+            "csv": lambda d: {p.name for p in d.iterdir()} <= {"metrics.csv", "hparams.yaml"},
+            "bench": lambda d: (d / "summary.json").is_file() or not any(d.iterdir())}
+    ours["onnx_int8"] = ours["onnx"]
+    found = [run_dir / name for name in RUN_ARTIFACTS if (run_dir / name).exists()]
+    for path in found:
+        if path.is_dir() and not ours[path.name](path):
+            raise FileExistsError(f"output_dir {run_dir} holds a folder {path.name}/ that prune.py did not write; "
+                                  "a rerun replaces it, so it refuses. Choose another output_dir.")
+    for path in found:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if found:
+        log.info("rerun into %s: removed the previous run's %s", run_dir, ", ".join(p.name for p in found))
+
+
 def _atomic_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=float))
@@ -90,8 +116,17 @@ def _atomic_json(path: Path, data: dict) -> None:
 
 
 def prune(cfg, callbacks=None) -> dict:
-    """Prune the fine-tuned model of ``cfg`` to ``cfg.constraint`` of its MACs; returns results.json's content."""
-    from bertprune.loggers import finish_wandb, make_loggers
+    """Prune the fine-tuned model of ``cfg`` to ``cfg.constraint`` of its MACs; returns results.json's content.
+
+    The job's loggers (``logger``) open once the teacher and data are ready and always close: a job that
+    fails later leaves its W&B run marked failed (exit code 1)."""
+    from bertprune.loggers import JobLoggers
+
+    with JobLoggers() as job_loggers:
+        return _prune(cfg, callbacks, job_loggers)
+
+
+def _prune(cfg, callbacks, job_loggers) -> dict:
     from bertprune.train import ensure_teacher
 
     t_start = time.perf_counter()
@@ -103,9 +138,7 @@ def prune(cfg, callbacks=None) -> dict:
     device = check_hardware(cfg.hardware)
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    stale = run_dir / RESULTS
-    if stale.exists():
-        stale.unlink()  # rerun into the same folder: never let an old result look current
+    clear_run_dir(run_dir)  # rerun into the same folder: nothing of the previous run may look current
 
     # ---- model family, data, calibration sample: checked before a teacher is fine-tuned or loaded
     # (the cached teacher is saved with cfg.model.tokenizer, so its tokens are the same)
@@ -136,6 +169,9 @@ def prune(cfg, callbacks=None) -> dict:
         timings[name] = time.perf_counter() - t
         return out
 
+    group = Path(cfg.output_dir).parent.name if cfg.get("sweep_group") is None else cfg.sweep_group
+    job_loggers.open(cfg.logger, str(run_dir), name=f"prune-{task.name}-{cfg.model.name}-c{constraint}",
+                     group=f"prune-{group}", config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     dense_metric = timed("eval_dense", lambda: evaluate(model, val_loader, task.kind, device)[metric])
     log.info("dense %s: %.2f", metric, dense_metric)
 
@@ -208,6 +244,7 @@ def prune(cfg, callbacks=None) -> dict:
         "tune/fallback_layers": tune_report.fallbacks if tune_report else 0,
         **{f"time/{k}_s": round(v, 3) for k, v in timings.items()}, "time/prune_s": round(prune_time, 3),
         "num_samples": int(cfg.num_samples), "seed": int(cfg.seed), "task": task.name, "model": cfg.model.name,
+        "metric": metric,
         "checkpoint": str(out_ckpt), "teacher": checkpoint,
     }
     if tune_report:
@@ -217,13 +254,7 @@ def prune(cfg, callbacks=None) -> dict:
         results.update(cb.on_variant_saved(run_dir, out_ckpt, task, results) or {})
     results["time/total_s"] = round(time.perf_counter() - t_start, 3)
 
-    group = Path(cfg.output_dir).parent.name if cfg.get("sweep_group") is None else cfg.sweep_group
-    loggers = make_loggers(cfg.logger, str(run_dir), name=f"prune-{task.name}-{cfg.model.name}-c{constraint}",
-                           group=f"prune-{group}", config=OmegaConf.to_container(cfg, resolve=True))
-    for lg in loggers:
-        lg.log_metrics({k: v for k, v in results.items() if isinstance(v, (int, float))})
-        lg.save()
-    finish_wandb()
+    job_loggers.log(results)
     _atomic_json(run_dir / RESULTS, results)
     print(format_result(results, metric))
     del model, pruned
@@ -237,7 +268,9 @@ def default_callbacks(cfg) -> list:
     if cfg.get("export", False):
         from bertprune.callbacks import ExportCallback
 
-        cbs.append(ExportCallback(quantize=cfg.get("quantize"), device=cfg.get("runtime_device", "auto")))
+        quantize = cfg.get("quantize")
+        cbs.append(ExportCallback(quantize=None if quantize is None else str(quantize),
+                                  device=str(cfg.get("runtime_device", "auto"))))
     if cfg.get("bench", False):
         from bertprune.bench_callback import LoadgenCallback
 

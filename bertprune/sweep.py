@@ -1,78 +1,201 @@
-"""Summary of a prune sweep: one CSV + Markdown table of all its finished jobs.
+"""Summary of a prune sweep: summary.csv + summary.md, one row per job (finished, failed or unfinished).
 
-Runs as a Hydra callback at the end of ``python prune.py -m ...`` and stand-alone as
-``python -m bertprune.sweep <sweep_dir>``. Only complete jobs (an atomically written results.json)
-are listed; jobs without one are reported as missing, never silently dropped.
+Runs as a Hydra callback (``conf/prune.yaml``: ``hydra.callbacks``) and stand-alone as
+``python -m bertprune.sweep <sweep_dir>``. The callback records each job's status in
+``<job>/status.json`` and rewrites the summary when a job starts and when it ends: Hydra re-raises a
+failed job's error before ``on_multirun_end``, and an interrupted or killed sweep never gets there, so
+the summary must already be on disk. A job is ``ok`` only with its atomically written results.json;
+else it is a marked row: ``failed`` (with the error), ``interrupted`` (Ctrl-C) or ``unfinished``
+(started, never ended: killed, or still running). The quality columns follow the task's metric
+(``eval/accuracy_*`` for classification, ``eval/mse_*`` for regression).
 """
 
 from __future__ import annotations
 
+import atexit
 import csv
 import json
+import re
 import sys
+import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-COLUMNS = [
-    ("constraint", "constraint", "{:.2f}"),
-    ("prune/mac_ratio", "MAC ratio", "{:.3f}"),
-    ("eval/accuracy_dense", "dense acc", "{:.2f}"),
-    ("eval/accuracy_search", "search", "{:.2f}"),
-    ("eval/accuracy_rearrange", "rearrange", "{:.2f}"),
-    ("eval/accuracy_tune", "tune", "{:.2f}"),
-    ("prune/kept_heads", "heads", "{}"),
-    ("prune/kept_neurons", "neurons", "{}"),
-    ("model/parameters", "params", "{:,}"),
-    ("time/prune_s", "prune s", "{:.1f}"),
-    ("export/onnx_accuracy", "ONNX acc", "{:.2f}"),
-]
+RESULTS = "results.json"
+STATUS = "status.json"
+OK, FAILED, INTERRUPTED, UNFINISHED = "ok", "failed", "interrupted", "unfinished"
+STAGES = ("dense", "search", "rearrange", "tune")
+HEAD = [("constraint", "constraint", "{:.2f}"), ("prune/mac_ratio", "MAC ratio", "{:.3f}")]
+TAIL = [("prune/kept_heads", "heads", "{}"), ("prune/kept_neurons", "neurons", "{}"),
+        ("model/parameters", "params", "{:,}"), ("time/prune_s", "prune s", "{:.1f}")]
+SHORT = {"accuracy": "acc"}
 
 
-def collect(sweep_dir: Path) -> tuple[list[dict], list[str]]:
-    rows, missing = [], []
-    for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        f = job / "results.json"
-        if f.is_file():
-            r = json.loads(f.read_text())
-            r["job"] = job.name
-            rows.append(r)
-        elif (job / ".hydra").is_dir():
-            missing.append(job.name)
-    rows.sort(key=lambda r: r.get("constraint", 0))
-    return rows, missing
+def metric_of(results: dict) -> str | None:
+    """The task metric a job's results are in: ``results["metric"]``, else read off ``eval/<metric>_dense``."""
+    if results.get("metric"):
+        return results["metric"]
+    return next((m.group(1) for k in results if (m := re.fullmatch(r"eval/(\w+?)_dense", k))), None)
+
+
+def columns(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """(results key, header, format) of the columns that some row has; one quality block per metric."""
+    metrics = list(dict.fromkeys(m for r in rows if (m := metric_of(r))))
+    quality = []
+    for m in metrics:
+        fmt = "{:.2f}" if m == "accuracy" else "{:.4g}"
+        short = SHORT.get(m, m)
+        quality += [(f"eval/{m}_{s}", f"dense {short}" if s == "dense" else s if len(metrics) == 1 else f"{s} {short}",
+                     fmt) for s in STAGES]
+    onnx = [("export/onnx_accuracy", f"ONNX {SHORT.get(metrics[0], metrics[0])}" if len(metrics) == 1 else "ONNX metric",
+             "{:.2f}" if metrics == ["accuracy"] else "{:.4g}")] if metrics else []
+    return [c for c in HEAD + quality + TAIL + onnx if any(c[0] in r for r in rows)]
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _job_constraint(job: Path):
+    """The constraint a job was started with (its .hydra/config.yaml), for the rows of jobs without results."""
+    try:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.load(job / ".hydra" / "config.yaml").get("constraint")
+    except Exception:  # noqa: BLE001 - a row without a constraint is still a row
+        return None
+
+
+def collect(sweep_dir: Path) -> list[dict]:
+    """One row per job folder (a folder with results.json, status.json or .hydra/), sorted by constraint."""
+    rows = []
+    for job in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        results, status = _read_json(job / RESULTS), _read_json(job / STATUS)
+        if results is not None:
+            row = {**results, "status": OK, "error": ""}
+        elif status is not None or (job / ".hydra").is_dir():
+            state = (status or {}).get("status")
+            row = {"constraint": _job_constraint(job), "error": (status or {}).get("error", ""),
+                   "status": state if state in (FAILED, INTERRUPTED) else UNFINISHED}
+            if state == OK:  # ended well but wrote no results.json (or an unreadable one)
+                row.update(status=FAILED, error=f"no readable {RESULTS}")
+        else:
+            continue
+        row["job"] = job.name
+        rows.append(row)
+    rows.sort(key=lambda r: (r.get("constraint") is None, r.get("constraint") or 0, r["job"]))
+    return rows
+
+
+def _cell(r: dict, key: str, fmt: str) -> str:
+    v = r.get(key)
+    if v is None:
+        return ""
+    try:
+        return fmt.format(v)
+    except (TypeError, ValueError):
+        return str(v)
 
 
 def write_summary(sweep_dir: str | Path) -> str:
+    """Write ``summary.csv`` and ``summary.md`` (atomically) into the sweep folder; returns the Markdown."""
     sweep_dir = Path(sweep_dir)
-    rows, missing = collect(sweep_dir)
-    cols = [c for c in COLUMNS if any(c[0] in r for r in rows)]
-    with open(sweep_dir / "summary.csv.tmp", "w", newline="") as f:
+    rows = collect(sweep_dir)
+    cols = columns(rows)
+    tmp = sweep_dir / "summary.csv.tmp"
+    with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["job"] + [k for k, _, _ in cols])
+        w.writerow(["job"] + [k for k, _, _ in cols] + ["status", "error"])
         for r in rows:
-            w.writerow([r["job"]] + [r.get(k, "") for k, _, _ in cols])
-    (sweep_dir / "summary.csv.tmp").replace(sweep_dir / "summary.csv")
-    lines = ["| job | " + " | ".join(h for _, h, _ in cols) + " |", "|" + "---|" * (len(cols) + 1)]
+            w.writerow([r["job"]] + [r.get(k, "") for k, _, _ in cols] + [r["status"], r["error"]])
+    tmp.replace(sweep_dir / "summary.csv")
+    bad = [r for r in rows if r["status"] != OK]
+    lines = [f"**INCOMPLETE: {len(bad)} of {len(rows)} jobs have no results (see status).**", ""] if bad else []
+    lines += ["| job | " + " | ".join(h for _, h, _ in cols) + " | status |", "|" + "---|" * (len(cols) + 2)]
     for r in rows:
-        cells = [fmt.format(r[k]) if r.get(k) is not None and k in r else "" for k, _, fmt in cols]
-        lines.append(f"| {r['job']} | " + " | ".join(cells) + " |")
-    if missing:
-        lines.append(f"\nJobs without results (failed or interrupted): {', '.join(missing)}")
+        status = r["status"] if r["status"] == OK else f"**{r['status'].upper()}**"
+        lines.append(f"| {r['job']} | " + " | ".join(_cell(r, k, fmt) for k, _, fmt in cols) + f" | {status} |")
+    if bad:
+        lines += [""] + [f"* {r['job']}: {r['status']}" + (f": {r['error']}" if r["error"] else
+                                                           " (started, never ended: interrupted, killed or running)"
+                                                           if r["status"] == UNFINISHED else "") for r in bad]
     md = "\n".join(lines) + "\n"
     (sweep_dir / "summary.md.tmp").write_text(md)
     (sweep_dir / "summary.md.tmp").replace(sweep_dir / "summary.md")
     return md
 
 
+def incomplete_jobs(sweep_dir: str | Path) -> list[dict]:
+    """Rows of the jobs that have no results (failed / interrupted / unfinished)."""
+    return [r for r in collect(Path(sweep_dir)) if r["status"] != OK]
+
+
+def _write_status(job_dir: Path, status: str, error: str = "") -> None:
+    job_dir.mkdir(parents=True, exist_ok=True)
+    tmp = job_dir / (STATUS + ".tmp")
+    tmp.write_text(json.dumps({"status": status, "error": error, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    tmp.replace(job_dir / STATUS)
+
+
 class SweepSummary(Callback):
-    """Hydra callback: write summary.csv / summary.md into the sweep folder when the sweep ends."""
+    """Hydra callback: each job's status in ``<job>/status.json``; the sweep summary rewritten at every
+    job's start and end, at the sweep's end, and at exit if the sweep never got there (Ctrl-C)."""
+
+    def __init__(self) -> None:
+        self.sweep_dir: Path | None = None
+        self.running: Path | None = None
+        self.ended = False
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+        atexit.register(self._at_exit)
+
+    def on_job_start(self, config, **kwargs) -> None:
+        from hydra.types import RunMode
+
+        if config.hydra.mode == RunMode.MULTIRUN:  # single runs get a status.json, no summary
+            self.sweep_dir = Path(config.hydra.sweep.dir)
+        self.running = Path(config.hydra.runtime.output_dir)
+        _write_status(self.running, "running")
+        self._refresh()
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        from hydra.core.utils import JobStatus
+
+        job_dir = Path(config.hydra.runtime.output_dir)
+        if job_return.status == JobStatus.COMPLETED:
+            _write_status(job_dir, OK)
+        else:
+            err = job_return._return_value
+            _write_status(job_dir, FAILED, f"{type(err).__name__}: {err}".splitlines()[0][:500])
+            print(f"\njob {job_dir.name} FAILED ({type(err).__name__}: {err}); the sweep goes on", file=sys.stderr)
+        self.running = None
+        self._refresh()
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir():
-            md = write_summary(sweep_dir)
-            print(f"\nSweep summary ({sweep_dir}/summary.md):\n{md}")
+        self.ended = True
+        md = self._refresh()
+        if md is not None:
+            print(f"\nSweep summary ({self.sweep_dir}/summary.md):\n{md}")
+
+    def _at_exit(self) -> None:
+        """The sweep stopped before its end (Ctrl-C, or a failed job re-raised by Hydra)."""
+        if self.ended:
+            return
+        if self.running is not None:  # KeyboardInterrupt skips on_job_end
+            _write_status(self.running, INTERRUPTED, "the sweep was interrupted during this job")
+        md = self._refresh()
+        if md is not None:
+            print(f"\nSweep summary ({self.sweep_dir}/summary.md):\n{md}", file=sys.stderr)
+
+    def _refresh(self) -> str | None:
+        if self.sweep_dir is None or not self.sweep_dir.is_dir():
+            return None
+        return write_summary(self.sweep_dir)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from bertprune.resources import register_resolvers
+from bertprune.config import register
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 POS = ["great", "wonderful", "moving", "brilliant", "funny", "charming", "superb", "delightful"]
 NEG = ["dull", "boring", "awful", "tedious", "clumsy", "bland", "terrible", "lifeless"]
 FILL = ["the", "film", "movie", "story", "is", "a", "and", "acting", "plot", "was", "quite", "very"]
 
-register_resolvers()
+register()
 
 
 def make_sentiment_csv(path: Path, n: int, seed: int) -> Path:

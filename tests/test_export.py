@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -267,7 +268,7 @@ def test_parity_failure_leaves_no_file(checkpoints, task, tmp_path, monkeypatch)
 
 def test_export_cli_logic_on_a_sweep_folder_and_bench(checkpoints, pruned_export, task, tmp_path, capsys):
     from bertprune.bench_export import benchmark
-    from bertprune.export import export
+    from bertprune.export import dense_dir, export
 
     cfg = compose_cfg("export", ["task=csv", f"task.train_file={task.train_file}",
                                  f"task.validation_file={task.validation_file}", "task.max_length=32",
@@ -276,7 +277,7 @@ def test_export_cli_logic_on_a_sweep_folder_and_bench(checkpoints, pruned_export
     sidecars = export(cfg)
     sweep = checkpoints["sweep"]
     assert [s["variant"] for s in sidecars] == ["dense", "c0.50"]
-    assert Path(sidecars[0]["path"]) == sweep / "dense" / "onnx" / "model.onnx"
+    assert Path(sidecars[0]["path"]) == dense_dir(sweep, checkpoints["dense"]) / "model.onnx"
     assert Path(sidecars[1]["path"]) == sweep / "c0.5" / "onnx" / "model.onnx"
     assert sidecars[0]["mac_seq_len"] == sidecars[1]["mac_seq_len"]
     assert "| c0.50 | fp32 |" in capsys.readouterr().out
@@ -300,13 +301,15 @@ def test_export_single_checkpoint_goes_to_output_dir(checkpoints, tmp_path):
 
 def test_export_callback_returns_results_and_reuses_dense(checkpoints, pruned_export, task, tmp_path):
     from bertprune.callbacks import ExportCallback
+    from bertprune.export import dense_dir
 
     run_dir = tmp_path / "sweep" / "c0.5"
     shutil.copytree(checkpoints["pruned"], run_dir / "pruned")
-    dense_dir = tmp_path / "sweep" / "dense" / "onnx"
+    dense_dir = dense_dir(tmp_path / "sweep", checkpoints["dense"])
     shutil.copytree(Path(pruned_export["fp32"]["path"]).parent, dense_dir)  # an export of another model
     side = json.loads((dense_dir / "model.json").read_text())
-    side["source_checkpoint"] = str(checkpoints["dense"].resolve())  # pretend it is the teacher's
+    side["source_checkpoint"] = str(checkpoints["dense"].resolve())  # pretend it is the teacher's,
+    side["task_config"] = asdict(task)  # exported for this task
     (dense_dir / "model.json").write_text(json.dumps(side))
     extra = ExportCallback(device="cpu", max_eval_samples=16).on_variant_saved(
         run_dir, run_dir / "pruned", task, {"teacher": str(checkpoints["dense"])})

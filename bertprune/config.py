@@ -1,0 +1,360 @@
+"""Typed schemas of the configs in conf/ (Hydra structured configs) and the checks Hydra cannot express.
+
+Each primary config names its schema first in its defaults list (``conf/prune.yaml``: ``prune_schema``
+…). Composition then refuses, with an error naming the key and before anything runs:
+
+* unknown keys (``+constriant=0.5``; without ``+`` Hydra already refuses a key that does not exist),
+* wrong types (``num_samples=abc``, ``constraint=abc``),
+* values outside a fixed choice (``logger.kind=bogus``, ``quantize=int4``, ``runtime_device=tpu``,
+  ``hardware.accelerator=tpu``, ``cost.name=latency``, ``tuning.teacher=x``, ``bench.yaml``'s ``mode`` /
+  ``device``). Choices are ``StrEnum`` members: they compare equal to their strings (``kind == "wandb"``).
+
+``validate_*`` checks ranges and strings with a fixed vocabulary that Hydra cannot express
+(``eval_batch_size >= 1``, Lightning's precision names …), also before any teacher is trained or data
+is loaded. The ``task`` group stays a plain mapping at composition, because its keys depend on the
+task's source (a schema would add every absent key, and the composed task is part of the teacher's
+cache key); ``validate_task`` checks it against :class:`bertprune.data.Task`, whose fields are the schema.
+
+``register()`` (called by the root entry points, ``bench_prune`` and the tests) registers the
+schemas and the ``${pkg:...}`` resolver; every composition of conf/ needs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+# Lightning's precision strings (lightning_fabric.connector._PRECISION_INPUT)
+PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
+              "32-true", "64-true", "64", "32", "16", "bf16")
+WANDB_MODES = ("online", "offline", "disabled", "shared")
+
+
+class LoggerKind(StrEnum):
+    wandb = "wandb"
+    csv = "csv"
+    none = "none"
+
+
+class Quantize(StrEnum):
+    int8 = "int8"
+
+
+class RuntimeDevice(StrEnum):
+    """ONNX Runtime execution provider: auto = CUDA when usable, else CPU."""
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Accelerator(StrEnum):
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class CostName(StrEnum):
+    mac = "mac"
+
+
+class TuningTeacher(StrEnum):
+    sqrt = "sqrt"  # the search mask at constraint √C (the paper)
+    dense = "dense"  # the unpruned model
+
+
+class LastLayerTokens(StrEnum):
+    cls = "cls"  # the last layer's FFN is fitted on the CLS token only (the only one a classifier reads)
+    all = "all"  # on every token
+
+
+class BenchMode(StrEnum):
+    performance = "performance"
+    accuracy = "accuracy"
+    both = "both"
+
+
+# ----------------------------------------------------------------------------------------------
+# Groups
+
+
+@dataclass
+class TinyModelConfig:
+    hidden_size: int = 32
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 64
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    name_or_path: Optional[str] = None  # a folder or hub name; null with `tiny`
+    tokenizer: Optional[str] = None
+    tiny: Optional[TinyModelConfig] = None  # a tiny random BERT instead of name_or_path
+
+
+@dataclass
+class TrainingConfig:
+    seed: int = MISSING
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    warmup_ratio: float = MISSING
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+
+
+@dataclass
+class CostConfig:
+    name: CostName = CostName.mac
+    seq_len: Optional[float] = None
+
+
+@dataclass
+class HardwareConfig:
+    name: str = MISSING
+    accelerator: Accelerator = Accelerator.cpu
+    devices: int = 1  # -1 = every visible GPU
+    strategy: str = "auto"
+    precision: str = "32-true"  # one of PRECISIONS (validate_hardware)
+    num_threads: Optional[int] = None
+
+
+@dataclass
+class LoggerConfig:
+    kind: LoggerKind = MISSING
+    project: str = "bertprune"  # W&B only
+    entity: Optional[str] = None
+    mode: Optional[str] = None  # W&B mode; null = offline unless W&B is configured
+
+
+@dataclass
+class TuningConfig:
+    enabled: bool = MISSING
+    teacher: TuningTeacher = MISSING
+    num_samples: int = MISSING
+    damping: float = MISSING
+    max_scale: float = MISSING
+    last_layer_tokens: LastLayerTokens = LastLayerTokens.cls
+
+
+# ----------------------------------------------------------------------------------------------
+# Primary configs (values live in the YAML files; MISSING here = the YAML must set it)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = MISSING
+    task: Dict[str, Any] = MISSING
+    training: TrainingConfig = MISSING
+    logger: LoggerConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    cache: bool = MISSING
+    output_dir: str = MISSING
+
+
+@dataclass
+class PruneConfig:
+    model: ModelConfig = MISSING
+    task: Dict[str, Any] = MISSING
+    training: TrainingConfig = MISSING
+    cost: CostConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    logger: LoggerConfig = MISSING
+    constraint: float = MISSING
+    checkpoint: Optional[str] = None
+    num_samples: int = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    seed: int = MISSING
+    rearrange: bool = MISSING
+    tuning: TuningConfig = field(default_factory=TuningConfig)
+    export: bool = MISSING
+    quantize: Optional[Quantize] = None
+    runtime_device: RuntimeDevice = MISSING
+    bench: bool = MISSING
+    bench_options: Optional[Dict[str, Any]] = None
+    sweep_group: Optional[str] = None
+    output_dir: str = MISSING
+
+
+@dataclass
+class ExportConfig:
+    task: Dict[str, Any] = MISSING
+    hardware: HardwareConfig = MISSING
+    source: str = MISSING
+    tokenizer: Optional[str] = None
+    quantize: Optional[Quantize] = None
+    opset: int = MISSING
+    device: RuntimeDevice = MISSING
+    parity_tolerance: float = MISSING
+    parity_batch_sizes: List[int] = MISSING
+    max_eval_samples: Optional[int] = None
+    include_teacher: bool = MISSING
+    output_dir: str = MISSING
+
+
+@dataclass
+class BenchConfig:
+    task: Dict[str, Any] = MISSING
+    scenario: Dict[str, Any] = MISSING  # {name: settings}; checked by bertprune.harness.ScenarioSettings
+    source: str = MISSING
+    mode: BenchMode = MISSING
+    submission: bool = MISSING
+    device: RuntimeDevice = MISSING
+    tokenizer: Optional[str] = None
+    system_name: Optional[str] = None
+    submitter: str = MISSING
+    run_timeout_s: Optional[float] = None
+    output_dir: str = MISSING
+
+
+SCHEMAS = {"train_schema": TrainConfig, "prune_schema": PruneConfig, "export_schema": ExportConfig,
+           "bench_schema": BenchConfig}
+
+
+def register() -> None:
+    """Register the schemas (Hydra's ConfigStore) and the ``${pkg:...}`` resolver; idempotent."""
+    from hydra.core.config_store import ConfigStore
+
+    from bertprune.resources import register_resolvers
+
+    register_resolvers()
+    cs = ConfigStore.instance()
+    for name, node in SCHEMAS.items():
+        cs.store(name=name, node=node)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks Hydra cannot express (ranges, vocabularies); each error names the key
+
+
+def _at_least(cfg, keys: tuple[str, ...], low: int, prefix: str = "", hint: str = "") -> None:
+    for key in keys:
+        value = cfg.get(key)
+        if value is None and key.startswith("max_"):
+            continue  # null = no limit
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{prefix}{key}={value!r} must be an integer >= {low}{hint}")
+
+
+def check_keys(cfg, prefix: str = "") -> None:
+    """Refuse keys that a schema does not declare. Composition refuses them, except those added with
+    ``+key=value`` (Hydra appends those even to a typed node)."""
+    schema = OmegaConf.get_type(cfg)
+    if not dataclasses.is_dataclass(schema):
+        return
+    known = [f.name for f in dataclasses.fields(schema)]
+    for key in cfg.keys():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {prefix}{close[0]}?" if close else f"the keys here are: {', '.join(known)}"
+            raise ValueError(f"{prefix}{key} is not a config key ({hint}); fix or drop +{prefix}{key}=...")
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig) and not node._is_none() and not node._is_missing():
+            check_keys(node, f"{prefix}{key}.")
+
+
+def validate_task(task_cfg):
+    """The task group against ``bertprune.data.Task`` (its fields, their types, its own checks); returns the Task."""
+    from bertprune.data import Task
+
+    plain = OmegaConf.to_container(task_cfg, resolve=True) if isinstance(task_cfg, DictConfig) else dict(task_cfg)
+    try:
+        OmegaConf.merge(OmegaConf.structured(Task), plain)
+    except ConfigKeyError as e:
+        known = ", ".join(f.name for f in dataclasses.fields(Task))
+        raise ValueError(f"task.{e.key} is not a key of the task group; its keys are: {known}") from None
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ValueError(f"task.{key}={plain.get(key)!r}: {str(e).splitlines()[0]}") from None
+    return Task.from_config(plain)
+
+
+def validate_model(model) -> None:
+    tiny = model.get("tiny")
+    if tiny:
+        _at_least(tiny, ("hidden_size", "num_layers", "num_heads", "intermediate_size"), 1, "model.tiny.")
+        if tiny.hidden_size % tiny.num_heads:
+            raise ValueError(f"model.tiny.hidden_size={tiny.hidden_size} must be a multiple of "
+                             f"model.tiny.num_heads={tiny.num_heads}")
+    elif not model.get("name_or_path"):
+        raise ValueError(f"model={model.name}: model.name_or_path is null; give a folder or hub name (or model.tiny)")
+
+
+def validate_training(training) -> None:
+    _at_least(training, ("epochs", "batch_size", "max_train_samples", "max_eval_samples"), 1, "training.")
+    if not training.lr > 0:
+        raise ValueError(f"training.lr={training.lr} must be > 0")
+    if training.weight_decay < 0:
+        raise ValueError(f"training.weight_decay={training.weight_decay} must be >= 0")
+    if not 0 <= training.warmup_ratio < 1:
+        raise ValueError(f"training.warmup_ratio={training.warmup_ratio} must be in [0, 1)")
+
+
+def validate_hardware(hw) -> None:
+    """Values only; whether the machine has the device is ``bertprune.hardware.check_hardware``'s check."""
+    if str(hw.precision) not in PRECISIONS:
+        raise ValueError(f"hardware.precision={hw.precision!r} is not a Lightning precision; expected one of "
+                         f"{', '.join(PRECISIONS)} (e.g. hardware.precision=32-true)")
+    if hw.accelerator == Accelerator.gpu:
+        if hw.devices != -1 and hw.devices < 1:
+            raise ValueError(f"hardware.devices={hw.devices} must be >= 1, or -1 for every visible GPU")
+    else:
+        _at_least(hw, ("devices",), 1, "hardware.", " (the number of CPU processes)")
+    if hw.num_threads is not None:
+        _at_least(hw, ("num_threads",), 1, "hardware.", " (or null for torch's default)")
+
+
+def validate_logger(lg) -> None:
+    if lg.kind == LoggerKind.wandb and lg.mode is not None and lg.mode not in WANDB_MODES:
+        raise ValueError(f"logger.mode={lg.mode!r}; expected null or one of {', '.join(WANDB_MODES)}")
+
+
+def validate_cost(cost) -> None:
+    if cost.seq_len is not None and not cost.seq_len > 0:
+        raise ValueError(f"cost.seq_len={cost.seq_len} must be > 0 (or null for the task's average token length)")
+
+
+def validate_train(cfg):
+    """Every value of a train.py config; returns the Task."""
+    check_keys(cfg)
+    validate_model(cfg.model)
+    validate_training(cfg.training)
+    validate_hardware(cfg.hardware)
+    validate_logger(cfg.logger)
+    return validate_task(cfg.task)
+
+
+def validate_prune(cfg):
+    """Every value of a prune.py config but ``constraint`` (``check_prune_config``) and the tuning numbers; returns the Task."""
+    task = validate_train(cfg)
+    validate_cost(cfg.cost)
+    _at_least(cfg, ("num_samples", "batch_size", "eval_batch_size"), 1)
+    if cfg.bench_options is not None and not isinstance(cfg.bench_options, (dict, DictConfig)):
+        raise ValueError(f"bench_options={cfg.bench_options!r} must be a mapping of LoadgenCallback arguments or null")
+    return task
+
+
+def validate_export(cfg):
+    """Every value of an export.py config (the ONNX opset and device included); returns the default Task."""
+    from bertprune.onnx_export import check_opset
+    from bertprune.runtime import choose_providers
+
+    check_keys(cfg)
+    validate_hardware(cfg.hardware)
+    check_opset(cfg.opset)
+    choose_providers(str(cfg.device))
+    if not cfg.parity_tolerance >= 0:
+        raise ValueError(f"parity_tolerance={cfg.parity_tolerance} must be >= 0")
+    sizes = cfg.parity_batch_sizes
+    if not isinstance(sizes, (list, ListConfig)) or not sizes or min(sizes) < 1:
+        raise ValueError(f"parity_batch_sizes={sizes} must list batch sizes >= 1, e.g. [1,16]")
+    _at_least(cfg, ("max_eval_samples",), 1)
+    return validate_task(cfg.task)

@@ -1,0 +1,138 @@
+"""Structured configs: every config in conf/ composes; bad keys, types and choices fail at composition
+(or in validation), naming the key, before a teacher is trained and with nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CONF, compose_cfg
+from hydra.errors import ConfigCompositionException
+
+from bertprune.config import validate_export, validate_prune, validate_train
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUPS = {"train": ("model", "task", "training", "logger", "hardware"),
+          "prune": ("model", "task", "training", "cost", "hardware", "logger"),
+          "export": ("task", "hardware"), "bench": ("task", "scenario")}
+REQUIRED = {"export": ["source=x"], "bench": ["source=x"]}
+VALIDATE = {"train": validate_train, "prune": validate_prune, "export": validate_export}
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONF) / group).glob("*.yaml"))
+
+
+def test_every_group_in_conf_is_used_by_a_config():
+    groups = {p.name for p in Path(CONF).iterdir() if p.is_dir()}
+    assert groups == {g for gs in GROUPS.values() for g in gs}
+
+
+@pytest.mark.parametrize("config,group,option", [(c, g, o) for c, gs in GROUPS.items() for g in gs
+                                                 for o in _options(g)])
+def test_every_config_composes_and_validates(config, group, option, tmp_path):
+    cfg = compose_cfg(config, [f"{group}={option}", *REQUIRED.get(config, [])], tmp_path)
+    assert cfg[group] is not None
+    if config in VALIDATE:
+        VALIDATE[config](cfg)
+    if config == "bench":
+        from bertprune.harness import resolve_scenarios
+
+        assert resolve_scenarios(dict(cfg.scenario))
+
+
+def test_all_scenarios_at_once_and_a_sweep_value_compose(tmp_path):
+    from bertprune.harness import resolve_scenarios
+
+    cfg = compose_cfg("bench", ["source=x", "scenario=[offline,single_stream,server,multi_stream]"], tmp_path)
+    assert len(resolve_scenarios(dict(cfg.scenario))) == 4
+    cfg = compose_cfg("prune", ["constraint=0.4"], tmp_path)
+    assert cfg.constraint == 0.4 and isinstance(cfg.constraint, float)
+    assert cfg.logger.kind == "wandb" and f"{cfg.logger.kind}" == "wandb"  # choices compare as their strings
+
+
+@pytest.mark.parametrize("config,override,key", [
+    ("prune", "logger.kind=bogus", "logger.kind"),
+    ("train", "logger.kind=bogus", "logger.kind"),
+    ("prune", "quantize=int4", "quantize"),
+    ("prune", "runtime_device=tpu", "runtime_device"),
+    ("prune", "num_samples=abc", "num_samples"),
+    ("prune", "constraint=abc", "constraint"),
+    ("prune", "constriant=0.5", "constriant"),
+    ("prune", "hardware.accelerator=tpu", "hardware.accelerator"),
+    ("prune", "cost.name=latency", "cost.name"),
+    ("prune", "tuning.teacher=half", "tuning.teacher"),
+    ("prune", "tuning.last_layer_tokens=some", "tuning.last_layer_tokens"),
+    ("prune", "training.epochs=two", "training.epochs"),
+    ("export", "quantize=int4", "quantize"),
+    ("export", "device=tpu", "device"),
+    ("bench", "mode=perf", "mode"),
+    ("bench", "device=tpu", "device"),
+])
+def test_bad_values_fail_at_composition_naming_the_key(config, override, key, tmp_path):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_cfg(config, [override, *REQUIRED.get(config, [])], tmp_path)
+    message = f"{info.value} {info.value.__cause__}"
+    assert key in message and override.split("=")[1] in message
+
+
+@pytest.mark.parametrize("override,match", [
+    ("hardware.precision=bogus", "hardware.precision='bogus' is not a Lightning precision"),
+    ("eval_batch_size=0", "eval_batch_size=0 must be an integer >= 1"),
+    ("batch_size=0", "^batch_size=0 must be"),
+    ("num_samples=0", "^num_samples=0 must be"),
+    ("+constriant=0.5", "constriant is not a config key .did you mean constraint"),
+    ("+tuning.dampnig=1", "tuning.dampnig is not a config key .did you mean tuning.damping"),
+    ("+task.nmu_labels=3", "task.nmu_labels is not a key of the task group"),
+    ("task.max_length=abc", "task.max_length='abc'"),
+    ("training.epochs=0", "training.epochs=0"),
+    ("hardware.devices=0", "hardware.devices=0"),
+    ("cost.seq_len=-1", "cost.seq_len=-1"),
+    ("logger.mode=onlin", "logger.mode='onlin'"),
+])
+def test_bad_values_fail_validation_before_the_teacher(tiny_cfg, override, match, monkeypatch):
+    import bertprune.train as train
+    from bertprune.prune import prune
+
+    monkeypatch.setattr(train, "ensure_teacher", lambda cfg: pytest.fail("teacher must not be trained"))
+    cfg = tiny_cfg("prune", ["export=false", "logger=wandb", override])
+    with pytest.raises(ValueError, match=match):
+        prune(cfg)
+    assert not Path(cfg.output_dir).exists() or not any(Path(cfg.output_dir).iterdir())
+
+
+def _cli(script: str, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BERTPRUNE_CACHE_DIR": str(tmp_path / "cache"), "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, str(ROOT / script), *args, f"hydra.run.dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+
+
+@pytest.mark.parametrize("script,override,message", [
+    ("prune.py", "logger.kind=bogus", "Invalid value 'bogus', expected one of [wandb, csv, none]"),
+    ("prune.py", "eval_batch_size=0", "eval_batch_size=0 must be an integer >= 1"),
+    ("prune.py", "quantize=int4", "full_key: quantize"),
+    ("train.py", "hardware.precision=bogus", "hardware.precision='bogus' is not a Lightning precision"),
+])
+def test_cli_refuses_bad_values_before_any_work(script, override, message, tmp_path):
+    proc = _cli(script, [override, "logger=csv"], tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
+    run = tmp_path / "run"
+    written = {p.name for p in run.iterdir()} if run.is_dir() else set()
+    assert written <= {".hydra", "prune.log", "train.log", "status.json"}, written  # Hydra's record + the status
+    if "status.json" in written:
+        assert json.loads((run / "status.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "cache" / "teachers").exists()  # no teacher was trained
+
+
+def test_export_validates_opset_and_keys_before_work(tmp_path):
+    cfg = compose_cfg("export", ["source=/nonexistent", "opset=12"], tmp_path)
+    with pytest.raises(ValueError, match="opset=12"):
+        validate_export(cfg)
+    cfg = compose_cfg("export", ["source=/nonexistent", "+parity_tolerence=1"], tmp_path)
+    with pytest.raises(ValueError, match="did you mean parity_tolerance"):
+        validate_export(cfg)
