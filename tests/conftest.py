@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny sentiment dataset written as CSV, a composed tiny config, an isolated cache."""
+"""Shared fixtures: a tiny sentiment dataset written as CSV, a composed tiny config, an isolated cache, and
+``make_realistic`` (weights that make parity tests able to fail)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
@@ -65,6 +67,28 @@ def tiny_cfg(tmp_path, tiny_data):
         return cfg
 
     return make
+
+
+def make_realistic(model, seed: int = 0, std: float = 0.3):
+    """Give a tiny random BERT the weight statistics of a trained one, in place; returns the model.
+
+    ``tiny_bert``'s init (std 0.02, zero biases, LayerNorm weights 1) gives logits ~0.02, near-uniform
+    attention and residual streams the sub-blocks barely touch: dropping a scale, an empty layer's bias
+    or changing the attention scaling moves the logits by ~1e-5, under any parity tolerance. Here:
+    matrices std ``std`` (peaked attention, sub-blocks that dominate the residual), biases std 0.2,
+    LayerNorm weights 1 ± 0.3 and biases std 0.2, so logits are O(1).
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g).to(p)
+            if "LayerNorm.weight" in name:
+                p.copy_(1.0 + 0.3 * noise)
+            elif name.endswith("bias"):
+                p.copy_(0.2 * noise)
+            else:
+                p.copy_(std * noise)
+    return model
 
 
 def to_yaml(cfg) -> str:

@@ -6,10 +6,11 @@ import copy
 
 import pytest
 import torch
+from conftest import make_realistic
 
 from bertprune.cost import MacCost
 from bertprune.masks import MaskHooks, ones_masks
-from bertprune.models import load_model, model_shape, save_checkpoint, tiny_bert
+from bertprune.models import load_model, model_shape, resize_layers, save_checkpoint, tiny_bert
 from bertprune.physical import prune_physically
 from bertprune.rearrange import rearrange_layer, rearrange_masks
 from bertprune.search import check_constraint, mac_ratio, search_mac
@@ -26,6 +27,13 @@ def batch(seed=0, b=6, s=14):
     am[4, 3:] = 0
     return {"input_ids": ids, "attention_mask": am, "token_type_ids": torch.zeros_like(ids),
             "labels": torch.randint(0, 2, (b,), generator=g)}
+
+
+@pytest.fixture
+def realistic_model():
+    """The fixture's architecture with trained-looking weights (logits O(1)): for parity tests."""
+    return make_realistic(tiny_bert("classification", 2, VOCAB, num_layers=3, hidden_size=32, num_heads=4,
+                                    intermediate_size=48)).eval()
 
 
 @pytest.fixture
@@ -172,23 +180,77 @@ def test_tuning_absurd_scales_fall_back_per_layer_and_continue(model, monkeypatc
     assert rep.fallbacks == 1
 
 
-def test_physical_pruning_matches_masked_model_and_reloads(model, tmp_path):
+TOL = 1e-4  # the parity tolerance prune.py enforces
+
+
+def _uneven_masks(seed=3):
+    """Uneven scaled masks for the 3-layer fixture: layer 1 keeps 0 heads, layer 2 keeps 0 neurons."""
+    g = torch.Generator().manual_seed(seed)
+    hm = torch.tensor([[1.0, 0, 1.6, 0], [0, 0, 0, 0], [0.6, 1, 1.4, 1]])
+    nm = (torch.rand(3, 48, generator=g) > 0.5).float() * (0.3 + 1.4 * torch.rand(3, 48, generator=g))
+    nm[2] = 0
+    return hm, nm
+
+
+def test_physical_pruning_matches_masked_model_and_reloads(realistic_model, tmp_path):
+    model = realistic_model
     batches = [batch(i) for i in range(2)]
-    torch.manual_seed(3)
-    hm = torch.tensor([[1.0, 0, 1.2, 0], [0, 0, 0, 0], [0.9, 1, 1, 1]])  # uneven, one layer with 0 heads
-    nm = (torch.rand(3, 48) > 0.5).float() * (0.5 + torch.rand(3, 48))
-    nm[2] = 0  # one layer with 0 neurons
+    hm, nm = _uneven_masks()
     masked = logits(model, batches, hm, nm)
+    assert masked.abs().max() > 0.5  # O(1) logits: a tolerance of 1e-4 means something
+    # The tolerance separates right from wrong: each classic mistake moves the logits far beyond it.
+    assert (logits(model, batches, (hm != 0).float(), (nm != 0).float()) - masked).abs().max() > 100 * TOL
+    for bias in (model.bert.encoder.layer[1].attention.output.dense.bias, model.bert.encoder.layer[2].output.dense.bias):
+        kept = bias.detach().clone()
+        with torch.no_grad():
+            bias.zero_()
+        assert (logits(model, batches, hm, nm) - masked).abs().max() > 100 * TOL  # an empty layer's bias matters
+        with torch.no_grad():
+            bias.copy_(kept)
+    sa = model.bert.encoder.layer[0].attention.self
+    sa.scaling, real_scaling = 2 ** -0.5 * sa.scaling, sa.scaling
+    assert (logits(model, batches, hm, nm) - masked).abs().max() > 100 * TOL  # so does the attention scaling
+    sa.scaling = real_scaling
+
     pruned = prune_physically(copy.deepcopy(model), hm, nm).eval()
     assert model_shape(pruned) == ([2, 0, 4], [int((nm[0] != 0).sum()), int((nm[1] != 0).sum()), 0])
     out = logits(pruned, batches)
-    assert (out - masked).abs().max() <= 1e-4
+    assert (out - masked).abs().max() <= TOL
     assert not torch.isnan(out).any()
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
     save_checkpoint(pruned, None, tmp_path / "p")
     again = load_model(str(tmp_path / "p"))
-    assert (logits(again, batches) - masked).abs().max() <= 1e-4
+    assert (logits(again, batches) - masked).abs().max() <= TOL
     assert model_shape(again) == model_shape(pruned)
+
+
+def _prune_and_check_placement(model, device, dtype, tol):
+    model = model.to(device=device, dtype=dtype).eval()
+    batches = [{k: v.to(device) for k, v in batch(i).items()} for i in range(2)]
+    hm, nm = _uneven_masks()
+    masked = logits(model, batches, hm.to(device), nm.to(device))
+    pruned = prune_physically(copy.deepcopy(model), hm, nm).eval()
+    assert {(p.device.type, p.dtype) for p in pruned.parameters()} == {(torch.device(device).type, dtype)}
+    out = logits(pruned, batches)  # a LayerNorm left on CPU/fp32 raised a device/dtype mismatch here
+    assert out.dtype == dtype and (out - masked).abs().max() <= tol
+    fresh = tiny_bert("classification", 2, VOCAB, num_layers=3, hidden_size=32, num_heads=4,
+                      intermediate_size=48).to(device=device, dtype=dtype)
+    resize_layers(fresh, *model_shape(pruned))  # what load_model does for a pruned checkpoint
+    assert {(p.device.type, p.dtype) for p in fresh.parameters()} == {(torch.device(device).type, dtype)}
+    fresh.load_state_dict(pruned.state_dict())
+    assert (logits(fresh.eval(), batches) - out).abs().max() == 0
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float16, 2e-2)])
+def test_empty_layers_keep_the_model_dtype(realistic_model, dtype, tol):
+    _prune_and_check_placement(realistic_model, "cpu", dtype, tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_empty_layers_stay_on_the_gpu(realistic_model, dtype):
+    _prune_and_check_placement(realistic_model, "cuda", dtype, 1e-4 if dtype == torch.float32 else 2e-2)
 
 
 def test_pruned_model_is_faster_at_half_macs():
