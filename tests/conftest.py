@@ -33,6 +33,19 @@ def make_sentiment_csv(path: Path, n: int, seed: int) -> Path:
     return path
 
 
+def make_regression_csv(path: Path, n: int, seed: int) -> Path:
+    """Like ``make_sentiment_csv`` with a real-valued score (positive word ~ +1, negative ~ -1)."""
+    rng = random.Random(seed)
+    rows = ["text,label"]
+    for i in range(n):
+        positive = i % 2
+        words = [rng.choice(FILL) for _ in range(rng.randint(3, 12))]
+        words.insert(rng.randrange(len(words) + 1), rng.choice(POS if positive else NEG))
+        rows.append(f"{' '.join(words)},{(1.0 if positive else -1.0) + rng.gauss(0, 0.1):.4f}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("BERTPRUNE_CACHE_DIR", str(tmp_path / "cache"))

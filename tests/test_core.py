@@ -99,6 +99,40 @@ def test_search_prefers_important_heads():
     assert hm.sum() == 12 or hm.sum() * cost.head > 0.5 * cost.encoder(12, 144) - cost.head
 
 
+def _retained(hi, ni, hm, nm):
+    return float(hi[hm.bool()].sum() + ni[nm.bool()].sum())
+
+
+def test_search_finds_the_optimal_split_not_the_most_heads():
+    """Two strong heads, six weak ones: a weak head costs ~21 neurons but is worth 5, so the optimum keeps
+    2 heads and spends the rest on neurons, although the budget could buy 6 heads."""
+    cost = MacCost(seq_len=20, hidden_size=32, head_size=8)  # head 26,880 MACs = 21 neurons of 1,280
+    hi = torch.tensor([[100.0, 5, 5, 5], [5, 100.0, 5, 5]])
+    ni = torch.ones(2, 48)
+    hm, nm = search_mac(hi, ni, 0.5, cost)
+    budget = 0.5 * cost.encoder(8, 96)
+    most_heads = int(budget // cost.head)
+    assert most_heads == 6  # what "most heads first" would keep (and 6 neurons with the rest)
+    assert hm.sum() == 2 and hm[0, 0] == 1 and hm[1, 1] == 1 and nm.sum() == 90
+    assert mac_ratio(hm, nm, cost) <= 0.5
+    assert _retained(hi, ni, hm, nm) == 290 > 100 + 100 + 4 * 5 + 6  # the most-heads split retains 226
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_search_equals_exhaustive_optimum(seed):
+    g = torch.Generator().manual_seed(seed)
+    cost = MacCost(seq_len=20, hidden_size=32, head_size=8)
+    hi, ni = torch.rand(3, 4, generator=g) * 30, torch.rand(3, 48, generator=g)
+    C = 0.2 + 0.6 * float(torch.rand(1, generator=g))
+    hm, nm = search_mac(hi, ni, C, cost)
+    budget = C * cost.encoder(12, 144)
+    hs, ns = hi.flatten().sort(descending=True)[0], ni.flatten().sort(descending=True)[0]
+    best = max(float(hs[:n].sum() + ns[:min(144, int((budget - n * cost.head) // cost.neuron))].sum())
+               for n in range(13) if n * cost.head <= budget)
+    assert _retained(hi, ni, hm, nm) == pytest.approx(best, rel=1e-6)
+    assert mac_ratio(hm, nm, cost) <= C + 1e-12
+
+
 @pytest.mark.parametrize("bad", [0, 1, 1.5, -0.2, "abc", float("nan")])
 def test_bad_constraint(bad):
     cost = MacCost(seq_len=20, hidden_size=32, head_size=8)
@@ -155,6 +189,46 @@ def test_tuning_dense_teacher_recovers_ones_and_reduces_error(model):
     err_tuned = (logits(model, batches, h, n) - ref).pow(2).mean()
     assert err_tuned < err_binary
     assert any(e["status"] == "empty" for e in rep.entries)
+
+
+def _last_pre_ln(model, batches, hm, nm):
+    """Pre-LayerNorm output of the last layer's FFN (``[T, d]``, real tokens) and the CLS rows' selector."""
+    layer = model.bert.encoder.layer[-1].output
+    seen = []
+    handle = layer.register_forward_hook(lambda mod, args, out: seen.append(mod.dense(args[0]) + args[1]))
+    try:
+        logits(model, batches, hm, nm)
+    finally:
+        handle.remove()
+    toks = [b["attention_mask"].bool() for b in batches]
+    rows = torch.cat([o[t] for o, t in zip(seen, toks)])
+    first = torch.cat([torch.nn.functional.pad(t[:, :1], (0, t.shape[1] - 1))[t] for t in toks])
+    return rows, first
+
+
+def test_tuning_last_layer_on_cls_fits_the_cls_token(realistic_model):
+    """Only the last layer's FFN prunes: ``cls`` minimises that layer's error on the [CLS] token, ``all``
+    on every token; everything else is identical. (Tiny damping: both are plain least squares.)"""
+    model = realistic_model
+    batches = [batch(i) for i in range(4)]
+    H1, N1 = ones_masks(model)
+    hm, nm = H1.clone(), N1.clone()
+    nm[2, ::2] = 0
+    kw = dict(damping=1e-9, max_scale=1e6, progress=False)
+    h_all, n_all, rep_all = tune_masks(model, hm, nm, H1, N1, batches, last_layer_tokens="all", **kw)
+    h_cls, n_cls, rep_cls = tune_masks(model, hm, nm, H1, N1, batches, last_layer_tokens="cls", **kw)
+    assert torch.equal(h_all, h_cls) and torch.equal(n_all[:2], n_cls[:2]) and not torch.equal(n_all[2], n_cls[2])
+    assert rep_cls.entries[-1]["tokens"] == "cls" and rep_all.entries[-1]["tokens"] == "all"
+    assert all(e.get("tokens", "all") == "all" for e in rep_cls.entries[:-1])
+    ref, first = _last_pre_ln(model, batches, H1, N1)
+    err = {}
+    for name, n in (("all", n_all), ("cls", n_cls), ("binary", nm)):
+        out, _ = _last_pre_ln(model, batches, hm, n)
+        err[name] = ((out - ref).pow(2).sum(1)[first].sum(), (out - ref).pow(2).sum())  # (CLS rows, all rows)
+    assert err["cls"][0] <= err["all"][0] * (1 + 1e-4) and err["cls"][0] < err["binary"][0]
+    assert err["all"][1] <= err["cls"][1] * (1 + 1e-4) and err["all"][1] < err["binary"][1]
+    with pytest.raises(ValueError, match="last_layer_tokens"):
+        tune_masks(model, hm, nm, H1, N1, batches, last_layer_tokens="first", progress=False)
 
 
 def test_tuning_absurd_scales_fall_back_per_layer_and_continue(model, monkeypatch):
