@@ -266,6 +266,26 @@ def _uneven_masks(seed=3):
     return hm, nm
 
 
+def test_tuning_with_zero_damping_still_damps_its_retries(model, monkeypatch):
+    import bertprune.tuning as tuning
+
+    batches = [batch(i) for i in range(2)]
+    H1, N1 = ones_masks(model)
+    hm = H1.clone()
+    hm[0, 0] = 0
+    calls = {"n": 0}
+    real_solve = torch.linalg.solve
+
+    def absurd_once(A, b):
+        calls["n"] += 1
+        return torch.full_like(b, 1e6) if calls["n"] == 1 else real_solve(A, b)
+
+    monkeypatch.setattr(tuning.torch.linalg, "solve", absurd_once)
+    _, _, rep = tune_masks(model, hm, N1, H1, N1, batches, damping=0.0, progress=False)
+    first = rep.entries[0]
+    assert first["status"] == "damped" and first["damping"] > 0  # 10 × 0 would retry the same failed solve
+
+
 def test_physical_pruning_matches_masked_model_and_reloads(realistic_model, tmp_path):
     model = realistic_model
     batches = [batch(i) for i in range(2)]
