@@ -141,7 +141,7 @@ class TuningConfig:
     num_samples: int = MISSING
     damping: float = MISSING
     max_scale: float = MISSING
-    last_layer_tokens: LastLayerTokens = LastLayerTokens.cls
+    last_layer_tokens: LastLayerTokens = LastLayerTokens.all
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ Run with ``Trainer.test``: no DDP wrapping happens outside fitting, so the masks
 gradient averaging (squaring averaged gradients would give a different, wrong estimate). Every
 rank processes its own share of a fixed list of batches, keeps per-batch gradients in global slots,
 and the results are all-reduced with SUM: any number of processes gives the importances of one.
+A rank whose share is empty (fewer batches than processes) still runs one no-op step, so that it
+reaches the all-reduce the others wait in.
 """
 
 from __future__ import annotations
@@ -16,17 +18,25 @@ import torch
 from bertprune.fisher import FisherAccumulator, freeze
 
 
+NO_BATCH = -1  # the placeholder item of a rank with an empty share
+
+
 class _Batches(torch.utils.data.Dataset):
-    """Item i = (global batch index, collated batch) of this rank's share."""
+    """Item i = (global batch index, collated batch) of this rank's share; an empty share yields one
+    ``(NO_BATCH, {})`` item (Lightning skips the whole test loop, epoch-end hooks included, for an
+    empty loader: that rank would never join the all-reduce and the others would wait forever)."""
 
     def __init__(self, dataset, batches: list[list[int]], collate, indices: list[int]):
-        self.dataset, self.batches, self.collate, self.indices = dataset, batches, collate, indices
+        self.dataset, self.batches, self.collate = dataset, batches, collate
+        self.indices = indices or [NO_BATCH]
 
     def __len__(self):
         return len(self.indices)
 
     def __getitem__(self, i):
         b = self.indices[i]
+        if b == NO_BATCH:
+            return b, {}
         return b, self.collate([self.dataset[j] for j in self.batches[b]])
 
 
@@ -34,8 +44,9 @@ class FisherModule(pl.LightningModule):
     """Masks ``[L, H]`` / ``[L, F]`` + Fisher accumulation over calibration batches.
 
     After ``trainer.test(module)`` rank 0 writes ``out_path`` (safetensors: head_grads [B, L, H],
-    neuron_grads [B, L, F], head_importance [L, H], neuron_importance [L, F]); with ``ddp_spawn``
-    that file is how the result reaches the launching process.
+    neuron_grads [B, L, F], head_importance [L, H], neuron_importance [L, F], batch_rank [B] (the rank
+    that processed each batch), process_ranks [world_size] (1 for every rank that took part in the
+    all-reduce)); with ``ddp_spawn`` that file is how the result reaches the launching process.
     """
 
     def __init__(self, model, kind: str, dataset, batches: list[list[int]], collate, out_path: str | Path):
@@ -56,10 +67,15 @@ class FisherModule(pl.LightningModule):
 
     def on_test_start(self) -> None:
         self.acc = FisherAccumulator(self.model, self.kind, len(self.batches), device=self.device)
+        self.batch_rank = torch.zeros(len(self.batches), device=self.device)
 
     def test_step(self, item, _):
         index, batch = item
-        self.acc.add_batch(batch, int(index))
+        index = int(index)
+        if index == NO_BATCH:
+            return
+        self.acc.add_batch(batch, index)
+        self.batch_rank[index] = self.trainer.global_rank
 
     def on_test_epoch_end(self) -> None:
         acc = self.acc
@@ -71,6 +87,10 @@ class FisherModule(pl.LightningModule):
         head_grads = reduce(acc.head_grads, reduce_op="sum")
         neuron_grads = reduce(acc.neuron_grads, reduce_op="sum")
         seen = reduce(acc.seen, reduce_op="sum")
+        batch_rank = reduce(self.batch_rank, reduce_op="sum")  # each slot is filled by exactly one rank
+        present = torch.zeros(self.trainer.world_size, device=self.device)
+        present[self.trainer.global_rank] = 1
+        process_ranks = reduce(present, reduce_op="sum")
         if not torch.all(seen == 1):
             raise RuntimeError(f"Fisher: every calibration batch must be seen exactly once, got counts {seen.tolist()}")
         if self.trainer.is_global_zero:
@@ -80,7 +100,8 @@ class FisherModule(pl.LightningModule):
             tmp = self.out_path.with_suffix(".tmp")
             save_file({"head_grads": head_grads.cpu().contiguous(), "neuron_grads": neuron_grads.cpu().contiguous(),
                        "head_importance": head_importance.cpu().contiguous(),
-                       "neuron_importance": neuron_importance.cpu().contiguous()}, str(tmp))
+                       "neuron_importance": neuron_importance.cpu().contiguous(),
+                       "batch_rank": batch_rank.long().cpu(), "process_ranks": process_ranks.long().cpu()}, str(tmp))
             tmp.replace(self.out_path)
 
 

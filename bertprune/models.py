@@ -249,12 +249,15 @@ def model_shape(model) -> tuple[list[int], list[int]]:
 
 
 class AttentionBiasOnly(nn.Module):
-    """Replaces a layer's attention block when it keeps 0 heads: only the output bias survives."""
+    """Replaces a layer's attention block when it keeps 0 heads: only the output bias survives.
 
-    def __init__(self, hidden_size: int, eps: float):
+    Built on ``device`` / ``dtype`` (those of the layer it replaces: a GPU or float64/float16 model).
+    """
+
+    def __init__(self, hidden_size: int, eps: float, device=None, dtype=None):
         super().__init__()
-        self.bias = nn.Parameter(torch.zeros(hidden_size))
-        self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
+        self.bias = nn.Parameter(torch.zeros(hidden_size, device=device, dtype=dtype))
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps, device=device, dtype=dtype)
 
     def forward(self, hidden_states, *args, **kwargs):
         return self.LayerNorm(hidden_states + self.bias), None
@@ -263,41 +266,42 @@ class AttentionBiasOnly(nn.Module):
 class FeedForwardBiasOnly(nn.Module):
     """Replaces a layer's FFN output when it keeps 0 neurons: LayerNorm(input + bias)."""
 
-    def __init__(self, hidden_size: int, eps: float):
+    def __init__(self, hidden_size: int, eps: float, device=None, dtype=None):
         super().__init__()
-        self.bias = nn.Parameter(torch.zeros(hidden_size))
-        self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
+        self.bias = nn.Parameter(torch.zeros(hidden_size, device=device, dtype=dtype))
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps, device=device, dtype=dtype)
 
     def forward(self, hidden_states, input_tensor):
         return self.LayerNorm(input_tensor + self.bias)
 
 
-def _empty_linear(in_f: int, out_f: int) -> nn.Linear:
-    return nn.Linear(in_f, out_f)
-
-
 def resize_layers(model, heads_per_layer: list[int], ffn_per_layer: list[int]) -> None:
-    """Give every layer the shapes of a pruned checkpoint (weights are loaded afterwards)."""
+    """Give every layer the shapes of a pruned checkpoint (weights are loaded afterwards).
+
+    New modules are built on each layer's own device and dtype.
+    """
     layers = encoder_layers(model)
     if len(heads_per_layer) != len(layers) or len(ffn_per_layer) != len(layers):
         raise ValueError(f"pruned config lists {len(heads_per_layer)} head counts / {len(ffn_per_layer)} FFN widths "
                          f"for {len(layers)} layers")
     d, d_head, eps = model.config.hidden_size, head_size(model), model.config.layer_norm_eps
     for layer, n_heads, width in zip(layers, heads_per_layer, ffn_per_layer):
+        ref = next(layer.parameters())
+        like = {"device": ref.device, "dtype": ref.dtype}
         if n_heads == 0:
-            layer.attention = AttentionBiasOnly(d, eps)
+            layer.attention = AttentionBiasOnly(d, eps, **like)
         else:
             sa = layer.attention.self
             for name in ("query", "key", "value"):
-                setattr(sa, name, _empty_linear(d, n_heads * d_head))
+                setattr(sa, name, nn.Linear(d, n_heads * d_head, **like))
             sa.num_attention_heads, sa.all_head_size = n_heads, n_heads * d_head
-            layer.attention.output.dense = _empty_linear(n_heads * d_head, d)
+            layer.attention.output.dense = nn.Linear(n_heads * d_head, d, **like)
         if width == 0:
             layer.intermediate = nn.Identity()
-            layer.output = FeedForwardBiasOnly(d, eps)
+            layer.output = FeedForwardBiasOnly(d, eps, **like)
         else:
-            layer.intermediate.dense = _empty_linear(d, width)
-            layer.output.dense = _empty_linear(width, d)
+            layer.intermediate.dense = nn.Linear(d, width, **like)
+            layer.output.dense = nn.Linear(width, d, **like)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,8 +14,13 @@ from bertprune.models import (FFN_KEY, HEADS_KEY, AttentionBiasOnly, FeedForward
                               head_size)
 
 
+def _like(t: torch.Tensor) -> dict:
+    return {"device": t.device, "dtype": t.dtype}
+
+
 def _take_rows(linear: nn.Linear, idx: torch.Tensor) -> nn.Linear:
-    new = nn.Linear(linear.in_features, len(idx), bias=linear.bias is not None)
+    new = nn.Linear(linear.in_features, len(idx), bias=linear.bias is not None, **_like(linear.weight))
+    idx = idx.to(linear.weight.device)
     new.weight.data = linear.weight.data[idx].clone()
     if linear.bias is not None:
         new.bias.data = linear.bias.data[idx].clone()
@@ -23,8 +28,8 @@ def _take_rows(linear: nn.Linear, idx: torch.Tensor) -> nn.Linear:
 
 
 def _take_cols(linear: nn.Linear, idx: torch.Tensor, col_scale: torch.Tensor | None) -> nn.Linear:
-    new = nn.Linear(len(idx), linear.out_features, bias=linear.bias is not None)
-    w = linear.weight.data[:, idx].clone()
+    new = nn.Linear(len(idx), linear.out_features, bias=linear.bias is not None, **_like(linear.weight))
+    w = linear.weight.data[:, idx.to(linear.weight.device)].clone()
     if col_scale is not None:
         w = w * col_scale.to(w)[None, :]
     new.weight.data = w
@@ -54,7 +59,7 @@ def prune_physically(model, head_mask: torch.Tensor, neuron_mask: torch.Tensor):
         att = layer.attention
         if len(kept_heads) == 0:
             # No head left: the block adds only the output bias before its LayerNorm.
-            new = AttentionBiasOnly(d, eps)
+            new = AttentionBiasOnly(d, eps, **_like(att.output.dense.bias))
             new.bias.data = att.output.dense.bias.data.clone()
             new.LayerNorm.load_state_dict(att.output.LayerNorm.state_dict())
             layer.attention = new
@@ -67,7 +72,7 @@ def prune_physically(model, head_mask: torch.Tensor, neuron_mask: torch.Tensor):
             att.output.dense = _take_cols(att.output.dense, rows, hm[kept_heads].repeat_interleave(d_head))
         kept = torch.nonzero(nm != 0).flatten()
         if len(kept) == 0:
-            new = FeedForwardBiasOnly(d, eps)
+            new = FeedForwardBiasOnly(d, eps, **_like(layer.output.dense.bias))
             new.bias.data = layer.output.dense.bias.data.clone()
             new.LayerNorm.load_state_dict(layer.output.LayerNorm.state_dict())
             layer.intermediate, layer.output = nn.Identity(), new

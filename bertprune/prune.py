@@ -24,18 +24,40 @@ from bertprune.evaluate import evaluate, metrics_from_logits, predict_logits, pr
 from bertprune.fisher import check_importance
 from bertprune.hardware import check_hardware
 from bertprune.masks import MaskHooks, mask_shapes, ones_masks
-from bertprune.models import (check_prunable, count_parameters, load_model, load_tokenizer, model_shape,
+from bertprune.models import (FFN_KEY, HEADS_KEY, check_prunable, count_parameters, load_model, load_tokenizer,
+                              model_shape,
                               save_checkpoint)
 from bertprune.physical import prune_physically
 from bertprune.rearrange import rearrange_masks
 from bertprune.search import check_constraint, mac_ratio, search_mac
-from bertprune.tuning import tune_masks
+from bertprune.tuning import LAST_LAYER_TOKENS, tune_masks
 
 log = logging.getLogger(__name__)
 RESULTS = "results.json"
 # What a prune job writes into its folder. A rerun into the same folder removes them first, so nothing
 # of the previous run (an ONNX export of another model beside the new pruned/ …) can pass for this one's.
 RUN_ARTIFACTS = (RESULTS, "pruned", "onnx", "onnx_int8", "bench", "csv", "tuning.json", "fisher.safetensors")
+
+
+_EXAMPLES = {"num_samples": 2048, "batch_size": 32, "tuning.num_samples": 512, "tuning.damping": 0.01,
+             "tuning.max_scale": 10}
+
+
+def _number(cfg, key: str, kind=float, minimum: float = 0.0, why: str = ""):
+    """``cfg.<key>`` as ``kind`` (int or float), finite and >= ``minimum``, or one error naming the key."""
+    value = OmegaConf.select(cfg, key)
+    try:
+        if isinstance(value, bool) or value is None:
+            raise TypeError
+        number = kind(value)
+        if kind is int and number != float(value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}={value!r} is not {'an integer' if kind is int else 'a number'}; "
+                         f"e.g. {key}={_EXAMPLES[key]}") from None
+    if not math.isfinite(number) or number < minimum:
+        raise ValueError(f"{key}={value!r} must be >= {minimum}{why}; e.g. {key}={_EXAMPLES[key]}")
+    return number
 
 
 def check_prune_config(cfg) -> float:
@@ -54,7 +76,33 @@ def check_prune_config(cfg) -> float:
         raise ValueError(f"cost={cfg.cost.name!r} is not implemented; available: mac")
     if cfg.tuning.teacher not in ("sqrt", "dense"):
         raise ValueError(f"tuning.teacher={cfg.tuning.teacher!r}; expected sqrt or dense")
+    if cfg.tuning.get("last_layer_tokens", "all") not in LAST_LAYER_TOKENS:
+        raise ValueError(f"tuning.last_layer_tokens={cfg.tuning.last_layer_tokens!r}; expected cls (fit the last "
+                         "layer's FFN on the [CLS] token the classifier reads) or all (every token)")
+    _number(cfg, "tuning.num_samples", int, 1, " (0 samples would leave every scale at 1 and call it tuned; "
+            "to skip tuning set tuning.enabled=false)")
+    _number(cfg, "tuning.damping", float, 0.0, " (a ridge toward 1; negative damping gives meaningless scales)")
+    _number(cfg, "tuning.max_scale", float, 1.0, " (the bound on |scale|: scales near 1 must pass)")
     return c
+
+
+def refuse_pruned(model, checkpoint: str) -> None:
+    """One clear error for a checkpoint that is already physically pruned (uneven layers): masks are
+    ``[L, H]`` / ``[L, F]`` over the config's full widths, which such a model no longer has."""
+    heads, ffn = getattr(model.config, HEADS_KEY, None), getattr(model.config, FFN_KEY, None)
+    (L, H), (_, F) = mask_shapes(model)
+    if heads is None or (list(heads) == [H] * L and list(ffn) == [F] * L):
+        return
+    meta_file = Path(checkpoint) / "bertprune.json"
+    try:
+        meta = json.loads(meta_file.read_text())
+        origin = f" It was pruned from {meta['teacher']} at constraint={meta['constraint']}."
+    except (OSError, ValueError, KeyError):
+        origin = ""
+    raise ValueError(
+        f"checkpoint={checkpoint} is already pruned (heads per layer {list(heads)}, FFN widths {list(ffn)}); "
+        f"prune.py prunes a dense fine-tuned model.{origin} Prune that dense model with a smaller constraint "
+        "instead (constraints are fractions of the dense model's MACs).")
 
 
 def calibration_batches(n_train: int, num_samples: int, batch_size: int, seed: int) -> list[list[int]]:
@@ -154,6 +202,7 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     # ---- teacher, cost model
     checkpoint = cfg.checkpoint or str(ensure_teacher(cfg).checkpoint)
     model = load_model(checkpoint, task.kind, task.num_labels, require_head=True).to(device).eval()
+    refuse_pruned(model, checkpoint)
     seq_len = cfg.cost.seq_len or average_token_length(tokenized["train"])
     cost = MacCost.for_model(model, seq_len)
     (L, H), (_, F) = mask_shapes(model)
@@ -206,7 +255,8 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
                         for b in batches[: math.ceil(n_tune / int(cfg.batch_size))]]
         head_mask, neuron_mask, tune_report = timed(
             "tune", tune_masks, model, head_mask, neuron_mask, t_head, t_neuron, tune_batches,
-            damping=float(cfg.tuning.damping), max_scale=float(cfg.tuning.max_scale), device=device)
+            damping=float(cfg.tuning.damping), max_scale=float(cfg.tuning.max_scale), device=device,
+            last_layer_tokens=cfg.tuning.last_layer_tokens if task.kind != "qa" else "all")
         stage_metrics["tune"] = _masked_eval(model, head_mask, neuron_mask, val_loader, task.kind, device)
 
     # ---- 5. physically smaller model, checked against the masked one

