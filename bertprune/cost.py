@@ -1,4 +1,4 @@
-"""Cost model (MACs) of a BERT encoder, DESIGN.md §2.
+"""Cost model (MACs) of a BERT encoder (docs/method.md, "Cost model").
 
 Per head: ``4·S·d·d_h + 2·S²·d_h`` (Q, K, V and output projections + the two attention matmuls);
 per FFN neuron: ``2·S·d``. Embeddings, LayerNorms and the classifier are not counted.

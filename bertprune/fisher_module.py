@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import TQDMProgressBar
 import torch
 
 from bertprune.fisher import FisherAccumulator, freeze
@@ -103,6 +104,14 @@ class FisherModule(pl.LightningModule):
                        "neuron_importance": neuron_importance.cpu().contiguous(),
                        "batch_rank": batch_rank.long().cpu(), "process_ranks": process_ranks.long().cpu()}, str(tmp))
             tmp.replace(self.out_path)
+
+
+class FisherProgressBar(TQDMProgressBar):
+    """Lightning's bar, named for what runs: Fisher runs under ``Trainer.test``, which would say "Testing"."""
+
+    @property
+    def test_description(self) -> str:
+        return "fisher"
 
 
 def load_fisher(path: str | Path) -> dict[str, torch.Tensor]:

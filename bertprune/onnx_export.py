@@ -1,6 +1,6 @@
 """Export a (dense or physically pruned) checkpoint to ONNX in the MLPerf Inference BERT interface.
 
-Interface (DESIGN.md §4): inputs ``input_ids``, ``input_mask``, ``segment_ids`` — int64 ``[batch, seq]``,
+Interface (docs/mlperf.md): inputs ``input_ids``, ``input_mask``, ``segment_ids`` — int64 ``[batch, seq]``,
 batch dynamic, seq fixed for SQuAD (384) and dynamic otherwise. Outputs: ``output_start_logits``,
 ``output_end_logits`` (float32 ``[batch, seq]``, in that order) for question answering; ``logits``
 (float32 ``[batch, num_labels]``) for classification / regression.

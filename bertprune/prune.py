@@ -34,6 +34,8 @@ from bertprune.tuning import LAST_LAYER_TOKENS, tune_masks
 
 log = logging.getLogger(__name__)
 RESULTS = "results.json"
+# The steps whose wall time is the pruning time (time/prune_s); evaluation passes are reported apart.
+PRUNE_STEPS = ("fisher", "search", "rearrange", "tune", "physical", "save")
 # What a prune job writes into its folder. A rerun into the same folder removes them first, so nothing
 # of the previous run (an ONNX export of another model beside the new pruned/ …) can pass for this one's.
 RUN_ARTIFACTS = (RESULTS, "pruned", "onnx", "onnx_int8", "bench", "csv", "tuning.json", "fisher.safetensors")
@@ -120,19 +122,20 @@ def run_fisher(model, kind, dataset, batches, collate, hardware, out_path: Path)
     """Fisher through Lightning (1 or more processes); returns the tensors written by rank 0."""
     import pytorch_lightning as pl
 
-    from bertprune.fisher_module import FisherModule, load_fisher
+    from bertprune.fisher_module import FisherModule, FisherProgressBar, load_fisher
     from bertprune.hardware import trainer_kwargs
 
     module = FisherModule(model, kind, dataset, batches, collate, out_path)
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, inference_mode=False,
-                         use_distributed_sampler=False, enable_model_summary=False, **trainer_kwargs(hardware))
+                         use_distributed_sampler=False, enable_model_summary=False,
+                         callbacks=[FisherProgressBar()], **trainer_kwargs(hardware))
     trainer.test(module, verbose=False)
     return load_fisher(out_path)
 
 
-def _masked_eval(model, head_mask, neuron_mask, loader, kind, device):
+def _masked_eval(model, head_mask, neuron_mask, loader, kind, device, desc: str = "eval"):
     with MaskHooks(model, head_mask, neuron_mask):
-        return evaluate(model, loader, kind, device)[primary_metric(kind)]
+        return evaluate(model, loader, kind, device, progress=True, desc=desc)[primary_metric(kind)]
 
 
 def clear_run_dir(run_dir: Path) -> None:
@@ -213,15 +216,23 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     timings: dict[str, float] = {}
 
     def timed(name, fn, *a, **kw):
+        """Run one step with a log line at its start and its end (with its wall time)."""
+        log.info("%s ...", name)
         t = time.perf_counter()
         out = fn(*a, **kw)
         timings[name] = time.perf_counter() - t
+        log.info("%s done in %.1f s", name, timings[name])
         return out
+
+    def masked_eval(stage, head_mask, neuron_mask):
+        return timed(f"eval_{stage}", _masked_eval, model, head_mask, neuron_mask, val_loader, task.kind, device,
+                     desc=f"eval {stage}")
 
     group = Path(cfg.output_dir).parent.name if cfg.get("sweep_group") is None else cfg.sweep_group
     job_loggers.open(cfg.logger, str(run_dir), name=f"prune-{task.name}-{cfg.model.name}-c{constraint}",
                      group=f"prune-{group}", config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    dense_metric = timed("eval_dense", lambda: evaluate(model, val_loader, task.kind, device)[metric])
+    dense_metric = timed("eval_dense", lambda: evaluate(model, val_loader, task.kind, device, progress=True,
+                                                         desc="eval dense")[metric])
     log.info("dense %s: %.2f", metric, dense_metric)
 
     # ---- 1. Fisher
@@ -232,16 +243,13 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
 
     # ---- 2. search
     head_mask, neuron_mask = timed("search", search_mac, head_imp, neuron_imp, constraint, cost)
-    search_metric = _masked_eval(model, head_mask, neuron_mask, val_loader, task.kind, device)
-    stage_metrics = {"search": search_metric}
+    stage_metrics = {"search": masked_eval("search", head_mask, neuron_mask)}
 
     # ---- 3. rearrangement
     if cfg.rearrange:
-        t = time.perf_counter()
-        head_mask = rearrange_masks(head_mask, fisher["head_grads"])
-        neuron_mask = rearrange_masks(neuron_mask, fisher["neuron_grads"])
-        timings["rearrange"] = time.perf_counter() - t
-        stage_metrics["rearrange"] = _masked_eval(model, head_mask, neuron_mask, val_loader, task.kind, device)
+        head_mask, neuron_mask = timed("rearrange", lambda: (rearrange_masks(head_mask, fisher["head_grads"]),
+                                                             rearrange_masks(neuron_mask, fisher["neuron_grads"])))
+        stage_metrics["rearrange"] = masked_eval("rearrange", head_mask, neuron_mask)
 
     # ---- 4. tuning
     tune_report = None
@@ -257,14 +265,17 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
             "tune", tune_masks, model, head_mask, neuron_mask, t_head, t_neuron, tune_batches,
             damping=float(cfg.tuning.damping), max_scale=float(cfg.tuning.max_scale), device=device,
             last_layer_tokens=cfg.tuning.last_layer_tokens if task.kind != "qa" else "all")
-        stage_metrics["tune"] = _masked_eval(model, head_mask, neuron_mask, val_loader, task.kind, device)
+        stage_metrics["tune"] = masked_eval("tune", head_mask, neuron_mask)
 
     # ---- 5. physically smaller model, checked against the masked one
-    t = time.perf_counter()
-    with MaskHooks(model, head_mask, neuron_mask):
-        masked_logits, _ = predict_logits(model, val_loader, device)
-    pruned = prune_physically(copy.deepcopy(model), head_mask, neuron_mask).eval()
-    pruned_logits, labels = predict_logits(pruned, val_loader, device)
+    pruned = timed("physical", lambda: prune_physically(copy.deepcopy(model), head_mask, neuron_mask).eval())
+
+    def parity_pass():
+        with MaskHooks(model, head_mask, neuron_mask):
+            masked, _ = predict_logits(model, val_loader, device, progress=True, desc="parity masked")
+        return masked, *predict_logits(pruned, val_loader, device, progress=True, desc="parity pruned")
+
+    masked_logits, pruned_logits, labels = timed("parity", parity_pass)
     parity = float((pruned_logits - masked_logits).abs().max())
     if parity > 1e-4:
         raise RuntimeError(f"physically pruned model differs from the masked model by {parity:.2e} (> 1e-4)")
@@ -277,9 +288,9 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
             "seq_len": seq_len, "heads_per_layer": heads, "ffn_per_layer": ffn,
             "accuracy": {"dense": dense_metric, **stage_metrics}, "metric": metric,
             "task": OmegaConf.to_container(cfg.task, resolve=True), "teacher": checkpoint}
-    out_ckpt = save_checkpoint(pruned, tokenizer, run_dir / "pruned", metadata=meta)
-    timings["save"] = time.perf_counter() - t
-    prune_time = sum(timings.get(k, 0.0) for k in ("fisher", "search", "rearrange", "tune", "save"))
+    out_ckpt = timed("save", save_checkpoint, pruned, tokenizer, run_dir / "pruned", metadata=meta)
+    # Pruning time proper: the evaluation passes (eval_*, parity) are timed apart and not counted.
+    prune_time = sum(timings.get(k, 0.0) for k in PRUNE_STEPS)
 
     results = {
         "constraint": constraint, "prune/mac_ratio": achieved, "prune/seq_len": seq_len,

@@ -51,7 +51,7 @@ def logits(m, batches, hm=None, nm=None):
 
 
 def test_cost_model_matches_design():
-    # BERT-base at S≈39: one head costs about 131 FFN neurons (DESIGN.md §2).
+    # BERT-base at S≈39: one head costs about 131 FFN neurons (docs/method.md, "Cost model").
     c = MacCost(seq_len=39, hidden_size=768, head_size=64)
     assert c.head == 4 * 39 * 768 * 64 + 2 * 39 * 39 * 64
     assert c.neuron == 2 * 39 * 768

@@ -103,7 +103,9 @@ def test_fisher_with_fewer_batches_than_processes_does_not_hang(tmp_path):
     assert r["process_ranks"] == [1, 1] and r["batch_rank"] == [0] and r["same"] and r["nonzero"]
 
 
-def test_prune_end_to_end_tiny(tiny_cfg, monkeypatch):
+def test_prune_end_to_end_tiny(tiny_cfg, monkeypatch, caplog):
+    import logging
+
     import bertprune.prune as prune_mod
 
     seen = {}
@@ -118,8 +120,20 @@ def test_prune_end_to_end_tiny(tiny_cfg, monkeypatch):
     cfg = tiny_cfg("prune", ["constraint=0.5", "num_samples=96", "batch_size=16", "export=false",
                              "training.lr=2e-3", "training.epochs=6", "tuning.num_samples=48"])
     assert cfg.tuning.teacher == "sqrt"  # the default, as a user runs it
-    r = prune(cfg)
+    with caplog.at_level(logging.INFO, logger="bertprune.prune"):
+        r = prune(cfg)
     run = Path(cfg.output_dir)
+    # every step says when it starts and how long it took; evaluation passes are timed apart and are
+    # not part of the pruning time
+    said = caplog.text
+    for step in ("eval_dense", "fisher", "search", "eval_search", "rearrange", "eval_rearrange", "tune",
+                 "eval_tune", "physical", "parity", "save"):
+        assert f"{step} done in" in said, step
+        assert f"time/{step}_s" in r
+    assert r["time/prune_s"] == pytest.approx(sum(r[f"time/{k}_s"] for k in prune_mod.PRUNE_STEPS), abs=0.01)
+    assert not {"eval_dense", "eval_search", "eval_tune", "parity"} & set(prune_mod.PRUNE_STEPS)
+    from bertprune.fisher_module import FisherProgressBar
+    assert FisherProgressBar().test_description == "fisher"  # not Lightning's "Testing"
     # the tuning teacher is the search mask at constraint sqrt(C), from the same Fisher importances
     fisher = load_fisher(run / "fisher.safetensors")
     cost = MacCost(seq_len=r["prune/seq_len"], hidden_size=32, head_size=8)
