@@ -88,11 +88,15 @@ def check_prune_config(cfg) -> float:
     return c
 
 
-def refuse_pruned(model, checkpoint: str) -> None:
-    """One clear error for a checkpoint that is already physically pruned (uneven layers): masks are
-    ``[L, H]`` / ``[L, F]`` over the config's full widths, which such a model no longer has."""
-    heads, ffn = getattr(model.config, HEADS_KEY, None), getattr(model.config, FFN_KEY, None)
-    (L, H), (_, F) = mask_shapes(model)
+def refuse_pruned(checkpoint: str) -> None:
+    """One clear error for a checkpoint that is already physically pruned (uneven layers), read from its
+    config alone (before any data or weights): masks are ``[L, H]`` / ``[L, F]`` over the config's full
+    widths, which such a model no longer has."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(checkpoint)
+    heads, ffn = getattr(config, HEADS_KEY, None), getattr(config, FFN_KEY, None)
+    L, H, F = config.num_hidden_layers, config.num_attention_heads, config.intermediate_size
     if heads is None or (list(heads) == [H] * L and list(ffn) == [F] * L):
         return
     meta_file = Path(checkpoint) / "bertprune.json"
@@ -195,6 +199,7 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     # (the cached teacher is saved with cfg.model.tokenizer, so its tokens are the same)
     if cfg.checkpoint:
         check_prunable(cfg.checkpoint, task.kind, task.num_labels, require_head=True)
+        refuse_pruned(cfg.checkpoint)
     elif not cfg.model.get("tiny"):
         check_prunable(cfg.model.name_or_path, task.kind)
     tokenizer = load_tokenizer(cfg.checkpoint or cfg.model.tokenizer)
@@ -205,7 +210,6 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     # ---- teacher, cost model
     checkpoint = cfg.checkpoint or str(ensure_teacher(cfg).checkpoint)
     model = load_model(checkpoint, task.kind, task.num_labels, require_head=True).to(device).eval()
-    refuse_pruned(model, checkpoint)
     seq_len = cfg.cost.seq_len or average_token_length(tokenized["train"])
     cost = MacCost.for_model(model, seq_len)
     (L, H), (_, F) = mask_shapes(model)
