@@ -179,7 +179,7 @@ def format_markdown(rows: list[dict], source: Path, batch: int, iters: int, late
                      f"{f(r['throughput_speedup'], '{:.2f}×')} |")
     if not has_dense:
         lines += ["", f"No dense FP32 variant under {source}: speedups are not computed. Add the reference with "
-                      f"`python export.py source={source}` (exports the runs' teacher to {source}/dense/onnx)."]
+                      f"`python export.py source={source}` (exports the runs' teacher to {source}/dense/<teacher sha256>/onnx)."]
     return "\n".join(lines) + "\n"
 
 
