@@ -149,24 +149,25 @@ class TuningConfig:
 
 
 @dataclass
-class TrainConfig:
+class TeacherJobConfig:
+    """What train.py and prune.py share: the groups that find (or fine-tune) the teacher."""
+
     model: ModelConfig = MISSING
     task: Dict[str, Any] = MISSING
     training: TrainingConfig = MISSING
     logger: LoggerConfig = MISSING
     hardware: HardwareConfig = MISSING
-    cache: bool = MISSING
     output_dir: str = MISSING
 
 
 @dataclass
-class PruneConfig:
-    model: ModelConfig = MISSING
-    task: Dict[str, Any] = MISSING
-    training: TrainingConfig = MISSING
+class TrainConfig(TeacherJobConfig):
+    cache: bool = MISSING
+
+
+@dataclass
+class PruneConfig(TeacherJobConfig):
     cost: CostConfig = MISSING
-    hardware: HardwareConfig = MISSING
-    logger: LoggerConfig = MISSING
     constraint: float = MISSING
     checkpoint: Optional[str] = None
     num_samples: int = MISSING
@@ -181,7 +182,6 @@ class PruneConfig:
     bench: bool = MISSING
     bench_options: Optional[Dict[str, Any]] = None
     sweep_group: Optional[str] = None
-    output_dir: str = MISSING
 
 
 @dataclass

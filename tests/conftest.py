@@ -21,29 +21,32 @@ FILL = ["the", "film", "movie", "story", "is", "a", "and", "acting", "plot", "wa
 register()
 
 
-def make_sentiment_csv(path: Path, n: int, seed: int) -> Path:
+def _snippet(rng: random.Random, positive: bool) -> str:
+    """Filler words with one sentiment keyword at a random place."""
+    words = [rng.choice(FILL) for _ in range(rng.randint(3, 12))]
+    words.insert(rng.randrange(len(words) + 1), rng.choice(POS if positive else NEG))
+    return " ".join(words)
+
+
+def _write_csv(path: Path, n: int, seed: int, label) -> Path:
+    """``n`` rows text,label alternating negative/positive; ``label(rng, positive)`` gives the label text."""
     rng = random.Random(seed)
     rows = ["text,label"]
     for i in range(n):
-        label = i % 2
-        words = [rng.choice(FILL) for _ in range(rng.randint(3, 12))]
-        words.insert(rng.randrange(len(words) + 1), rng.choice(POS if label else NEG))
-        rows.append(f"{' '.join(words)},{label}")
+        positive = bool(i % 2)
+        text = _snippet(rng, positive)  # drawn before the label: keeps each file's random stream as before
+        rows.append(f"{text},{label(rng, positive)}")
     path.write_text("\n".join(rows) + "\n")
     return path
+
+
+def make_sentiment_csv(path: Path, n: int, seed: int) -> Path:
+    return _write_csv(path, n, seed, lambda rng, positive: int(positive))
 
 
 def make_regression_csv(path: Path, n: int, seed: int) -> Path:
     """Like ``make_sentiment_csv`` with a real-valued score (positive word ~ +1, negative ~ -1)."""
-    rng = random.Random(seed)
-    rows = ["text,label"]
-    for i in range(n):
-        positive = i % 2
-        words = [rng.choice(FILL) for _ in range(rng.randint(3, 12))]
-        words.insert(rng.randrange(len(words) + 1), rng.choice(POS if positive else NEG))
-        rows.append(f"{' '.join(words)},{(1.0 if positive else -1.0) + rng.gauss(0, 0.1):.4f}")
-    path.write_text("\n".join(rows) + "\n")
-    return path
+    return _write_csv(path, n, seed, lambda rng, positive: f"{(1.0 if positive else -1.0) + rng.gauss(0, 0.1):.4f}")
 
 
 @pytest.fixture(autouse=True)
