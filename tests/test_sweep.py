@@ -148,8 +148,10 @@ def test_interrupted_cli_sweep_still_has_a_summary(tmp_path, tiny_data):
     out = tmp_path / "sweep"
     proc = _sweep_cli(["constraint=0.4,0.6", "model=tiny", "task=csv", f"task.train_file={train_file}",
                        f"task.validation_file={dev_file}", "task.max_length=32", "training=fast",
-                       "training.max_train_samples=null", "training.epochs=2", "logger=csv", "num_samples=64",
-                       "batch_size=16", "export=false", f"hydra.sweep.dir={out}"], tmp_path,
+                       "training.max_train_samples=null", "training.epochs=2", "logger=csv", "num_samples=128",
+                       # one-example evaluation batches and small calibration batches: each job takes
+                       # seconds even on an idle machine, so the Ctrl-C below lands inside the second job
+                       "batch_size=2", "eval_batch_size=1", "export=false", f"hydra.sweep.dir={out}"], tmp_path,
                       start_new_session=True,  # its own process group, as a terminal's foreground job
                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # Ctrl-C not inherited-ignored
     deadline = time.time() + 600
@@ -157,6 +159,7 @@ def test_interrupted_cli_sweep_still_has_a_summary(tmp_path, tiny_data):
         time.sleep(0.2)
     time.sleep(1.0)  # the second job is under way (loading its teacher and data)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
+    assert not (out / "c0.6" / "results.json").exists(), "the second job finished before the Ctrl-C"
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C during the second job
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode != 0, stderr[-3000:]
