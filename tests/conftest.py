@@ -12,8 +12,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from bertprune.config import register
+from bertprune.resources import CONF_DIR
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(CONF_DIR)
 POS = ["great", "wonderful", "moving", "brilliant", "funny", "charming", "superb", "delightful"]
 NEG = ["dull", "boring", "awful", "tedious", "clumsy", "bland", "terrible", "lifeless"]
 FILL = ["the", "film", "movie", "story", "is", "a", "and", "acting", "plot", "was", "quite", "very"]

@@ -1,4 +1,4 @@
-"""bench.py / bertprune.bench: sweep -> LoadGen runs -> summary table, plot and MLPerf submission tree;
+"""bench.py / bertprune.jobs.bench: sweep -> LoadGen runs -> summary table, plot and MLPerf submission tree;
 bad inputs fail before anything runs; failed or interrupted runs are marked, never dropped."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import pytest
 from conftest import CONF, compose_cfg
 from test_harness import csv_task, minilm_dir, tiny_onnx, write_variant
 
-from bertprune import harness
-from bertprune.bench import bench, run_bench
-from bertprune.bench_callback import LoadgenCallback
-from bertprune.harness import SCENARIOS, ScenarioSettings
+import bertprune.mlperf.harness as harness
+from bertprune.jobs.bench import bench, run_bench
+from bertprune.lightning.bench_callback import LoadgenCallback
+from bertprune.mlperf.harness import SCENARIOS, ScenarioSettings
 from bertprune.resources import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,7 +238,7 @@ def test_bench_cli_exits_nonzero_when_runs_fail(tiny_data, tmp_path):
 
 
 def test_device_without_a_gpu_is_one_error_before_any_run(tiny_data, tmp_path, monkeypatch):
-    from bertprune import runtime
+    import bertprune.onnx.runtime as runtime
 
     calls = []
     monkeypatch.setattr(harness, "run_isolated", lambda *a, **k: calls.append(a))
@@ -282,7 +282,7 @@ def test_swapped_onnx_is_refused_before_any_run(tiny_data, tmp_path, monkeypatch
 def test_system_description_fields_are_strings():
     """The checker reads a number 0 as an empty answer ("accelerators_per_node requires a meaningful
     response"): every field is a non-empty string."""
-    from bertprune.bench import system_description
+    from bertprune.jobs.bench import system_description
 
     for providers in ({"CPUExecutionProvider"}, set()):
         d = system_description("box", "lab", providers)
@@ -308,7 +308,7 @@ def _detail_log(folder: Path, seeds: dict) -> Path:
 
 
 def test_tree_is_labelled_with_the_round_of_loadgens_seeds(tmp_path):
-    from bertprune.bench import MLPERF_SEEDS, mlperf_version
+    from bertprune.jobs.bench import MLPERF_SEEDS, mlperf_version
 
     v61 = {"qsl_rng_seed": 2085463073848966840, "sample_index_rng_seed": 2747215439041700203,
            "schedule_rng_seed": 16159082839903944936}
@@ -326,7 +326,7 @@ def test_accuracy_log_truncated_and_hashed_like_mlcommons(tmp_path):
     more keeps its first and last 4096 bytes around a "..." line (the checker wants <= 10 KiB)."""
     import hashlib
 
-    from bertprune.bench import truncate_accuracy_log
+    from bertprune.jobs.bench import truncate_accuracy_log
 
     entries = [{"seq_id": i, "qsl_idx": i, "data": f"{i:08X}" * 4} for i in range(400)]
     full = json.dumps(entries, indent=0).encode()
@@ -353,8 +353,8 @@ def _bertprune_teacher(folder: Path, name_or_path: str) -> Path:
 
 
 def test_measurements_disclose_starting_weights_and_fine_tuning(tmp_path):
-    from bertprune.bench import measurements
-    from bertprune.data import Task
+    from bertprune.jobs.bench import measurements
+    from bertprune.tasks.data import Task
 
     task = Task(name="rotten_tomatoes", kind="classification", num_labels=2, source="rotten_tomatoes")
     teacher = _bertprune_teacher(tmp_path / "teachers" / "rt-minilm", minilm_dir())
@@ -387,9 +387,9 @@ def test_measurements_disclose_starting_weights_and_fine_tuning(tmp_path):
 def test_moved_sweep_benchmarks_and_the_tokenizer_override_wins(tiny_data, tmp_path):
     import shutil
 
-    from bertprune.bench import plan_bench
+    from bertprune.jobs.bench import plan_bench
     from bertprune.models import load_tokenizer, save_checkpoint, tiny_bert
-    from bertprune.onnx_export import export_variant
+    from bertprune.onnx.export import export_variant
 
     task = csv_task(tiny_data)
     sweep = tmp_path / "sweep"
@@ -426,7 +426,7 @@ def test_plot_never_mixes_scenarios_and_marks_failed_runs(tmp_path, monkeypatch)
     throughput; every panel holds one scenario, names its failed runs and labels its units."""
     import matplotlib.figure
 
-    from bertprune.bench import BenchRow, plot
+    from bertprune.jobs.bench import BenchRow, plot
 
     figures = []
     real_savefig = matplotlib.figure.Figure.savefig

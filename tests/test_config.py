@@ -40,13 +40,13 @@ def test_every_config_composes_and_validates(config, group, option, tmp_path):
     if config in VALIDATE:
         VALIDATE[config](cfg)
     if config == "bench":
-        from bertprune.harness import resolve_scenarios
+        from bertprune.mlperf.harness import resolve_scenarios
 
         assert resolve_scenarios(dict(cfg.scenario))
 
 
 def test_all_scenarios_at_once_and_a_sweep_value_compose(tmp_path):
-    from bertprune.harness import resolve_scenarios
+    from bertprune.mlperf.harness import resolve_scenarios
 
     cfg = compose_cfg("bench", ["source=x", "scenario=[offline,single_stream,server,multi_stream]"], tmp_path)
     assert len(resolve_scenarios(dict(cfg.scenario))) == 4
@@ -95,8 +95,8 @@ def test_bad_values_fail_at_composition_naming_the_key(config, override, key, tm
     ("logger.mode=onlin", "logger.mode='onlin'"),
 ])
 def test_bad_values_fail_validation_before_the_teacher(tiny_cfg, override, match, monkeypatch):
-    import bertprune.train as train
-    from bertprune.prune import prune
+    import bertprune.jobs.train as train
+    from bertprune.jobs.prune import prune
 
     monkeypatch.setattr(train, "ensure_teacher", lambda cfg: pytest.fail("teacher must not be trained"))
     cfg = tiny_cfg("prune", ["export=false", "logger=wandb", override])

@@ -8,13 +8,13 @@ import pytest
 import torch
 from conftest import make_realistic
 
-from bertprune.cost import MacCost
-from bertprune.masks import MaskHooks, ones_masks
+from bertprune.core.cost import MacCost
+from bertprune.core.masks import MaskHooks, ones_masks
 from bertprune.models import load_model, model_shape, resize_layers, save_checkpoint, tiny_bert
-from bertprune.physical import prune_physically
-from bertprune.rearrange import rearrange_layer, rearrange_masks
-from bertprune.search import check_constraint, mac_ratio, search_mac
-from bertprune.tuning import tune_masks
+from bertprune.core.physical import prune_physically
+from bertprune.core.rearrange import rearrange_layer, rearrange_masks
+from bertprune.core.search import check_constraint, mac_ratio, search_mac
+from bertprune.core.tuning import tune_masks
 
 VOCAB = 200
 
@@ -232,7 +232,7 @@ def test_tuning_last_layer_on_cls_fits_the_cls_token(realistic_model):
 
 
 def test_tuning_absurd_scales_fall_back_per_layer_and_continue(model, monkeypatch):
-    import bertprune.tuning as tuning
+    import bertprune.core.tuning as tuning
 
     batches = [batch(i) for i in range(2)]
     H1, N1 = ones_masks(model)
@@ -267,7 +267,7 @@ def _uneven_masks(seed=3):
 
 
 def test_tuning_with_zero_damping_still_damps_its_retries(model, monkeypatch):
-    import bertprune.tuning as tuning
+    import bertprune.core.tuning as tuning
 
     batches = [batch(i) for i in range(2)]
     H1, N1 = ones_masks(model)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bertprune.data import Task, load_task_data
+from bertprune.tasks.data import Task, load_task_data
 from bertprune.models import load_model, load_tokenizer, tiny_bert
 
 OK_ROWS = "text,label\ngood film,1\nbad film,0\nfine acting,1\n"

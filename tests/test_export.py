@@ -14,14 +14,14 @@ import pytest
 import torch
 from conftest import compose_cfg, make_realistic, make_sentiment_csv
 
-from bertprune import onnx_export
-from bertprune.data import Task
+import bertprune.onnx.export as onnx_export
+from bertprune.tasks.data import Task
 from bertprune.models import load_model, load_tokenizer, model_shape, save_checkpoint, tiny_bert
-from bertprune.onnx_export import (INPUTS, QA_OUTPUTS, ParityError, check_parity, export_variant, int8_dir,
+from bertprune.onnx.export import (INPUTS, QA_OUTPUTS, ParityError, check_parity, export_variant, int8_dir,
                                    load_eval_data, quantize_int8)
-from bertprune.physical import prune_physically
+from bertprune.core.physical import prune_physically
 from bertprune.resources import packaged_path, sha256_file
-from bertprune.runtime import make_session
+from bertprune.onnx.runtime import make_session
 
 TOL = 1e-4
 
@@ -269,8 +269,8 @@ def test_parity_failure_leaves_no_file(checkpoints, task, tmp_path, monkeypatch)
 
 
 def test_export_cli_logic_on_a_sweep_folder_and_bench(checkpoints, pruned_export, task, tmp_path, capsys):
-    from bertprune.bench_export import benchmark
-    from bertprune.export import dense_dir, export
+    from benchmarks.export_speed import benchmark
+    from bertprune.jobs.export import dense_dir, export
 
     cfg = compose_cfg("export", ["task=csv", f"task.train_file={task.train_file}",
                                  f"task.validation_file={task.validation_file}", "task.max_length=32",
@@ -293,7 +293,7 @@ def test_export_cli_logic_on_a_sweep_folder_and_bench(checkpoints, pruned_export
 
 
 def test_export_single_checkpoint_goes_to_output_dir(checkpoints, tmp_path):
-    from bertprune.export import plan
+    from bertprune.jobs.export import plan
 
     pairs = plan(checkpoints["dense"], tmp_path / "run", include_teacher=True)
     assert pairs == [(checkpoints["dense"], tmp_path / "run" / "onnx")]
@@ -302,8 +302,8 @@ def test_export_single_checkpoint_goes_to_output_dir(checkpoints, tmp_path):
 
 
 def test_export_callback_returns_results_and_reuses_dense(checkpoints, pruned_export, task, tmp_path):
-    from bertprune.callbacks import ExportCallback
-    from bertprune.export import dense_dir
+    from bertprune.lightning.callbacks import ExportCallback
+    from bertprune.jobs.export import dense_dir
 
     run_dir = tmp_path / "sweep" / "c0.5"
     shutil.copytree(checkpoints["pruned"], run_dir / "pruned")

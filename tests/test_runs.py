@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bertprune.prune import prune
+from bertprune.jobs.prune import prune
 
 
 def test_rerun_into_the_same_folder_leaves_nothing_stale_and_logger_none_writes_no_csv(tiny_cfg):
@@ -27,7 +27,7 @@ def test_rerun_into_the_same_folder_leaves_nothing_stale_and_logger_none_writes_
 
 
 def test_rerun_refuses_a_folder_prune_did_not_write(tiny_cfg, monkeypatch):
-    import bertprune.train as train
+    import bertprune.jobs.train as train
 
     monkeypatch.setattr(train, "ensure_teacher", lambda cfg: pytest.fail("teacher must not be trained"))
     cfg = tiny_cfg("prune", ["export=false"])
@@ -65,10 +65,10 @@ def test_a_failed_job_leaves_a_wandb_run_marked_failed(tiny_cfg, monkeypatch):
 
 
 def test_dense_baseline_is_keyed_on_the_teacher(tmp_path, tiny_data):
-    from bertprune.callbacks import ExportCallback
-    from bertprune.data import Task
+    from bertprune.lightning.callbacks import ExportCallback
+    from bertprune.tasks.data import Task
     from bertprune.models import load_tokenizer, save_checkpoint, tiny_bert
-    from bertprune.physical import prune_physically
+    from bertprune.core.physical import prune_physically
     from bertprune.resources import packaged_path
 
     import torch
@@ -90,7 +90,7 @@ def test_dense_baseline_is_keyed_on_the_teacher(tmp_path, tiny_data):
         assert side["source_checkpoint"] == str(t_dir.resolve())
         paths.append(extra["export/dense_onnx_path"])
     assert paths[0] != paths[1]  # each teacher its own baseline; the first one is untouched
-    from bertprune.export import dense_dir
+    from bertprune.jobs.export import dense_dir
 
     assert paths == [str(dense_dir(parent, tmp_path / f"teacher{s}") / "model.onnx") for s in (1, 2)]
     assert json.loads((Path(paths[0]).parent / "model.json").read_text())["source_checkpoint"].endswith("teacher1")

@@ -1,4 +1,4 @@
-"""SQuAD v1.1 pipeline (bertprune.squad): loading, MLPerf featurization, decoding, metrics."""
+"""SQuAD v1.1 pipeline (bertprune.tasks.squad): loading, MLPerf featurization, decoding, metrics."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import transformers
 
-from bertprune import squad
-from bertprune.squad import (
+import bertprune.tasks.squad as squad
+from bertprune.tasks.squad import (
     MLPERF_BERT,
     REFERENCE_F1,
     SquadExample,
@@ -340,7 +340,7 @@ def test_final_text_alignment():
 
 
 # MLPerf's reference answer text (accuracy-squad.py get_final_text over BERT's BasicTokenizer), restated
-# here independently of bertprune.squad: the expectation the fuzzed comparison below checks against.
+# here independently of bertprune.tasks.squad: the expectation the fuzzed comparison below checks against.
 _SPECIAL = {"[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]"}
 _CJK = re.compile("[\u4e00-\u9fff\u3400-\u4dbf\U00020000-\U0002a6df\U0002a700-\U0002b73f\U0002b740-\U0002b81f"
                   "\U0002b820-\U0002ceaf\uf900-\ufaff\U0002f800-\U0002fa1f]")

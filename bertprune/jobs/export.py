@@ -21,8 +21,8 @@ import json
 import logging
 from pathlib import Path
 
-from bertprune.data import Task
-from bertprune.onnx_export import export_variant
+from bertprune.tasks.data import Task
+from bertprune.onnx.export import export_variant
 
 log = logging.getLogger(__name__)
 SUMMARY = "exports.json"
@@ -104,7 +104,7 @@ def plan(source: Path, output_dir: Path, include_teacher: bool) -> list[tuple[Pa
 
 def export(cfg) -> list[dict]:
     """Entry of export.py: export every variant ``cfg.source`` designates; returns their sidecars."""
-    from bertprune.hardware import check_hardware
+    from bertprune.lightning.hardware import check_hardware
 
     from bertprune.config import validate_export
 

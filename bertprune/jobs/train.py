@@ -13,9 +13,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from bertprune.data import Task, load_task_data, tokenize
-from bertprune.evaluate import evaluate
-from bertprune.hardware import check_hardware, trainer_kwargs
+from bertprune.tasks.data import Task, load_task_data, tokenize
+from bertprune.tasks.evaluate import evaluate
+from bertprune.lightning.hardware import check_hardware, trainer_kwargs
 from bertprune.models import atomic_dir, check_source, load_model, load_tokenizer, tiny_bert, write_checkpoint
 from bertprune.resources import cache_dir, config_key, packaged_relative, sha256_cached, sha256_file
 
@@ -143,8 +143,8 @@ def fine_tune(cfg, out_dir: Path) -> TrainResult:
     """Fine-tune the configured model on the task; write an HF folder + metrics.json to ``out_dir``."""
     import pytorch_lightning as pl
 
-    from bertprune.lit import FineTuneModule, TaskDataModule
-    from bertprune.loggers import finish_wandb, make_loggers
+    from bertprune.lightning.finetune import FineTuneModule, TaskDataModule
+    from bertprune.lightning.loggers import finish_wandb, make_loggers
 
     task, tokenizer = validate_inputs(cfg)
     data = load_task_data(task)

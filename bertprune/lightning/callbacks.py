@@ -10,8 +10,8 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from bertprune.data import Task
-from bertprune.onnx_export import (DEFAULT_OPSET, PARITY_BATCH_SIZES, PARITY_TOLERANCE, export_variant, int8_dir,
+from bertprune.tasks.data import Task
+from bertprune.onnx.export import (DEFAULT_OPSET, PARITY_BATCH_SIZES, PARITY_TOLERANCE, export_variant, int8_dir,
                                    read_sidecar)
 
 log = logging.getLogger(__name__)
@@ -21,8 +21,8 @@ class ExportCallback:
     """Export the job's pruned checkpoint to ``<run_dir>/onnx`` (+ ``<run_dir>/onnx_int8``).
 
     export_teacher: also export the dense teacher, to ``<run_dir>/../dense/<teacher key>/onnx``
-    (``bertprune.export.dense_dir``: under the sweep folder for ``-m`` runs), so
-    ``python -m bertprune.bench_export`` finds its reference. The folder is keyed on the teacher's
+    (``bertprune.jobs.export.dense_dir``: under the sweep folder for ``-m`` runs), so
+    ``python -m benchmarks.export_speed`` finds its reference. The folder is keyed on the teacher's
     weights, so runs from different teachers never share one; an export there is reused when it was made
     for the same task and MAC sequence length, else replaced.
     """
@@ -53,7 +53,7 @@ class ExportCallback:
         return extra
 
     def _export_teacher(self, teacher: Path, root: Path, task: Task, mac_seq_len: float) -> dict:
-        from bertprune.export import dense_dir
+        from bertprune.jobs.export import dense_dir
 
         out_dir = dense_dir(root, teacher)
         existing = read_sidecar(out_dir)

@@ -1,4 +1,4 @@
-"""Pruning-speed benchmark (README): ``python -m bertprune.bench_prune [--constraint 0.5] [overrides...]``.
+"""Pruning-speed benchmark (README): ``python -m benchmarks.prune_speed [--constraint 0.5] [overrides...]``.
 
 In one process, on the embedded default (cached MiniLM teacher, Rotten Tomatoes):
   1. the pruning wall time (Fisher -> search -> rearrange -> tune -> saved), from prune(),
@@ -32,12 +32,12 @@ def main(argv=None) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from bertprune.data import Task, load_task_data, make_collator, tokenize
-    from bertprune.fisher import INPUT_KEYS, task_loss
+    from bertprune.tasks.data import Task, load_task_data, make_collator, tokenize
+    from bertprune.core.fisher import INPUT_KEYS, task_loss
     from bertprune.models import load_model
-    from bertprune.prune import calibration_batches, prune
+    from bertprune.jobs.prune import calibration_batches, prune
     from bertprune.config import register
-    from bertprune.evaluate import primary_metric
+    from bertprune.tasks.evaluate import primary_metric
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--constraint", type=float, default=0.5)
@@ -45,9 +45,8 @@ def main(argv=None) -> dict:
     ap.add_argument("overrides", nargs="*", help="prune config overrides, e.g. num_samples=1024")
     args = ap.parse_args(argv)
     register()
-    import os
-    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
-    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+    from bertprune.resources import CONF_DIR
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("prune", [f"constraint={args.constraint}", "export=false", "logger=csv", *args.overrides])
     with open_dict(cfg):
         cfg.output_dir = tempfile.mkdtemp(prefix="bench_prune-")

@@ -1,6 +1,6 @@
 """Benchmark exported variants with MLPerf LoadGen: ``bench(cfg)`` (Hydra) / ``run_bench(...)`` (plain).
 
-For each variant x scenario x mode one LoadGen run in its own process (see ``bertprune.harness``),
+For each variant x scenario x mode one LoadGen run in its own process (see ``bertprune.mlperf.harness``),
 logs under ``<output_dir>/<variant>/<Scenario>/<mode>/``. Then, in ``output_dir``:
 
 * ``summary.csv`` / ``summary.md`` / ``summary.json`` — one row per variant x scenario; a run that
@@ -33,8 +33,8 @@ import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bertprune import harness
-from bertprune.harness import RunSpec, ScenarioSettings, Variant
+import bertprune.mlperf.harness as harness
+from bertprune.mlperf.harness import RunSpec, ScenarioSettings, Variant
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def bench(cfg) -> BenchSummary:
     """Hydra entry: ``cfg`` composed from ``conf/bench.yaml`` (source, task, scenario group, mode …)."""
     from omegaconf import OmegaConf
 
-    from bertprune.data import Task
+    from bertprune.tasks.data import Task
 
     task = Task.from_config(cfg.task)
     scenarios = OmegaConf.to_container(cfg.scenario, resolve=True) if cfg.get("scenario") else None
@@ -124,7 +124,7 @@ def plan_bench(source, task, scenarios, mode: str, tokenizer=None, device: str =
     """Validate everything before anything runs: modes, scenarios, the device, every variant's ONNX
     interface against the task and its file against the sha256 its export recorded, and a tokenizer for
     each variant (``tokenizer`` given: it wins over the sidecars')."""
-    from bertprune.runtime import choose_providers
+    from bertprune.onnx.runtime import choose_providers
 
     modes = harness.resolve_modes(mode)
     scen = harness.resolve_scenarios(scenarios)
@@ -156,7 +156,7 @@ def run_bench(source, task, scenarios=("offline", "single_stream"), mode: str = 
               submitter: str = "bertprune", timeout_s: float | None = None, retries: int = 1) -> BenchSummary:
     """Benchmark every variant under ``source`` (a .onnx, a variant folder, a sweep folder or a list).
 
-    task: a ``bertprune.data.Task``. scenarios: names, a {name: settings} mapping or ScenarioSettings.
+    task: a ``bertprune.tasks.data.Task``. scenarios: names, a {name: settings} mapping or ScenarioSettings.
     tokenizer: used for variants whose sidecar names none. Returns the summary (also written to disk).
     """
     plans, scen, modes = plan_bench(source, task, scenarios, mode, tokenizer, device)
@@ -478,7 +478,7 @@ def measurements(variant: Variant, task, onnx_sha256: str | None = None) -> dict
     """``measurements.json``: data types, and an honest account of the weights: where they started (the
     public name of the pre-trained model), whether bertprune fine-tuned the teacher, and every transformation
     after it (pruning, ONNX export, INT8)."""
-    from bertprune.onnx_export import teacher_provenance
+    from bertprune.onnx.export import teacher_provenance
 
     meta = variant.meta
     prov = meta.get("starting_weights") or teacher_provenance(meta.get("teacher") or meta.get("source_checkpoint"))

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from bertprune.cost import MacCost
+from bertprune.core.cost import MacCost
 
 
 def check_constraint(constraint, cost: MacCost, num_heads: int, num_neurons: int) -> float:

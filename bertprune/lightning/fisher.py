@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
 import torch
 
-from bertprune.fisher import FisherAccumulator, freeze
+from bertprune.core.fisher import FisherAccumulator, freeze
 
 
 NO_BATCH = -1  # the placeholder item of a rank with an empty share

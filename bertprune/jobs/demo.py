@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: the demo runs its root entry points
 
 
 def run(args: list[str]) -> int:
@@ -26,7 +26,7 @@ def run(args: list[str]) -> int:
 
 def prune_problems(sweep: Path, returncode: int) -> list[str]:
     """What went wrong in the prune sweep: its unfinished jobs (from its summary), or a failed command."""
-    from bertprune.sweep import incomplete_jobs
+    from bertprune.jobs.sweep import incomplete_jobs
 
     if not (sweep / "summary.csv").is_file():
         return [f"prune.py -m exited with {returncode} and wrote no summary in {sweep}"]

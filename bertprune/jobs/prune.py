@@ -18,19 +18,19 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from bertprune.cost import MacCost
-from bertprune.data import Task, average_token_length, load_task_data, make_loader, tokenize
-from bertprune.evaluate import evaluate, metrics_from_logits, predict_logits, primary_metric
-from bertprune.fisher import check_importance
-from bertprune.hardware import check_hardware
-from bertprune.masks import MaskHooks, mask_shapes, ones_masks
+from bertprune.core.cost import MacCost
+from bertprune.tasks.data import Task, average_token_length, load_task_data, make_loader, tokenize
+from bertprune.tasks.evaluate import evaluate, metrics_from_logits, predict_logits, primary_metric
+from bertprune.core.fisher import check_importance
+from bertprune.lightning.hardware import check_hardware
+from bertprune.core.masks import MaskHooks, mask_shapes, ones_masks
 from bertprune.models import (FFN_KEY, HEADS_KEY, check_prunable, count_parameters, load_model, load_tokenizer,
                               model_shape,
                               save_checkpoint)
-from bertprune.physical import prune_physically
-from bertprune.rearrange import rearrange_masks
-from bertprune.search import check_constraint, mac_ratio, search_mac
-from bertprune.tuning import LAST_LAYER_TOKENS, tune_masks
+from bertprune.core.physical import prune_physically
+from bertprune.core.rearrange import rearrange_masks
+from bertprune.core.search import check_constraint, mac_ratio, search_mac
+from bertprune.core.tuning import LAST_LAYER_TOKENS, tune_masks
 
 log = logging.getLogger(__name__)
 RESULTS = "results.json"
@@ -126,8 +126,8 @@ def run_fisher(model, kind, dataset, batches, collate, hardware, out_path: Path)
     """Fisher through Lightning (1 or more processes); returns the tensors written by rank 0."""
     import pytorch_lightning as pl
 
-    from bertprune.fisher_module import FisherModule, FisherProgressBar, load_fisher
-    from bertprune.hardware import trainer_kwargs
+    from bertprune.lightning.fisher import FisherModule, FisherProgressBar, load_fisher
+    from bertprune.lightning.hardware import trainer_kwargs
 
     module = FisherModule(model, kind, dataset, batches, collate, out_path)
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, inference_mode=False,
@@ -146,7 +146,7 @@ def clear_run_dir(run_dir: Path) -> None:
     """Remove what a previous job left in ``run_dir`` (``RUN_ARTIFACTS``); refuse folders prune.py did not write."""
     import shutil
 
-    from bertprune.onnx_export import MODEL_FILE, SIDECAR
+    from bertprune.onnx.export import MODEL_FILE, SIDECAR
 
     ours = {"pruned": lambda d: (d / "config.json").is_file(),
             "onnx": lambda d: {p.name for p in d.iterdir()} <= {MODEL_FILE, SIDECAR},
@@ -175,14 +175,14 @@ def prune(cfg, callbacks=None) -> dict:
 
     The job's loggers (``logger``) open once the teacher and data are ready and always close: a job that
     fails later leaves its W&B run marked failed (exit code 1)."""
-    from bertprune.loggers import JobLoggers
+    from bertprune.lightning.loggers import JobLoggers
 
     with JobLoggers() as job_loggers:
         return _prune(cfg, callbacks, job_loggers)
 
 
 def _prune(cfg, callbacks, job_loggers) -> dict:
-    from bertprune.train import ensure_teacher
+    from bertprune.jobs.train import ensure_teacher
 
     t_start = time.perf_counter()
     constraint = check_prune_config(cfg)
@@ -331,13 +331,13 @@ def default_callbacks(cfg) -> list:
     """Export / LoadGen callbacks switched on by ``export=true`` / ``bench=true``."""
     cbs = []
     if cfg.get("export", False):
-        from bertprune.callbacks import ExportCallback
+        from bertprune.lightning.callbacks import ExportCallback
 
         quantize = cfg.get("quantize")
         cbs.append(ExportCallback(quantize=None if quantize is None else str(quantize),
                                   device=str(cfg.get("runtime_device", "auto"))))
     if cfg.get("bench", False):
-        from bertprune.bench_callback import LoadgenCallback
+        from bertprune.lightning.bench_callback import LoadgenCallback
 
         cbs.append(LoadgenCallback(**OmegaConf.to_container(cfg.bench_options, resolve=True))
                    if cfg.get("bench_options") else LoadgenCallback())

@@ -1,6 +1,6 @@
 """Export benchmark: ONNX Runtime CPU latency and throughput of every exported variant in one run.
 
-    python -m bertprune.bench_export [--source DIR] [--batch 32] [--iters 20]
+    python -m benchmarks.export_speed [--source DIR] [--batch 32] [--iters 20]
 
 Finds every exported variant (``**/model.json`` beside a matching ``model.onnx``) under ``--source``
 (default: the newest ``multirun/prune/<task-model>/<date>`` sweep), feeds all of them the same real
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 
-from bertprune.onnx_export import INPUTS, SIDECAR, read_sidecar
+from bertprune.onnx.export import INPUTS, SIDECAR, read_sidecar
 
 log = logging.getLogger(__name__)
 COLUMNS = ["variant", "precision", "mac_ratio", "metric", "accuracy", "latency_ms", "throughput",
@@ -56,7 +56,7 @@ def find_variants(source: Path) -> list[dict]:
 
 def bench_inputs(sidecar: dict, batch: int, latency_samples: int, throughput_batches: int):
     """Real validation inputs for one task: (single-example feeds, feeds of ``batch`` examples)."""
-    from bertprune.data import Task, load_task_data, tokenize
+    from bertprune.tasks.data import Task, load_task_data, tokenize
     from bertprune.models import load_tokenizer
 
     task = Task(**sidecar["task_config"])
@@ -75,7 +75,7 @@ def bench_inputs(sidecar: dict, batch: int, latency_samples: int, throughput_bat
         pad = dict(padding="longest")
 
     def feeds(chunk):
-        from bertprune.onnx_export import to_feeds
+        from bertprune.onnx.export import to_feeds
 
         return to_feeds(tokenizer.pad(chunk, return_tensors="np", **pad))
 
@@ -85,10 +85,10 @@ def bench_inputs(sidecar: dict, batch: int, latency_samples: int, throughput_bat
 
 
 def _qa_rows(task, tokenizer, n: int) -> list[dict]:
-    from bertprune.onnx_export import QA_SAMPLE_PAIRS
+    from bertprune.onnx.export import QA_SAMPLE_PAIRS
 
     if task.data_file:
-        from bertprune.squad import featurize, load_squad
+        from bertprune.tasks.squad import featurize, load_squad
 
         feats = featurize(load_squad(task.data_file)[:n], tokenizer, task.max_length, task.doc_stride,
                           task.max_query_length, progress=False)
@@ -105,7 +105,7 @@ def _qa_rows(task, tokenizer, n: int) -> list[dict]:
 def benchmark(source: str | Path, batch: int = 32, iters: int = 20, latency_samples: int = 32,
               throughput_batches: int = 4, threads: int | None = None, write: bool = True) -> list[dict]:
     """Measure every variant under ``source``; returns one row per variant (see COLUMNS)."""
-    from bertprune.runtime import make_session
+    from bertprune.onnx.runtime import make_session
 
     source = Path(source)
     variants = find_variants(source)
@@ -184,7 +184,7 @@ def format_markdown(rows: list[dict], source: Path, batch: int, iters: int, late
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bertprune.bench_export", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.export_speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--source", type=Path, default=None, help="folder with exported variants (default: newest sweep)")
     p.add_argument("--batch", type=int, default=32, help="batch size of the throughput measurement")
     p.add_argument("--iters", type=int, default=20, help="round-robin repeats")

@@ -203,7 +203,7 @@ class SquadFeatures:
             segment_ids=self.segment_ids, example_index=self.example_index,
         )
         meta = {
-            "format": "bertprune.squad.features/1",
+            "format": "bertprune.tasks.squad.features/1",
             "token_to_orig_map": [{str(k): v for k, v in m.items()} for m in self.token_to_orig_map],
             "token_is_max_context": [{str(k): v for k, v in m.items()} for m in self.token_is_max_context],
             "tokens": self.tokens,

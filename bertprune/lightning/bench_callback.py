@@ -1,7 +1,7 @@
 """LoadGen benchmark of each pruned variant as prune.py saves it (next to ``ExportCallback``).
 
 ``LoadgenCallback.on_variant_saved(run_dir, checkpoint_dir, task, results) -> dict`` benchmarks
-``run_dir/onnx`` (and ``run_dir/onnx_int8`` if present) with ``bertprune.bench.run_bench`` into
+``run_dir/onnx`` (and ``run_dir/onnx_int8`` if present) with ``bertprune.jobs.bench.run_bench`` into
 ``run_dir/bench`` and returns the entries to merge into the job's results:
 ``bench/<scenario>/{throughput,valid,latency_p90_ms,latency_p99_ms,accuracy}`` for the FP32 export
 and ``bench_int8/<scenario>/...`` for the INT8 one (scenario = config-group name, e.g. offline).
@@ -25,7 +25,7 @@ class LoadgenCallback:
     def __init__(self, scenarios=("offline", "single_stream"), mode: str = "performance", device: str = "auto",
                  submission: bool = False, min_duration_ms: int | None = None, timeout_s: float | None = None,
                  output_subdir: str = "bench"):
-        from bertprune import harness
+        import bertprune.mlperf.harness as harness
 
         self.scenarios = harness.resolve_scenarios(dict(scenarios) if isinstance(scenarios, Mapping)
                                                    else list(scenarios))
@@ -37,8 +37,8 @@ class LoadgenCallback:
         self.timeout_s, self.output_subdir = timeout_s, output_subdir
 
     def on_variant_saved(self, run_dir, checkpoint_dir, task, results: dict | None = None) -> dict:
-        from bertprune.bench import run_bench
-        from bertprune.data import Task
+        from bertprune.jobs.bench import run_bench
+        from bertprune.tasks.data import Task
 
         run_dir = Path(run_dir)
         task = task if isinstance(task, Task) else Task.from_config(task)

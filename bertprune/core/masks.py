@@ -6,7 +6,7 @@ inputs of the two output projections of every layer:
   neuron mask ``[L, F]`` scales each post-activation FFN neuron before ``output.dense``.
 Values need not be 0/1: tuned scales are masks too. Lifecycle (as in torch.ao.pruning):
 ``MaskHooks(model, head_mask, neuron_mask)`` attaches; ``.remove()`` detaches;
-``bertprune.physical.prune_physically`` makes a mask permanent.
+``bertprune.core.physical.prune_physically`` makes a mask permanent.
 """
 
 from __future__ import annotations

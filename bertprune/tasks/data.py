@@ -171,7 +171,7 @@ def load_task_data(task: Task) -> datasets.DatasetDict:
 
     Each split keeps only the task's text fields and ``label`` (int64 for classification)."""
     if task.kind == "qa":
-        raise ValueError(f"task {task.name} is a question-answering task: use bertprune.squad for its features")
+        raise ValueError(f"task {task.name} is a question-answering task: use bertprune.tasks.squad for its features")
     if task.source == "rotten_tomatoes":
         if task.data_file is None:
             raise ValueError("task.data_file must point at rotten_tomatoes_corpus_full.csv.bz2")

@@ -14,7 +14,7 @@ Pieces, each usable on its own (no Hydra here)::
 
 Why one process per run: ``TestSettings.FromConfig`` loads LoadGen's built-in mlperf.conf (official
 seeds, 600 s minimum) only the first time it is called in a process, so every variant x scenario x
-mode runs as ``python -m bertprune.harness --spec run_spec.json``.
+mode runs as ``python -m bertprune.mlperf.harness --spec run_spec.json``.
 
 Output rows handed to LoadGen: classification/regression -> the float32 logits ``[num_labels]``;
 QA -> start/end logits stacked as float32 ``[seq, 2]`` (what MLPerf's reference BERT harness logs).
@@ -370,7 +370,7 @@ def check_variant(variant: Variant, kind: str, num_labels: int, max_length: int,
     names = [n for n, _, _ in ins]
     if sorted(names) != sorted(INPUT_NAMES):
         raise ValueError(f"{path}: inputs {names} do not match the MLPerf BERT interface, which needs exactly "
-                         f"{list(INPUT_NAMES)} (int64 [batch, seq]). Export with bertprune.onnx_export.")
+                         f"{list(INPUT_NAMES)} (int64 [batch, seq]). Export with bertprune.onnx.export.")
     seqs = set()
     for name, elem, dims in ins:
         if elem != INT64 or len(dims) != 2:
@@ -406,7 +406,7 @@ def check_variant(variant: Variant, kind: str, num_labels: int, max_length: int,
 # ----------------------------------------------------------------------------------------------
 # Features (the QSL's data)
 
-FEATURES_FORMAT = "bertprune.harness.features/1"
+FEATURES_FORMAT = "bertprune.mlperf.harness.features/1"
 
 
 @dataclass
@@ -492,7 +492,7 @@ def prepare_features(task, tokenizer, cache_root: str | Path | None = None) -> P
 
 
 def _build_text_features(task, tok, tmp: Path) -> None:
-    from bertprune.data import load_task_data
+    from bertprune.tasks.data import load_task_data
 
     val = load_task_data(task)["validation"]
     texts = [list(val[f]) for f in task.text_fields]
@@ -505,7 +505,7 @@ def _build_text_features(task, tok, tmp: Path) -> None:
 
 
 def _build_squad_features(task, tok, tmp: Path) -> None:
-    from bertprune.squad import featurize, load_squad, load_squad_hub
+    from bertprune.tasks.squad import featurize, load_squad, load_squad_hub
 
     examples = load_squad(task.data_file) if task.data_file else load_squad_hub()
     feats = featurize(examples, tok, max_seq_length=task.max_length, doc_stride=task.doc_stride,
@@ -522,7 +522,7 @@ def load_features(base: str | Path, kind: str) -> Features:
     if not Path(f"{base}.npz").is_file():
         raise FileNotFoundError(f"features not found: {base}.npz")
     if kind == "qa":
-        from bertprune.squad import SquadExample, SquadFeatures
+        from bertprune.tasks.squad import SquadExample, SquadFeatures
 
         sq = SquadFeatures.load(f"{base}.npz")
         examples = [SquadExample(**e) for e in json.loads(Path(f"{base}.examples.json").read_text(encoding="utf-8"))]
@@ -963,7 +963,7 @@ def task_metrics(kind: str, outputs: np.ndarray, features: Features) -> dict:
     outputs: [N, num_labels] or (qa) [N, seq, 2].
     """
     if kind == "qa":
-        from bertprune.squad import MLPERF_BERT, postprocess, squad_v1_metrics, target_report
+        from bertprune.tasks.squad import MLPERF_BERT, postprocess, squad_v1_metrics, target_report
 
         preds = postprocess(features.examples, features.squad, outputs[..., 0], outputs[..., 1],
                             n_best_size=MLPERF_BERT["n_best_size"], max_answer_length=MLPERF_BERT["max_answer_length"])
@@ -1021,7 +1021,7 @@ def run_loadgen(spec: RunSpec) -> dict:
     """
     import mlperf_loadgen as lg
 
-    from bertprune.runtime import make_session
+    from bertprune.onnx.runtime import make_session
 
     if spec.mode not in MODES:
         raise ValueError(f"mode={spec.mode!r}; expected one of {MODES}")
@@ -1260,7 +1260,7 @@ def _watch(proc, spec: RunSpec, out: Path, limit: float | None, why: str) -> str
 
 
 def run_subprocess(spec: RunSpec, timeout_s: float | None = None) -> dict:
-    """Run ``spec`` in a fresh ``python -m bertprune.harness`` process, logging its progress; a crash, a
+    """Run ``spec`` in a fresh ``python -m bertprune.mlperf.harness`` process, logging its progress; a crash, a
     kill or a timeout gives a result with status "failed" and the reason (or the tail of ``harness.log``)
     as error. timeout_s: the run's time limit; None = ``default_time_limit(spec)``."""
     import shutil
@@ -1272,9 +1272,9 @@ def run_subprocess(spec: RunSpec, timeout_s: float | None = None) -> dict:
     spec_path = out / SPEC_FILE
     spec_path.write_text(json.dumps(asdict(spec), indent=2), encoding="utf-8")
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding this bertprune package
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", "bertprune.harness", "--spec", str(spec_path)]
+    cmd = [sys.executable, "-m", "bertprune.mlperf.harness", "--spec", str(spec_path)]
     limit, why = (float(timeout_s), "run_timeout_s") if timeout_s else default_time_limit(spec)
     with open(out / HARNESS_LOG, "w", encoding="utf-8") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
@@ -1334,7 +1334,7 @@ def run_isolated(spec: RunSpec, timeout_s: float | None = None, retries: int = 1
 
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="One MLPerf LoadGen run (variant x scenario x mode) from a "
-                                                 "run_spec.json; bertprune.bench writes the specs.")
+                                                 "run_spec.json; bertprune.jobs.bench writes the specs.")
     parser.add_argument("--spec", required=True, help="path of a run_spec.json (see RunSpec)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

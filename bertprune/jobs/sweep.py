@@ -1,7 +1,7 @@
 """Summary of a prune sweep: summary.csv + summary.md, one row per job (finished, failed or unfinished).
 
 Runs as a Hydra callback (``conf/prune.yaml``: ``hydra.callbacks``) and stand-alone as
-``python -m bertprune.sweep <sweep_dir>``. The callback records each job's status in
+``python -m bertprune.jobs.sweep <sweep_dir>``. The callback records each job's status in
 ``<job>/status.json`` and rewrites the summary when a job starts and when it ends: Hydra re-raises a
 failed job's error before ``on_multirun_end``, and an interrupted or killed sweep never gets there, so
 the summary must already be on disk. A job is ``ok`` only with its atomically written results.json;
@@ -200,5 +200,5 @@ class SweepSummary(Callback):
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m bertprune.sweep <sweep_dir>")
+        sys.exit("usage: python -m bertprune.jobs.sweep <sweep_dir>")
     print(write_summary(sys.argv[1]))

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bertprune.data import Task
+from bertprune.tasks.data import Task
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ def check_parity(model, onnx_path, batches, device: str = "auto", kind: str | No
     batches: dicts with ``input_ids``/``attention_mask``/``token_type_ids`` (HF names) or the MLPerf
     names, ``[batch, seq]`` each. kind defaults to what the graph's outputs say.
     """
-    from bertprune.runtime import make_session
+    from bertprune.onnx.runtime import make_session
 
     if session is None:
         session, _ = make_session(onnx_path, device)
@@ -302,7 +302,7 @@ def _torch_device(session) -> str:
 
 
 def evaluate_onnx(session, data, kind: str, examples=None, batch_size: int = EVAL_BATCH_SIZE) -> dict:
-    """Task metrics through ONNX Runtime, with the same definitions as ``bertprune.evaluate``.
+    """Task metrics through ONNX Runtime, with the same definitions as ``bertprune.tasks.evaluate``.
 
     classification / regression: ``data`` = batches with a ``labels`` entry (a ``make_loader`` loader)
     -> ``{"accuracy": %}`` / ``{"mse": ..}``. qa: ``data`` = ``squad.SquadFeatures`` and ``examples`` the
@@ -311,7 +311,7 @@ def evaluate_onnx(session, data, kind: str, examples=None, batch_size: int = EVA
     names = list(output_names(kind))
     if kind == "qa":
         return _qa_metrics(lambda feeds: session.run(names, feeds), data, examples, batch_size)
-    from bertprune.evaluate import metrics_from_logits
+    from bertprune.tasks.evaluate import metrics_from_logits
 
     logits, labels = [], []
     for batch in data:
@@ -321,17 +321,17 @@ def evaluate_onnx(session, data, kind: str, examples=None, batch_size: int = EVA
 
 
 def evaluate_pytorch(model, data, kind: str, examples=None, device="cpu", batch_size: int = EVAL_BATCH_SIZE) -> dict:
-    """The PyTorch side of ``evaluate_onnx`` (classification goes through ``bertprune.evaluate``)."""
+    """The PyTorch side of ``evaluate_onnx`` (classification goes through ``bertprune.tasks.evaluate``)."""
     if kind == "qa":
         model = model.to(device).eval()
         return _qa_metrics(lambda feeds: run_pytorch(model, feeds, kind, device), data, examples, batch_size)
-    from bertprune.evaluate import evaluate
+    from bertprune.tasks.evaluate import evaluate
 
     return evaluate(model.to(device), data, kind, device)
 
 
 def _qa_metrics(run, features, examples, batch_size: int) -> dict:
-    from bertprune.squad import postprocess, squad_v1_metrics
+    from bertprune.tasks.squad import postprocess, squad_v1_metrics
 
     if examples is None:
         raise ValueError("qa evaluation needs the SquadExample list the features were made from")
@@ -348,7 +348,7 @@ def _qa_metrics(run, features, examples, batch_size: int) -> dict:
 
 def primary_metric(kind: str) -> str:
     """The metric a variant's sidecar reports: accuracy (%), mse, or SQuAD f1 (%) for qa."""
-    from bertprune.evaluate import primary_metric as classification_metric
+    from bertprune.tasks.evaluate import primary_metric as classification_metric
 
     return "f1" if kind == "qa" else classification_metric(kind)
 
@@ -467,7 +467,7 @@ def load_eval_data(task: Task, tokenizer, batch_sizes=PARITY_BATCH_SIZES, max_ev
     qa_data: ``(examples, features)`` for qa; else loaded from ``task.data_file`` when set (metrics), or
     the built-in sample pairs (parity only).
     """
-    from bertprune.data import average_token_length, load_task_data, make_loader, tokenize
+    from bertprune.tasks.data import average_token_length, load_task_data, make_loader, tokenize
 
     if task.kind == "qa":
         return _qa_eval_data(task, tokenizer, batch_sizes, max_eval_samples, seq_len or task.max_length, qa_data)
@@ -490,7 +490,7 @@ def load_eval_data(task: Task, tokenizer, batch_sizes=PARITY_BATCH_SIZES, max_ev
 
 
 def _qa_eval_data(task, tokenizer, batch_sizes, max_eval_samples, seq_len, qa_data) -> EvalData:
-    from bertprune.squad import featurize, load_squad
+    from bertprune.tasks.squad import featurize, load_squad
 
     examples = features = None
     if qa_data is not None:
@@ -535,7 +535,7 @@ def _macs(model, meta: dict, heads: list[int], ffn: list[int], seq_len: float) -
     if meta.get("macs") is not None and meta.get("dense_macs"):
         return float(meta["macs"]), float(meta["dense_macs"]), float(meta.get("mac_ratio",
                                                                               meta["macs"] / meta["dense_macs"]))
-    from bertprune.cost import MacCost
+    from bertprune.core.cost import MacCost
 
     cost = MacCost.for_model(model, seq_len)
     c = model.config
@@ -560,7 +560,7 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
     """
     from bertprune.models import atomic_dir, check_source, count_parameters, load_model, model_shape
     from bertprune.resources import sha256_file
-    from bertprune.runtime import choose_providers, make_session
+    from bertprune.onnx.runtime import choose_providers, make_session
 
     # ---- everything checkable before the long work
     checkpoint = Path(checkpoint_dir).resolve()

@@ -1,0 +1,1 @@
+"""Developer benchmarks (python -m benchmarks.<name>); not part of the package."""

@@ -1,0 +1,1 @@
+"""The algorithm core: plain PyTorch, no Hydra, no Lightning."""

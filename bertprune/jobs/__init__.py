@@ -1,0 +1,1 @@
+"""The jobs the root entry points run (train, prune, export, bench): cfg in, result out."""

@@ -1,0 +1,1 @@
+"""Lightning wrappers: LightningModules, DataModules, callbacks, loggers, hardware."""

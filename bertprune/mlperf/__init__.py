@@ -1,0 +1,1 @@
+"""MLPerf LoadGen: scenarios, QSL, SUT, runs, logs, submission tree."""

@@ -1,0 +1,1 @@
+"""ONNX: the MLPerf interface, export, parity, INT8, ONNX Runtime sessions."""

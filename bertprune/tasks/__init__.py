@@ -1,0 +1,1 @@
+"""Tasks: what a task is, its data, its metrics."""
