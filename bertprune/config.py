@@ -124,6 +124,7 @@ class HardwareConfig:
     strategy: str = "auto"
     precision: str = "32-true"  # one of PRECISIONS (validate_hardware)
     num_threads: Optional[int] = None
+    runtime_device: RuntimeDevice = RuntimeDevice.cpu  # ONNX Runtime's provider: cpu, cuda, auto (CUDA if usable)
 
 
 @dataclass
@@ -178,7 +179,6 @@ class PruneConfig(TeacherJobConfig):
     tuning: TuningConfig = field(default_factory=TuningConfig)
     export: bool = MISSING
     quantize: Optional[Quantize] = None
-    runtime_device: RuntimeDevice = MISSING
     bench: bool = MISSING
     bench_options: Optional[Dict[str, Any]] = None
     sweep_group: Optional[str] = None
@@ -192,7 +192,6 @@ class ExportConfig:
     tokenizer: Optional[str] = None
     quantize: Optional[Quantize] = None
     opset: int = MISSING
-    device: RuntimeDevice = MISSING
     parity_tolerance: float = MISSING
     parity_batch_sizes: List[int] = MISSING
     max_eval_samples: Optional[int] = None
@@ -207,7 +206,7 @@ class BenchConfig:
     source: str = MISSING
     mode: BenchMode = MISSING
     submission: bool = MISSING
-    device: RuntimeDevice = MISSING
+    hardware: HardwareConfig = MISSING
     tokenizer: Optional[str] = None
     system_name: Optional[str] = None
     submitter: str = MISSING
@@ -345,12 +344,10 @@ def validate_prune(cfg):
 def validate_export(cfg):
     """Every value of an export.py config (the ONNX opset and device included); returns the default Task."""
     from bertprune.onnx.export import check_opset
-    from bertprune.onnx.runtime import choose_providers
 
     check_keys(cfg)
     validate_hardware(cfg.hardware)
     check_opset(cfg.opset)
-    choose_providers(str(cfg.device))
     if not cfg.parity_tolerance >= 0:
         raise ValueError(f"parity_tolerance={cfg.parity_tolerance} must be >= 0")
     sizes = cfg.parity_batch_sizes

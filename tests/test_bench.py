@@ -244,20 +244,20 @@ def test_device_without_a_gpu_is_one_error_before_any_run(tiny_data, tmp_path, m
     monkeypatch.setattr(harness, "run_isolated", lambda *a, **k: calls.append(a))
     monkeypatch.setattr(runtime, "cuda_usable", lambda: False)
     out = tmp_path / "out"
-    with pytest.raises(RuntimeError, match="device=cuda needs a CUDA GPU.*Use device=cpu"):
+    with pytest.raises(RuntimeError, match="hardware.runtime_device=cuda needs a CUDA GPU.*Use hardware=cpu"):
         run_bench(make_sweep(tmp_path / "sweep"), csv_task(tiny_data), ["offline"], device="cuda", output_dir=out)
-    with pytest.raises(ValueError, match="runtime device 'tpu'"):
+    with pytest.raises(ValueError, match="hardware.runtime_device='tpu'"):
         run_bench(tmp_path / "sweep", csv_task(tiny_data), ["offline"], device="tpu", output_dir=out)
     assert calls == [] and not out.exists()
 
     # the command line: one message, non-zero exit, no summary and no run folder (CUDA hidden from torch)
     run_dir = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "bench.py"), f"source={tmp_path / 'sweep'}", *task_overrides(tiny_data),
-           "scenario=[offline,single_stream]", "device=cuda", f"hydra.run.dir={run_dir}"]
+           "scenario=[offline,single_stream]", "hardware.runtime_device=cuda", f"hydra.run.dir={run_dir}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
                           env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode != 0
-    assert proc.stderr.count("RuntimeError: device=cuda needs a CUDA GPU") == 1, proc.stderr[-2000:]
+    assert proc.stderr.count("RuntimeError: hardware.runtime_device=cuda needs a CUDA GPU") == 1, proc.stderr[-2000:]
     assert not any((run_dir / n).exists() for n in ("summary.json", "summary.md", "dense", "submission"))
 
 

@@ -59,7 +59,7 @@ def test_all_scenarios_at_once_and_a_sweep_value_compose(tmp_path):
     ("prune", "logger.kind=bogus", "logger.kind"),
     ("train", "logger.kind=bogus", "logger.kind"),
     ("prune", "quantize=int4", "quantize"),
-    ("prune", "runtime_device=tpu", "runtime_device"),
+    ("prune", "hardware.runtime_device=tpu", "runtime_device"),
     ("prune", "num_samples=abc", "num_samples"),
     ("prune", "constraint=abc", "constraint"),
     ("prune", "constriant=0.5", "constriant"),
@@ -69,9 +69,9 @@ def test_all_scenarios_at_once_and_a_sweep_value_compose(tmp_path):
     ("prune", "tuning.last_layer_tokens=some", "tuning.last_layer_tokens"),
     ("prune", "training.epochs=two", "training.epochs"),
     ("export", "quantize=int4", "quantize"),
-    ("export", "device=tpu", "device"),
+    ("export", "hardware.runtime_device=tpu", "runtime_device"),
     ("bench", "mode=perf", "mode"),
-    ("bench", "device=tpu", "device"),
+    ("bench", "hardware.runtime_device=tpu", "runtime_device"),
 ])
 def test_bad_values_fail_at_composition_naming_the_key(config, override, key, tmp_path):
     with pytest.raises(ConfigCompositionException) as info:

@@ -274,7 +274,7 @@ def test_export_cli_logic_on_a_sweep_folder_and_bench(checkpoints, pruned_export
 
     cfg = compose_cfg("export", ["task=csv", f"task.train_file={task.train_file}",
                                  f"task.validation_file={task.validation_file}", "task.max_length=32",
-                                 f"source={checkpoints['sweep']}", "device=cpu", "max_eval_samples=16"],
+                                 f"source={checkpoints['sweep']}", "hardware.runtime_device=cpu", "max_eval_samples=16"],
                       tmp_path / "run")
     sidecars = export(cfg)
     sweep = checkpoints["sweep"]

@@ -14,7 +14,7 @@ from bertprune.jobs.prune import prune
 
 def test_rerun_into_the_same_folder_leaves_nothing_stale_and_logger_none_writes_no_csv(tiny_cfg):
     base = ["constraint=0.5", "num_samples=64", "batch_size=16", "training.lr=2e-3", "training.epochs=4"]
-    first = prune(tiny_cfg("prune", [*base, "export=true", "runtime_device=cpu", "logger=csv"]))
+    first = prune(tiny_cfg("prune", [*base, "export=true", "hardware.runtime_device=cpu", "logger=csv"]))
     run = Path(first["checkpoint"]).parent
     assert (run / "onnx" / "model.json").is_file() and (run / "csv" / "metrics.csv").is_file()
     assert (run / "tuning.json").is_file()

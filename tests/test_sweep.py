@@ -216,7 +216,7 @@ def test_export_of_a_sweep_exports_the_good_variants_and_reports_the_bad(tmp_pat
     bad.write_bytes(bad.read_bytes()[:100])
     proc = subprocess.run([sys.executable, str(ROOT / "export.py"), f"source={out}", "task=csv",
                            f"task.train_file={tiny_data[0]}", f"task.validation_file={tiny_data[1]}",
-                           "task.max_length=32", "device=cpu", "max_eval_samples=16",
+                           "task.max_length=32", "hardware.runtime_device=cpu", "max_eval_samples=16",
                            f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=600,
                           cwd=tmp_path, env={**os.environ})
     assert proc.returncode != 0

@@ -107,7 +107,7 @@ def bench(cfg) -> BenchSummary:
     task = Task.from_config(cfg.task)
     scenarios = OmegaConf.to_container(cfg.scenario, resolve=True) if cfg.get("scenario") else None
     return run_bench(cfg.source, task, scenarios, mode=cfg.mode, output_dir=cfg.output_dir,
-                     submission=bool(cfg.submission), device=cfg.device, tokenizer=cfg.get("tokenizer"),
+                     submission=bool(cfg.submission), device=cfg.hardware.runtime_device, tokenizer=cfg.get("tokenizer"),
                      system_name=cfg.get("system_name"), submitter=cfg.get("submitter") or "bertprune",
                      timeout_s=cfg.get("run_timeout_s"))
 

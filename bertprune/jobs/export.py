@@ -108,8 +108,11 @@ def export(cfg) -> list[dict]:
 
     from bertprune.config import validate_export
 
+    from bertprune.onnx.runtime import choose_providers
+
     default_task = validate_export(cfg)
     check_hardware(cfg.hardware)
+    choose_providers(str(cfg.hardware.runtime_device))  # runtime_device=cuda without a usable GPU: fail now
     source = Path(cfg.source).expanduser().resolve()
     output_dir = Path(cfg.output_dir)
     pairs = plan(source, output_dir, bool(cfg.get("include_teacher", True)))
@@ -125,7 +128,7 @@ def export(cfg) -> list[dict]:
     for ckpt, out_dir in pairs:
         try:
             result = export_variant(ckpt, out_dir, task_for(ckpt, default_task), tokenizer_dir=cfg.get("tokenizer"),
-                                    quantize=quantize, opset=int(cfg.opset), device=str(cfg.device),
+                                    quantize=quantize, opset=int(cfg.opset), device=str(cfg.hardware.runtime_device),
                                     max_eval_samples=cfg.max_eval_samples, parity_tolerance=cfg.parity_tolerance,
                                     parity_batch_sizes=list(cfg.parity_batch_sizes),
                                     mac_seq_len=metas[ckpt].get("seq_len") or seq_lens.get(str(ckpt), pruned_s))

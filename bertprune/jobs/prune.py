@@ -191,6 +191,10 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
         raise ValueError("prune.py prunes classification/regression tasks here; SQuAD pruning needs SQuAD training "
                          "features (labels), which the qa task does not provide yet")
     device = check_hardware(cfg.hardware)
+    if cfg.export or cfg.bench:
+        from bertprune.onnx.runtime import choose_providers
+
+        choose_providers(str(cfg.hardware.runtime_device))  # the ONNX checks' provider, before any work
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     clear_run_dir(run_dir)  # rerun into the same folder: nothing of the previous run may look current
@@ -335,7 +339,7 @@ def default_callbacks(cfg) -> list:
 
         quantize = cfg.get("quantize")
         cbs.append(ExportCallback(quantize=None if quantize is None else str(quantize),
-                                  device=str(cfg.get("runtime_device", "auto"))))
+                                  device=str(cfg.hardware.runtime_device)))
     if cfg.get("bench", False):
         from bertprune.lightning.bench_callback import LoadgenCallback
 

@@ -23,12 +23,12 @@ def cuda_usable() -> bool:
 def choose_providers(device: str = "auto") -> list[str]:
     """Providers for ``device``: cpu -> CPU; cuda -> CUDA (error if unusable); auto -> CUDA if usable else CPU."""
     if device not in DEVICES:
-        raise ValueError(f"runtime device {device!r}; expected one of {DEVICES}")
+        raise ValueError(f"hardware.runtime_device={device!r}; expected one of {DEVICES}")
     if device == "cpu" or (device == "auto" and not cuda_usable()):
         return ["CPUExecutionProvider"]
     if not cuda_usable():
-        raise RuntimeError("device=cuda needs a CUDA GPU visible to torch and onnxruntime-gpu's CUDA provider; "
-                           "none is usable here. Use device=cpu (or auto).")
+        raise RuntimeError("hardware.runtime_device=cuda needs a CUDA GPU visible to torch and onnxruntime-gpu's CUDA provider; "
+                           "none is usable here. Use hardware=cpu (or hardware.runtime_device=cpu / auto).")
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
