@@ -251,6 +251,61 @@ def test_discover_variants_in_a_sweep(tmp_path):
     assert bare[0].meta == {} and bare[0].name == "onnx" and bare[0].tokenizer is None
 
 
+def test_export_and_harness_check_the_interface_with_one_function(tiny_data, tmp_path, monkeypatch):
+    """The export (on what it wrote) and the harness (on what it is about to run) call the same
+    ``interface.check_interface``; both reject a graph whose inputs are not the MLPerf names."""
+    import torch
+
+    from bertprune.jobs.bench import plan_bench
+    from bertprune.models import tiny_bert
+    from bertprune.onnx.export import export_onnx
+
+    calls = []
+    real = interface.check_interface
+    monkeypatch.setattr(interface, "check_interface", lambda *a, **k: calls.append(k.get("exported", False))
+                        or real(*a, **k))
+    torch.manual_seed(0)
+    export_onnx(tiny_bert("classification", 2, VOCAB), tmp_path / "model.onnx", "classification")
+    assert calls == [True]  # the exporter's own check
+    sweep = tmp_path / "sweep"
+    write_variant(sweep / "dense" / "onnx", "dense")
+    plan_bench(sweep, csv_task(tiny_data), ["offline"], "accuracy")
+    assert calls == [True, False]  # the bench plan's check of the variant
+    wrong = tiny_onnx(tmp_path / "w.onnx", names=("input_ids", "attention_mask", "token_type_ids"))
+    for exported in (True, False):
+        with pytest.raises(interface.InterfaceError, match=r"inputs .*attention_mask.* MLPerf BERT interface"):
+            real(wrong, "classification", max_length=32, num_labels=2, exported=exported)
+
+
+def test_variant_discovery_is_one_function(tiny_data, tmp_path, monkeypatch):
+    """The bench plan, the LoadGen callback and the export benchmark find exported variants through the
+    one ``variants.discover_variants`` and find the same ones in a sweep (half-written exports skipped)."""
+    import bertprune.jobs.bench as jobs_bench
+    from benchmarks.export_speed import find_variants
+    from bertprune.lightning.bench_callback import LoadgenCallback
+
+    sweep = tmp_path / "sweep"
+    write_variant(sweep / "dense" / "onnx", "dense")
+    write_variant(sweep / "0" / "onnx", "c0.50", mac_ratio=0.5, constraint=0.5, seed=2)
+    write_variant(sweep / "0" / "onnx_int8", "c0.50-int8", precision="int8", mac_ratio=0.5, constraint=0.5, seed=1)
+    write_variant(sweep / "1" / ".onnx.tmp-abc", "half-written", seed=3)
+    expected = [v.name for v in variants.discover_variants(sweep)]
+    assert expected == ["dense", "c0.50", "c0.50-int8"]
+    calls = []
+    real = variants.discover_variants
+    monkeypatch.setattr(variants, "discover_variants", lambda source: calls.append(Path(source)) or real(source))
+
+    plans, _, _ = jobs_bench.plan_bench(sweep, csv_task(tiny_data), ["offline"], "accuracy")
+    assert [p.variant.name for p in plans] == expected
+    assert sorted(s["variant"] for s in find_variants(sweep)) == sorted(expected)
+    seen = {}
+    monkeypatch.setattr(jobs_bench, "run_bench", lambda sources, *a, **k: seen.setdefault("sources", sources)
+                        and SimpleNamespace(files={}, complete=True, rows=[]))
+    LoadgenCallback(scenarios=["offline"]).on_variant_saved(sweep / "0", minilm_dir(), csv_task(tiny_data), {})
+    assert sorted(Path(s).parent.name for s in seen["sources"]) == ["onnx", "onnx_int8"]
+    assert calls == [sweep, sweep, sweep / "0"]
+
+
 # ----------------------------------------------------------------------------------------------
 # Summary parsing
 
