@@ -10,7 +10,6 @@ does (the full logs stay in the run folders).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
