@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bertprune.onnx.interface import INPUTS
+from bertprune.onnx.interface import HF_INPUTS, INPUTS
 from bertprune.tasks.kinds import QuestionAnswering, get_kind
 
 TRAIN_ROWS_FOR_LENGTH = 4096  # training rows whose mean token length is the MAC model's S (export)
@@ -95,12 +95,11 @@ def to_feeds(batch) -> dict[str, np.ndarray]:
     def arr(x):
         return np.ascontiguousarray((x.cpu().numpy() if torch.is_tensor(x) else np.asarray(x)).astype(np.int64))
 
-    if "input_mask" in batch:
+    if all(k in batch for k in INPUTS):
         return {k: arr(batch[k]) for k in INPUTS}
-    ids = arr(batch["input_ids"])
-    segments = batch.get("token_type_ids")
-    return {"input_ids": ids, "input_mask": arr(batch["attention_mask"]),
-            "segment_ids": arr(segments) if segments is not None else np.zeros_like(ids)}
+    feeds = {k: arr(batch[hf]) for k, hf in HF_INPUTS.items() if batch.get(hf) is not None}
+    feeds.setdefault("segment_ids", np.zeros_like(feeds["input_ids"]))  # a tokenizer without token types
+    return {k: feeds[k] for k in INPUTS}
 
 
 def squad_validation(task, tokenizer, limit: int | None = None):
@@ -130,7 +129,7 @@ def _text_features(task, tokenizer) -> Features:
     val = tokenized_splits(task, tokenizer, {"validation": None})["validation"]
     feeds = to_feeds(pad(tokenizer, input_rows(val), "max_length", task.max_length))
     labels = np.asarray(val["label"], dtype=get_kind(task.kind).label_dtype)
-    return Features(feeds["input_ids"], feeds["input_mask"], feeds["segment_ids"], labels=labels)
+    return Features(*(feeds[k] for k in INPUTS), labels=labels)
 
 
 def _squad_features(task, tokenizer) -> Features:
