@@ -2,7 +2,7 @@
 
     python -m benchmarks.export_speed [--source DIR] [--batch 32] [--iters 20]
 
-Finds every exported variant (``**/model.json`` beside a matching ``model.onnx``) under ``--source``
+Finds every exported variant (``bertprune.onnx.variants.discover_variants``, sha256 checked) under ``--source``
 (default: the newest ``multirun/prune/<task-model>/<date>`` sweep), feeds all of them the same real
 validation inputs, and measures latency at batch 1 (median over all single-example runs) and
 throughput at ``--batch`` (median over repeats, samples/s). Variants are measured round-robin — each
@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import logging
 import statistics
 import sys
 import time
 from pathlib import Path
 
-
-from bertprune.onnx.export import INPUTS, SIDECAR, read_sidecar
+from bertprune.io import atomic_write_text
+from bertprune.onnx import variants as onnx_variants
+from bertprune.onnx.interface import INPUTS
+from bertprune.onnx.variants import SIDECAR
 
 log = logging.getLogger(__name__)
 COLUMNS = ["variant", "precision", "mac_ratio", "metric", "accuracy", "latency_ms", "throughput",
@@ -39,45 +42,45 @@ def default_source(root: Path = Path("multirun/prune")) -> Path:
 
 
 def find_variants(source: Path) -> list[dict]:
-    """Complete sidecars under ``source`` (sha256 checked), one per distinct model; dense first."""
+    """Complete exports under ``source`` (``discover_variants``; sha256 checked), one per distinct model, as
+    their sidecars with ``path`` and a usable ``tokenizer``; dense first. [] when there is none."""
+    try:
+        discovered = onnx_variants.discover_variants(source)
+    except FileNotFoundError:
+        return []
     found, seen = [], set()
-    for side in sorted(source.rglob(SIDECAR)):
-        if any(part.startswith(".") for part in side.relative_to(source).parts):
-            continue  # atomic_dir's ".<name>.tmp-*" folders: an export still being written
-        info = read_sidecar(side.parent)
-        if info is None:
-            log.warning("skipping %s: incomplete export or model.onnx does not match its sha256", side.parent)
+    for v in sorted(discovered, key=lambda v: str(v.onnx)):
+        if onnx_variants.complete_variant(v.onnx.parent) is None:
+            log.warning("skipping %s: incomplete export or model.onnx does not match its sha256", v.onnx.parent)
             continue
-        if info["sha256"] not in seen:
-            seen.add(info["sha256"])
-            found.append(info)
+        if v.sha256 not in seen:
+            seen.add(v.sha256)
+            found.append({**v.meta, "variant": v.name, "path": str(v.onnx), "tokenizer": str(v.tokenizer)})
     return sorted(found, key=lambda s: (not s["variant"].startswith("dense"), -s["mac_ratio"], s["precision"]))
 
 
 def bench_inputs(sidecar: dict, batch: int, latency_samples: int, throughput_batches: int):
-    """Real validation inputs for one task: (single-example feeds, feeds of ``batch`` examples)."""
-    from bertprune.tasks.data import Task, load_task_data, tokenize
+    """Real validation inputs for one task (``bertprune.tasks.features``): (single-example feeds, feeds of
+    ``batch`` examples). Text kinds pad each batch to its longest member; a fixed-length kind (qa) to
+    ``max_length``."""
     from bertprune.models import load_tokenizer
+    from bertprune.tasks.data import Task
+    from bertprune.tasks.features import input_rows, pad, to_feeds, tokenized_splits
+    from bertprune.tasks.kinds import get_kind
 
     task = Task(**sidecar["task_config"])
     tokenizer = load_tokenizer(sidecar["tokenizer"])
     n = max(latency_samples, batch * throughput_batches)
-    if task.kind == "qa":
+    if get_kind(task.kind).fixed_seq_len:
         rows = _qa_rows(task, tokenizer, n)
-        pad = dict(padding="max_length", max_length=task.max_length)
+        padding = dict(padding="max_length", max_length=task.max_length)
     else:
-        import datasets
-
-        val = load_task_data(task)["validation"]
-        val = val.select([i % len(val) for i in range(n)])
-        tok = tokenize(datasets.DatasetDict(train=val.select([]), validation=val), task, tokenizer)["validation"]
-        rows = [{k: v for k, v in tok[i].items() if k != "label"} for i in range(n)]
-        pad = dict(padding="longest")
+        val = input_rows(tokenized_splits(task, tokenizer, {"validation": n})["validation"])
+        rows = [val[i % len(val)] for i in range(n)]
+        padding = dict(padding="longest")
 
     def feeds(chunk):
-        from bertprune.onnx.export import to_feeds
-
-        return to_feeds(tokenizer.pad(chunk, return_tensors="np", **pad))
+        return to_feeds(pad(tokenizer, chunk, **padding))
 
     singles = [feeds(rows[i:i + 1]) for i in range(latency_samples)]
     batches = [feeds(rows[i * batch:(i + 1) * batch]) for i in range(throughput_batches)]
@@ -85,20 +88,14 @@ def bench_inputs(sidecar: dict, batch: int, latency_samples: int, throughput_bat
 
 
 def _qa_rows(task, tokenizer, n: int) -> list[dict]:
-    from bertprune.onnx.export import QA_SAMPLE_PAIRS
+    from bertprune.tasks.features import sample_qa_rows, squad_validation
 
-    if task.data_file:
-        from bertprune.tasks.squad import featurize, load_squad
-
-        feats = featurize(load_squad(task.data_file)[:n], tokenizer, task.max_length, task.doc_stride,
-                          task.max_query_length, progress=False)
-        rows = [{"input_ids": feats.input_ids[i], "attention_mask": feats.input_mask[i],
-                 "token_type_ids": feats.segment_ids[i]} for i in range(len(feats))]
-    else:
+    if not task.data_file:
         log.warning("task %s has no data_file: benchmarking on built-in question/context pairs", task.name)
-        enc = tokenizer([q for q, _ in QA_SAMPLE_PAIRS], [c for _, c in QA_SAMPLE_PAIRS], truncation=True,
-                        max_length=task.max_length)
-        rows = [{k: enc[k][i] for k in enc} for i in range(len(QA_SAMPLE_PAIRS))]
+        return sample_qa_rows(tokenizer, n, task.max_length)
+    _, feats = squad_validation(task, tokenizer, n)
+    rows = [{"input_ids": feats.input_ids[i], "attention_mask": feats.input_mask[i],
+             "token_type_ids": feats.segment_ids[i]} for i in range(len(feats))]
     return [rows[i % len(rows)] for i in range(n)]
 
 
@@ -154,11 +151,12 @@ def benchmark(source: str | Path, batch: int = 32, iters: int = 20, latency_samp
         r["throughput_speedup"] = r["throughput"] / dense["throughput"] if dense else None
     if write:
         md = format_markdown(rows, source, batch, iters, latency_samples, dense is not None)
-        (source / "export_benchmark.md").write_text(md)
-        with open(source / "export_benchmark.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
+        atomic_write_text(source / "export_benchmark.md", md)
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(source / "export_benchmark.csv", buf.getvalue())
         print(md)
     return rows
 

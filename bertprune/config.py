@@ -202,7 +202,7 @@ class ExportConfig:
 @dataclass
 class BenchConfig:
     task: Dict[str, Any] = MISSING
-    scenario: Dict[str, Any] = MISSING  # {name: settings}; checked by bertprune.mlperf.harness.ScenarioSettings
+    scenario: Dict[str, Any] = MISSING  # {name: settings}; checked by bertprune.mlperf.scenarios.ScenarioSettings
     source: str = MISSING
     mode: BenchMode = MISSING
     submission: bool = MISSING

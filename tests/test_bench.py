@@ -1,5 +1,6 @@
-"""bench.py / bertprune.jobs.bench: sweep -> LoadGen runs -> summary table, plot and MLPerf submission tree;
-bad inputs fail before anything runs; failed or interrupted runs are marked, never dropped."""
+"""bench.py / bertprune.jobs.bench (+ mlperf.report, mlperf.submission): sweep -> LoadGen runs -> summary
+table, plot and MLPerf submission tree; bad inputs fail before anything runs; failed or interrupted runs are
+marked, never dropped."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONF, compose_cfg
-from test_harness import csv_task, minilm_dir, tiny_onnx, write_variant
+from conftest import CONF, compose_cfg, csv_task, minilm_dir, tiny_onnx, write_variant
 
-import bertprune.mlperf.harness as harness
+from bertprune.io import sha256_file
 from bertprune.jobs.bench import bench, run_bench
 from bertprune.lightning.bench_callback import LoadgenCallback
-from bertprune.mlperf.harness import SCENARIOS, ScenarioSettings
-from bertprune.resources import sha256_file
+from bertprune.mlperf import runs, scenarios
+from bertprune.mlperf.scenarios import SCENARIOS, ScenarioSettings
+from bertprune.onnx import variants
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["scenario.offline.min_duration_ms=500", "scenario.offline.calibration_s=0.3",
@@ -43,7 +44,7 @@ def test_bench_config_composes_scenarios_as_a_group(tmp_path):
     assert cfg.mode == "both" and cfg.submission is False and cfg.task.name == "rotten_tomatoes"
     cfg = compose_cfg("bench", ["source=x", "scenario=[offline,single_stream,server,multi_stream]",
                                 "scenario.server.batch_size=4"], tmp_path)
-    settings = harness.resolve_scenarios(dict(cfg.scenario))
+    settings = scenarios.resolve_scenarios(dict(cfg.scenario))
     assert [s.loadgen for s in settings] == ["Offline", "SingleStream", "Server", "MultiStream"]
     assert settings[2].batch_size == 4
     for name in SCENARIOS:  # every group file is keyed by its name and has exactly the dataclass keys
@@ -120,7 +121,7 @@ def test_bench_sweep_end_to_end(tiny_data, tmp_path):
 
 def test_bad_inputs_fail_before_anything_runs(tiny_data, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(harness, "run_isolated", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(runs, "run_isolated", lambda *a, **k: calls.append(a))
     task = csv_task(tiny_data)
     out = tmp_path / "out"
     with pytest.raises(FileNotFoundError, match="bench source not found"):
@@ -168,7 +169,7 @@ def test_failed_and_interrupted_runs_are_marked_not_dropped(tiny_data, tmp_path,
     assert "csv-c0.40" not in json.loads((out / "submission" / "open" / "bertprune" / "model_mapping.json").read_text())
 
     # Ctrl-C during the second run: the summary is written, says incomplete, lists every variant
-    real = harness.run_isolated
+    real = runs.run_isolated
     n = {"calls": 0}
 
     def interrupt_second(spec, **kw):
@@ -177,7 +178,7 @@ def test_failed_and_interrupted_runs_are_marked_not_dropped(tiny_data, tmp_path,
             raise KeyboardInterrupt
         return real(spec, **kw)
 
-    monkeypatch.setattr(harness, "run_isolated", interrupt_second)
+    monkeypatch.setattr(runs, "run_isolated", interrupt_second)
     out2 = tmp_path / "bench2"
     (out2).mkdir()
     (out2 / "summary.json").write_text('{"complete": true}')  # stale, from an earlier run
@@ -241,7 +242,7 @@ def test_device_without_a_gpu_is_one_error_before_any_run(tiny_data, tmp_path, m
     import bertprune.onnx.runtime as runtime
 
     calls = []
-    monkeypatch.setattr(harness, "run_isolated", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(runs, "run_isolated", lambda *a, **k: calls.append(a))
     monkeypatch.setattr(runtime, "cuda_usable", lambda: False)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="hardware.runtime_device=cuda needs a CUDA GPU.*Use hardware=cpu"):
@@ -265,7 +266,7 @@ def test_swapped_onnx_is_refused_before_any_run(tiny_data, tmp_path, monkeypatch
     """A model.onnx replaced after export (its sha256 no longer the sidecar's) must not be benchmarked and
     reported as the exported variant."""
     calls = []
-    monkeypatch.setattr(harness, "run_isolated", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(runs, "run_isolated", lambda *a, **k: calls.append(a))
     sweep = make_sweep(tmp_path / "sweep")
     recorded = json.loads((sweep / "dense" / "onnx" / "model.json").read_text())["sha256"]
     tiny_onnx(sweep / "dense" / "onnx" / "model.onnx", seed=7)  # another model, same interface
@@ -282,7 +283,7 @@ def test_swapped_onnx_is_refused_before_any_run(tiny_data, tmp_path, monkeypatch
 def test_system_description_fields_are_strings():
     """The checker reads a number 0 as an empty answer ("accelerators_per_node requires a meaningful
     response"): every field is a non-empty string."""
-    from bertprune.jobs.bench import system_description
+    from bertprune.mlperf.submission import system_description
 
     for providers in ({"CPUExecutionProvider"}, set()):
         d = system_description("box", "lab", providers)
@@ -308,7 +309,7 @@ def _detail_log(folder: Path, seeds: dict) -> Path:
 
 
 def test_tree_is_labelled_with_the_round_of_loadgens_seeds(tmp_path):
-    from bertprune.jobs.bench import MLPERF_SEEDS, mlperf_version
+    from bertprune.mlperf.submission import MLPERF_SEEDS, mlperf_version
 
     v61 = {"qsl_rng_seed": 2085463073848966840, "sample_index_rng_seed": 2747215439041700203,
            "schedule_rng_seed": 16159082839903944936}
@@ -326,7 +327,7 @@ def test_accuracy_log_truncated_and_hashed_like_mlcommons(tmp_path):
     more keeps its first and last 4096 bytes around a "..." line (the checker wants <= 10 KiB)."""
     import hashlib
 
-    from bertprune.jobs.bench import truncate_accuracy_log
+    from bertprune.mlperf.submission import truncate_accuracy_log
 
     entries = [{"seq_id": i, "qsl_idx": i, "data": f"{i:08X}" * 4} for i in range(400)]
     full = json.dumps(entries, indent=0).encode()
@@ -353,12 +354,12 @@ def _bertprune_teacher(folder: Path, name_or_path: str) -> Path:
 
 
 def test_measurements_disclose_starting_weights_and_fine_tuning(tmp_path):
-    from bertprune.jobs.bench import measurements
+    from bertprune.mlperf.submission import measurements
     from bertprune.tasks.data import Task
 
     task = Task(name="rotten_tomatoes", kind="classification", num_labels=2, source="rotten_tomatoes")
     teacher = _bertprune_teacher(tmp_path / "teachers" / "rt-minilm", minilm_dir())
-    v = harness.load_variant(write_variant(tmp_path / "v", "c0.50", mac_ratio=0.5, constraint=0.5))
+    v = variants.load_variant(write_variant(tmp_path / "v", "c0.50", mac_ratio=0.5, constraint=0.5))
     v.meta["teacher"] = str(teacher)
     m = measurements(v, task)
     assert m["starting_weights_filename"] == "sentence-transformers/all-MiniLM-L6-v2"  # the packaged MiniLM
@@ -426,7 +427,7 @@ def test_plot_never_mixes_scenarios_and_marks_failed_runs(tmp_path, monkeypatch)
     throughput; every panel holds one scenario, names its failed runs and labels its units."""
     import matplotlib.figure
 
-    from bertprune.jobs.bench import BenchRow, plot
+    from bertprune.mlperf.report import BenchRow, plot
 
     figures = []
     real_savefig = matplotlib.figure.Figure.savefig

@@ -17,10 +17,15 @@ from conftest import compose_cfg, make_realistic, make_sentiment_csv
 import bertprune.onnx.export as onnx_export
 from bertprune.tasks.data import Task
 from bertprune.models import load_model, load_tokenizer, model_shape, save_checkpoint, tiny_bert
-from bertprune.onnx.export import (INPUTS, QA_OUTPUTS, ParityError, check_parity, export_variant, int8_dir,
-                                   load_eval_data, quantize_int8)
+from bertprune.onnx.export import export_variant
+from bertprune.onnx.interface import INPUTS, QA_OUTPUTS
+from bertprune.onnx.parity import ParityError, check_parity, load_eval_data, run_pytorch
+from bertprune.onnx.quantize import quantize_int8
+from bertprune.onnx.variants import int8_dir
+from bertprune.tasks.features import to_feeds
 from bertprune.core.physical import prune_physically
-from bertprune.resources import packaged_path, sha256_file
+from bertprune.io import sha256_file
+from bertprune.resources import packaged_path
 from bertprune.onnx.runtime import make_session
 
 TOL = 1e-4
@@ -98,7 +103,7 @@ def test_dense_classification_export_parity_and_sidecar(dense_export, checkpoint
     assert side["variant"] == "dense" and side["constraint"] is None and side["mac_ratio"] == 1.0
     assert side["precision"] == "fp32" and side["provider"] == "CPUExecutionProvider"
     assert side["heads_per_layer"] == [4, 4, 4] and side["ffn_per_layer"] == [48, 48, 48]
-    assert side["inputs"] == list(INPUTS) and side["outputs"] == ["logits"] and side["seq_len"] is None
+    assert side["inputs"] == list(INPUTS) and side["outputs"] == ["logits"] and side["onnx_seq_len"] is None
     assert side["sha256"] == sha256_file(path)
     assert side["file_size"] == path.stat().st_size
     on_disk = json.loads((path.parent / "model.json").read_text())
@@ -127,7 +132,7 @@ def test_pruned_export_with_empty_layers_passes_parity_on_padded_batches(pruned_
     diff = check_parity(model, side["path"], data.parity_batches, device="cpu")
     assert diff <= TOL
     session, _ = make_session(side["path"], "cpu")
-    b = onnx_export.to_feeds(data.parity_batches[-1])
+    b = to_feeds(data.parity_batches[-1])
     masked = session.run(None, b)[0]
     b["input_mask"] = np.ones_like(b["input_mask"])
     assert np.abs(session.run(None, b)[0] - masked).max() > 1e-4  # the mask is honoured, not folded away
@@ -153,16 +158,16 @@ def test_qa_export_has_the_mlperf_interface(checkpoints, tmp_path, tokenizer):
     assert [(n, t) for n, t, _ in outputs] == [(n, onnx.TensorProto.FLOAT) for n in QA_OUTPUTS]
     for _, _, d in inputs + outputs:
         assert len(d) == 2 and isinstance(d[0], str) and d[0] and d[1] == 384  # [batch (dynamic), 384]
-    assert out["seq_len"] == 384 and out["outputs"] == list(QA_OUTPUTS) and out["parity_max_abs_diff"] <= TOL
+    assert out["onnx_seq_len"] == 384 and out["outputs"] == list(QA_OUTPUTS) and out["parity_max_abs_diff"] <= TOL
     assert out["metric"] == "f1" and out["accuracy"]["onnx"] == pytest.approx(out["accuracy"]["pytorch"])
     # ORT vs PyTorch at batch 3 on padded question/context pairs
     model = load_model(str(checkpoints["qa"]), "qa", require_head=True)
     enc = tokenizer(["who?", "what is it?", "where"], ["a b c d", "it is a test of the export", "here"],
                     padding="max_length", max_length=384, return_tensors="pt")
-    feeds = onnx_export.to_feeds(enc)
+    feeds = to_feeds(enc)
     session, _ = make_session(out["path"], "cpu")
     start, end = session.run(None, feeds)
-    ref = onnx_export.run_pytorch(model, feeds, "qa")
+    ref = run_pytorch(model, feeds, "qa")
     assert start.shape == end.shape == (3, 384)
     assert np.abs(start - ref[0]).max() <= TOL and np.abs(end - ref[1]).max() <= TOL
 

@@ -21,8 +21,9 @@ import json
 import logging
 from pathlib import Path
 
-from bertprune.tasks.data import Task
+from bertprune.io import atomic_write_json, sha256_file
 from bertprune.onnx.export import export_variant
+from bertprune.tasks.data import Task
 
 log = logging.getLogger(__name__)
 SUMMARY = "exports.json"
@@ -35,8 +36,6 @@ class ExportFailed(RuntimeError):
 
 def teacher_key(checkpoint: str | Path) -> str:
     """12 hex digits of the SHA-256 of a checkpoint's weights (``model.safetensors``)."""
-    from bertprune.resources import sha256_file
-
     return sha256_file(Path(checkpoint) / "model.safetensors")[:12]
 
 
@@ -139,12 +138,11 @@ def export(cfg) -> list[dict]:
             failed.append({"checkpoint": str(ckpt), "out_dir": str(out_dir), "error": f"{type(e).__name__}: {e}"})
             continue
         exported += [r for r in (result["fp32"], result["int8"]) if r is not None]
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / SUMMARY).write_text(json.dumps(exported, indent=2, default=float))
+    atomic_write_json(output_dir / SUMMARY, exported)
     (output_dir / FAILURES).unlink(missing_ok=True)
     print(format_table(exported))
     if failed:
-        (output_dir / FAILURES).write_text(json.dumps(failed, indent=2))
+        atomic_write_json(output_dir / FAILURES, failed)
         lines = "\n".join(f"  {f['checkpoint']}: {f['error'].splitlines()[0]}" for f in failed)
         raise ExportFailed(f"{len(failed)} of {len(pairs)} checkpoints could not be exported (the other "
                            f"{len(pairs) - len(failed)} were, see {output_dir / SUMMARY}):\n{lines}\n"

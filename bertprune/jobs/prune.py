@@ -146,7 +146,7 @@ def clear_run_dir(run_dir: Path) -> None:
     """Remove what a previous job left in ``run_dir`` (``RUN_ARTIFACTS``); refuse folders prune.py did not write."""
     import shutil
 
-    from bertprune.onnx.export import MODEL_FILE, SIDECAR
+    from bertprune.onnx.variants import MODEL_FILE, SIDECAR
 
     ours = {"pruned": lambda d: (d / "config.json").is_file(),
             "onnx": lambda d: {p.name for p in d.iterdir()} <= {MODEL_FILE, SIDECAR},

@@ -25,25 +25,26 @@ class LoadgenCallback:
     def __init__(self, scenarios=("offline", "single_stream"), mode: str = "performance", device: str = "auto",
                  submission: bool = False, min_duration_ms: int | None = None, timeout_s: float | None = None,
                  output_subdir: str = "bench"):
-        import bertprune.mlperf.harness as harness
+        from bertprune.mlperf.scenarios import resolve_modes, resolve_scenarios
 
-        self.scenarios = harness.resolve_scenarios(dict(scenarios) if isinstance(scenarios, Mapping)
-                                                   else list(scenarios))
+        self.scenarios = resolve_scenarios(dict(scenarios) if isinstance(scenarios, Mapping) else list(scenarios))
         if min_duration_ms is not None:
             for s in self.scenarios:
                 s.min_duration_ms = int(min_duration_ms)
-        self.modes = harness.resolve_modes(mode)
+        self.modes = resolve_modes(mode)
         self.mode, self.device, self.submission = mode, device, submission
         self.timeout_s, self.output_subdir = timeout_s, output_subdir
 
     def on_variant_saved(self, run_dir, checkpoint_dir, task, results: dict | None = None) -> dict:
         from bertprune.jobs.bench import run_bench
+        from bertprune.onnx import variants
         from bertprune.tasks.data import Task
 
         run_dir = Path(run_dir)
         task = task if isinstance(task, Task) else Task.from_config(task)
-        sources = [d for d in (run_dir / "onnx", run_dir / "onnx_int8") if (d / "model.onnx").is_file()]
-        if not sources:
+        try:  # the job's own exports: <run_dir>/onnx and <run_dir>/onnx_int8
+            sources = [v.onnx for v in variants.discover_variants(run_dir)]
+        except FileNotFoundError:
             log.warning("LoadgenCallback: no exported model under %s/onnx; run ExportCallback first", run_dir)
             return {}
         summary = run_bench(sources, task, self.scenarios, mode=self.mode, output_dir=run_dir / self.output_subdir,

@@ -11,8 +11,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bertprune.tasks.data import Task
-from bertprune.onnx.export import (DEFAULT_OPSET, PARITY_BATCH_SIZES, PARITY_TOLERANCE, export_variant, int8_dir,
-                                   read_sidecar)
+from bertprune.onnx.export import DEFAULT_OPSET, export_variant
+from bertprune.onnx.parity import PARITY_BATCH_SIZES, PARITY_TOLERANCE
+from bertprune.onnx import variants
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,10 @@ class ExportCallback:
         from bertprune.jobs.export import dense_dir
 
         out_dir = dense_dir(root, teacher)
-        existing = read_sidecar(out_dir)
-        if (existing is not None and existing.get("task_config") == asdict(task)
-                and existing.get("mac_seq_len") == mac_seq_len
-                and (self.kwargs["quantize"] is None or read_sidecar(int8_dir(out_dir)) is not None)):
-            return existing
+        existing = variants.complete_variant(out_dir)
+        if (existing is not None and existing.meta.get("task_config") == asdict(task)
+                and existing.meta.get("mac_seq_len") == mac_seq_len
+                and (self.kwargs["quantize"] is None or variants.complete_variant(variants.int8_dir(out_dir)) is not None)):
+            return {**existing.meta, "path": str(existing.onnx)}
         log.info("exporting the dense teacher %s -> %s", teacher, out_dir)
         return export_variant(teacher, out_dir, task, mac_seq_len=mac_seq_len, **self.kwargs)["fp32"]

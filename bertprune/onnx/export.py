@@ -12,8 +12,10 @@ needed; that exporter also turns transformers' "is the mask all ones?" test into
 constant, which can silently drop the mask.
 
 One variant on disk: ``<out_dir>/model.onnx`` + ``<out_dir>/model.json`` (the sidecar: shapes, MACs,
-accuracy, parity, sha256 …); its INT8 sibling lives in ``<out_dir>_int8/`` (``int8_dir``). Folders
-are written atomically: a failed export (parity, bad opset, ORT cannot load it …) leaves nothing.
+accuracy, parity, sha256 …; read back by ``bertprune.onnx.variants``); its INT8 sibling
+(``bertprune.onnx.quantize``) lives in ``<out_dir>_int8/`` (``variants.int8_dir``). Folders are written
+atomically: a failed export (parity, bad opset, ORT cannot load it …) leaves nothing. Parity and
+accuracy against PyTorch: ``bertprune.onnx.parity``.
 """
 
 from __future__ import annotations
@@ -22,67 +24,50 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
+from bertprune.io import atomic_dir, atomic_write_json, sha256_file
+from bertprune.onnx import interface
+from bertprune.onnx.interface import INPUTS
+from bertprune.onnx.parity import (PARITY_BATCH_SIZES, PARITY_TOLERANCE, ParityError, check_parity, evaluate_onnx,
+                                   evaluate_pytorch, load_eval_data, torch_device)
+from bertprune.onnx.quantize import QUANTIZE, quantize_int8
+from bertprune.onnx.variants import MODEL_FILE, SIDECAR, int8_dir, variant_name
 from bertprune.tasks.data import Task
+from bertprune.tasks.kinds import get_kind
 
 log = logging.getLogger(__name__)
 
-INPUTS = ("input_ids", "input_mask", "segment_ids")
-QA_OUTPUTS = ("output_start_logits", "output_end_logits")
-LOGITS_OUTPUTS = ("logits",)
-MODEL_FILE = "model.onnx"
-SIDECAR = "model.json"
 MIN_OPSET = 18  # the dynamo exporter's floor: lower requests are down-converted into files ORT may reject
 DEFAULT_OPSET = 18
-PARITY_TOLERANCE = 1e-4
-PARITY_BATCH_SIZES = (1, 16)
-EVAL_BATCH_SIZE = 32
-QUANTIZE = ("int8",)
 PROTOBUF_LIMIT = 2**31 - 1  # a single-file ONNX model must stay below 2 GiB
 
 
-class ParityError(RuntimeError):
-    """ONNX Runtime's outputs differ from PyTorch's by more than the tolerance."""
-
-
-def output_names(kind: str) -> tuple[str, ...]:
-    return QA_OUTPUTS if kind == "qa" else LOGITS_OUTPUTS
-
-
-def int8_dir(out_dir: str | Path) -> Path:
-    """Where the INT8 sibling of the FP32 export in ``out_dir`` goes: ``<out_dir>_int8``."""
-    out_dir = Path(out_dir)
-    return out_dir.parent / f"{out_dir.name}_int8"
-
-
 class MLPerfWrapper(nn.Module):
-    """MLPerf names -> Hugging Face names; returns (start, end) logits for qa, else the logits."""
+    """MLPerf names -> Hugging Face names; returns the kind's ``graph_outputs`` ((start, end) logits for
+    qa, ``[batch, seq]`` each; else the logits ``[batch, num_labels]``)."""
 
-    def __init__(self, model, kind: str):
+    def __init__(self, model, kind):
         super().__init__()
-        self.model, self.kind = model, kind
+        self.model, self.kind = model, get_kind(kind)
 
     def forward(self, input_ids, input_mask, segment_ids):
         out = self.model(input_ids=input_ids, attention_mask=input_mask, token_type_ids=segment_ids)
-        if self.kind == "qa":
-            return out.start_logits, out.end_logits
-        return out.logits
+        outs = self.kind.graph_outputs(out)
+        return outs if len(outs) > 1 else outs[0]
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """Silence the exporter's and quantizer's chatter (hundreds of INFO lines, benign warnings about
     dynamic-axis names) without touching the caller's logging configuration afterwards."""
     previous = logging.root.manager.disable
@@ -171,13 +156,14 @@ def _dummy_inputs(config, batch: int, seq: int) -> tuple[torch.Tensor, torch.Ten
     return ids, mask, segments
 
 
-def export_onnx(model, out_path: str | Path, kind: str, seq_len: int | None = None,
+def export_onnx(model, out_path: str | Path, kind, onnx_seq_len: int | None = None,
                 opset: int = DEFAULT_OPSET) -> Path:
     """Write ``model`` (eval mode, on CPU) as ONNX with the MLPerf interface to ``out_path``.
 
-    seq_len: fixed sequence length (384 for SQuAD) or None for a dynamic one; batch is always dynamic.
-    Checks the written graph: exactly the three inputs (int64) and the outputs of ``kind`` in order,
-    the requested opset, and that ONNX Runtime loads it. Returns ``out_path``.
+    onnx_seq_len: the graph's fixed sequence length (384 for SQuAD) or None for a dynamic one; batch is
+    always dynamic. Checks the written graph with ``interface.check_interface`` (exactly the three
+    inputs, int64, and the outputs of ``kind`` in order), the requested opset, and that ONNX Runtime
+    loads it. Returns ``out_path``.
     """
     import onnx
 
@@ -189,18 +175,18 @@ def export_onnx(model, out_path: str | Path, kind: str, seq_len: int | None = No
         raise ValueError(f"the model has {size / 2**30:.2f} GiB of weights; a single-file ONNX model must stay below "
                          "2 GiB (external-data export is not supported by bertprune)")
     # batch 2 (torch.export specialises dimensions of size 0/1), seq 16 unless fixed.
-    seq = seq_len or 16
+    seq = onnx_seq_len or 16
     dummy = _dummy_inputs(model.config, batch=2, seq=seq)
     batch_dim = torch.export.Dim("batch")
-    dims = {0: batch_dim} if seq_len else {0: batch_dim, 1: torch.export.Dim("seq")}
-    outputs = output_names(kind)
+    dims = {0: batch_dim} if onnx_seq_len else {0: batch_dim, 1: torch.export.Dim("seq")}
+    outputs = get_kind(kind).onnx_outputs
     try:
-        with torch.no_grad(), _quiet():
+        with torch.no_grad(), quiet():
             torch.onnx.export(MLPerfWrapper(model, kind).eval(), dummy, str(out_path), input_names=list(INPUTS),
                               output_names=list(outputs), dynamic_shapes={name: dims for name in INPUTS},
                               opset_version=opset, dynamo=True, external_data=False, optimize=True, verbose=False)
         proto = onnx.load(str(out_path), load_external_data=False)
-        check_interface(proto, kind, seq_len)
+        interface.check_interface(proto, kind, max_length=onnx_seq_len, exported=True)
         declared = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
         if declared != opset:
             raise ValueError(f"opset={opset}: the exporter could not convert the model to that opset (the file "
@@ -214,171 +200,6 @@ def export_onnx(model, out_path: str | Path, kind: str, seq_len: int | None = No
     except BaseException:
         out_path.unlink(missing_ok=True)  # never leave a file that failed its checks
         raise
-    return out_path
-
-
-def _dims(value_info) -> list:
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-            for d in value_info.type.tensor_type.shape.dim]
-
-
-def check_interface(proto, kind: str, seq_len: int | None) -> None:
-    """The graph has exactly the MLPerf inputs (int64 ``[batch, seq]``) and the outputs of ``kind``."""
-    import onnx
-
-    inputs = [i.name for i in proto.graph.input]
-    if tuple(inputs) != INPUTS:
-        raise RuntimeError(f"exported graph has inputs {inputs}, expected exactly {list(INPUTS)} in that order "
-                           "(an input folded away by the exporter means the model ignores it)")
-    outputs = [o.name for o in proto.graph.output]
-    if tuple(outputs) != output_names(kind):
-        raise RuntimeError(f"exported graph has outputs {outputs}, expected {list(output_names(kind))}")
-    for vi in proto.graph.input:
-        dims = _dims(vi)
-        if vi.type.tensor_type.elem_type != onnx.TensorProto.INT64 or len(dims) != 2:
-            raise RuntimeError(f"input {vi.name} is not int64 [batch, seq]: {vi.type}")
-        if isinstance(dims[0], int) or (seq_len is not None and dims[1] != seq_len):
-            raise RuntimeError(f"input {vi.name} has shape {dims}; expected [batch (dynamic), {seq_len or 'seq'}]")
-    for vo in proto.graph.output:
-        if vo.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            raise RuntimeError(f"output {vo.name} is not float32: {vo.type}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Running both sides
-
-
-def to_feeds(batch) -> dict[str, np.ndarray]:
-    """MLPerf-named int64 numpy feeds from a batch with HF names (or already MLPerf names)."""
-    def arr(x):
-        return np.ascontiguousarray((x.cpu().numpy() if torch.is_tensor(x) else np.asarray(x)).astype(np.int64))
-
-    if "input_mask" in batch:
-        return {k: arr(batch[k]) for k in INPUTS}
-    ids = arr(batch["input_ids"])
-    segments = batch.get("token_type_ids")
-    return {"input_ids": ids, "input_mask": arr(batch["attention_mask"]),
-            "segment_ids": arr(segments) if segments is not None else np.zeros_like(ids)}
-
-
-@torch.no_grad()
-def run_pytorch(model, feeds: dict[str, np.ndarray], kind: str, device="cpu") -> list[np.ndarray]:
-    """The wrapped model's outputs (same order as the ONNX outputs) as float32 numpy arrays."""
-    out = MLPerfWrapper(model, kind)(*(torch.from_numpy(feeds[k]).to(device) for k in INPUTS))
-    out = out if isinstance(out, tuple) else (out,)
-    return [o.float().cpu().numpy() for o in out]
-
-
-def check_parity(model, onnx_path, batches, device: str = "auto", kind: str | None = None,
-                 session=None) -> float:
-    """Max |PyTorch − ONNX Runtime| over all outputs of all ``batches`` (padded real inputs).
-
-    batches: dicts with ``input_ids``/``attention_mask``/``token_type_ids`` (HF names) or the MLPerf
-    names, ``[batch, seq]`` each. kind defaults to what the graph's outputs say.
-    """
-    from bertprune.onnx.runtime import make_session
-
-    if session is None:
-        session, _ = make_session(onnx_path, device)
-    if kind is None:
-        kind = "qa" if [o.name for o in session.get_outputs()] == list(QA_OUTPUTS) else "classification"
-    torch_device = _torch_device(session)
-    model = model.to(torch_device).eval()
-    worst = 0.0
-    for batch in batches:
-        feeds = to_feeds(batch)
-        ours = run_pytorch(model, feeds, kind, torch_device)
-        theirs = session.run(list(output_names(kind)), feeds)
-        for a, b in zip(ours, theirs):
-            if a.shape != b.shape:
-                raise ParityError(f"output shape differs: PyTorch {a.shape}, ONNX Runtime {b.shape}")
-            diff = float(np.max(np.abs(a - b))) if a.size else 0.0
-            worst = max(worst, diff if math.isfinite(diff) else math.inf)
-    return worst
-
-
-def _torch_device(session) -> str:
-    return "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
-
-
-def evaluate_onnx(session, data, kind: str, examples=None, batch_size: int = EVAL_BATCH_SIZE) -> dict:
-    """Task metrics through ONNX Runtime, with the same definitions as ``bertprune.tasks.evaluate``.
-
-    classification / regression: ``data`` = batches with a ``labels`` entry (a ``make_loader`` loader)
-    -> ``{"accuracy": %}`` / ``{"mse": ..}``. qa: ``data`` = ``squad.SquadFeatures`` and ``examples`` the
-    ``SquadExample`` list they came from -> ``{"exact_match": %, "f1": %}``.
-    """
-    names = list(output_names(kind))
-    if kind == "qa":
-        return _qa_metrics(lambda feeds: session.run(names, feeds), data, examples, batch_size)
-    from bertprune.tasks.evaluate import metrics_from_logits
-
-    logits, labels = [], []
-    for batch in data:
-        logits.append(session.run(names, to_feeds(batch))[0])
-        labels.append(np.asarray(batch["labels"]))
-    return metrics_from_logits(kind, torch.from_numpy(np.concatenate(logits)), torch.from_numpy(np.concatenate(labels)))
-
-
-def evaluate_pytorch(model, data, kind: str, examples=None, device="cpu", batch_size: int = EVAL_BATCH_SIZE) -> dict:
-    """The PyTorch side of ``evaluate_onnx`` (classification goes through ``bertprune.tasks.evaluate``)."""
-    if kind == "qa":
-        model = model.to(device).eval()
-        return _qa_metrics(lambda feeds: run_pytorch(model, feeds, kind, device), data, examples, batch_size)
-    from bertprune.tasks.evaluate import evaluate
-
-    return evaluate(model.to(device), data, kind, device)
-
-
-def _qa_metrics(run, features, examples, batch_size: int) -> dict:
-    from bertprune.tasks.squad import postprocess, squad_v1_metrics
-
-    if examples is None:
-        raise ValueError("qa evaluation needs the SquadExample list the features were made from")
-    starts, ends = [], []
-    for i in range(0, len(features), batch_size):
-        feeds = {k: getattr(features, k)[i:i + batch_size] for k in INPUTS}
-        s, e = run(to_feeds(feeds))
-        starts.append(s)
-        ends.append(e)
-    preds = postprocess(examples, features, np.concatenate(starts), np.concatenate(ends))
-    m = squad_v1_metrics(preds, examples)
-    return {"exact_match": m["exact_match"], "f1": m["f1"]}
-
-
-def primary_metric(kind: str) -> str:
-    """The metric a variant's sidecar reports: accuracy (%), mse, or SQuAD f1 (%) for qa."""
-    from bertprune.tasks.evaluate import primary_metric as classification_metric
-
-    return "f1" if kind == "qa" else classification_metric(kind)
-
-
-# ----------------------------------------------------------------------------------------------
-# INT8
-
-
-def quantize_int8(fp32_path: str | Path, out_path: str | Path) -> Path:
-    """ONNX Runtime dynamic quantization: QInt8 weights (per output channel), activations quantized at
-    run time (MatMulInteger / DynamicQuantizeLinear).
-
-    The dynamo exporter records value_info shapes that ORT's quantizer re-infers and then rejects
-    ("Inferred shape and existing shape differ"), so value_info is dropped first. Then
-    ``quant_pre_process`` runs ONNX shape inference + ORT graph optimisation; its symbolic shape
-    inference is skipped (it cannot complete on these graphs and would write a temp file into the cwd).
-    """
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    out_path = Path(out_path)
-    with tempfile.TemporaryDirectory(prefix=".quant-", dir=out_path.parent) as tmp:
-        proto = onnx.load(str(fp32_path))
-        del proto.graph.value_info[:]
-        stripped, pre = Path(tmp) / "stripped.onnx", Path(tmp) / "pre.onnx"
-        onnx.save(proto, str(stripped))
-        with _quiet():
-            quant_pre_process(str(stripped), str(pre), skip_symbolic_shape=True)
-            quantize_dynamic(str(pre), str(out_path), weight_type=QuantType.QInt8, per_channel=True)
     return out_path
 
 
@@ -407,110 +228,9 @@ def _foreign_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name not in (MODEL_FILE, SIDECAR))
 
 
-def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    tmp.replace(path)
-
-
 def _checkpoint_metadata(checkpoint: Path) -> dict:
     meta = checkpoint / "bertprune.json"
     return json.loads(meta.read_text()) if meta.is_file() else {}
-
-
-def variant_name(meta: dict, precision: str = "fp32") -> str:
-    """"dense", "c0.50" (pruned to a constraint), "pruned" (no metadata); "-int8" appended for INT8."""
-    if meta.get("constraint") is not None:
-        name = f"c{float(meta['constraint']):.2f}"
-    elif meta.get("heads_per_layer") is not None:
-        name = "pruned"
-    else:
-        name = "dense"
-    return name if precision == "fp32" else f"{name}-{precision}"
-
-
-@dataclass
-class EvalData:
-    """The task's validation data in the forms the export needs: parity batches, an accuracy loader
-    (classification / regression) or SQuAD features + examples (qa), and S for the MAC model."""
-
-    parity_batches: list[dict]
-    loader: object = None
-    features: object = None  # squad.SquadFeatures
-    examples: list | None = None  # squad.SquadExample list
-    mac_seq_len: float | None = None
-
-    @property
-    def has_metrics(self) -> bool:
-        return self.loader is not None or (self.features is not None and self.examples is not None)
-
-    @property
-    def metric_data(self):
-        return self.loader if self.loader is not None else self.features
-
-
-# Used for qa parity when no SQuAD file is at hand: real text, tokenized as a question/context pair.
-QA_SAMPLE_PAIRS = [
-    ("Who developed the theory of relativity?",
-     "Albert Einstein developed the theory of relativity, one of the two pillars of modern physics. His work is "
-     "also known for its influence on the philosophy of science."),
-    ("What is the capital of France?", "Paris is the capital and most populous city of France."),
-]
-
-
-def load_eval_data(task: Task, tokenizer, batch_sizes=PARITY_BATCH_SIZES, max_eval_samples: int | None = None,
-                   seq_len: int | None = None, qa_data=None) -> EvalData:
-    """Validation data of ``task`` for parity and accuracy.
-
-    Parity batches (HF names, ``[b, seq]``): for each b in ``batch_sizes`` the first b validation
-    examples padded to the longest one and to ``task.max_length`` — so every batch size sees padding.
-    qa_data: ``(examples, features)`` for qa; else loaded from ``task.data_file`` when set (metrics), or
-    the built-in sample pairs (parity only).
-    """
-    from bertprune.tasks.data import average_token_length, load_task_data, make_loader, tokenize
-
-    if task.kind == "qa":
-        return _qa_eval_data(task, tokenizer, batch_sizes, max_eval_samples, seq_len or task.max_length, qa_data)
-    import datasets
-
-    dd = load_task_data(task)
-    val = dd["validation"]
-    if max_eval_samples:
-        val = val.select(range(min(int(max_eval_samples), len(val))))
-    train = dd["train"].select(range(min(4096, len(dd["train"]))))
-    tok = tokenize(datasets.DatasetDict(train=train, validation=val), task, tokenizer)
-    rows = [{k: v for k, v in tok["validation"][i].items() if k != "label"}
-            for i in range(min(max(batch_sizes), len(tok["validation"])))]
-    parity = []
-    for b in batch_sizes:
-        for padding in ("longest", "max_length"):
-            parity.append(tokenizer.pad(rows[:b], padding=padding, max_length=task.max_length, return_tensors="pt"))
-    loader = make_loader(tok["validation"], tokenizer, EVAL_BATCH_SIZE)
-    return EvalData(parity, loader=loader, mac_seq_len=average_token_length(tok["train"]))
-
-
-def _qa_eval_data(task, tokenizer, batch_sizes, max_eval_samples, seq_len, qa_data) -> EvalData:
-    from bertprune.tasks.squad import featurize, load_squad
-
-    examples = features = None
-    if qa_data is not None:
-        examples, features = qa_data
-    elif task.data_file:
-        examples = load_squad(task.data_file)
-        if max_eval_samples:
-            examples = examples[: int(max_eval_samples)]
-        features = featurize(examples, tokenizer, max_seq_length=seq_len, doc_stride=task.doc_stride,
-                             max_query_length=task.max_query_length, progress=False)
-    if features is not None:
-        if features.max_seq_length != seq_len:
-            raise ValueError(f"SQuAD features have max_seq_length={features.max_seq_length}, the export uses {seq_len}")
-        parity = [{k: torch.from_numpy(getattr(features, k)[:b]) for k in INPUTS} for b in batch_sizes]
-        return EvalData(parity, features=features, examples=examples,
-                        mac_seq_len=float(features.input_mask.sum(1).mean()))
-    pairs = [QA_SAMPLE_PAIRS[i % len(QA_SAMPLE_PAIRS)] for i in range(max(batch_sizes))]
-    parity = [tokenizer([q for q, _ in pairs[:b]], [c for _, c in pairs[:b]], padding="max_length", truncation=True,
-                        max_length=seq_len, return_tensors="pt") for b in batch_sizes]
-    return EvalData(parity, mac_seq_len=float(seq_len))
 
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
@@ -551,15 +271,14 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
     """Export one checkpoint: ``out_dir/model.onnx`` + ``model.json`` [+ ``<out_dir>_int8/`` when quantize="int8"].
 
     Loads the checkpoint (it must carry a head for ``task``), exports it (seq fixed to task.max_length
-    for qa, dynamic otherwise), checks ONNX Runtime against PyTorch on padded validation batches
+    for a kind with ``fixed_seq_len`` (qa), dynamic otherwise), checks ONNX Runtime against PyTorch on padded validation batches
     (raises ``ParityError`` above ``parity_tolerance``), measures the task metric with both, and writes
     the sidecar. INT8: dynamic quantization, its metric re-measured (its parity is reported, not enforced).
     qa_data: ``(examples, features)`` for qa metrics. mac_seq_len: S of the MAC model (default: the
     checkpoint's bertprune.json, else the task's average token length).
     Returns ``{"fp32": sidecar, "int8": sidecar or None}`` (each sidecar with its ``path``).
     """
-    from bertprune.models import atomic_dir, check_source, count_parameters, load_model, model_shape
-    from bertprune.resources import sha256_file
+    from bertprune.models import check_source, count_parameters, load_model, model_shape
     from bertprune.onnx.runtime import choose_providers, make_session
 
     # ---- everything checkable before the long work
@@ -585,14 +304,15 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
     if len(tokenizer) > model.config.vocab_size:
         raise ValueError(f"the tokenizer in {tok_dir} has {len(tokenizer)} tokens but the model's vocabulary has "
                          f"{model.config.vocab_size}: they do not belong together; pass the model's tokenizer_dir")
-    seq_len = task.max_length if task.kind == "qa" else None
-    data = load_eval_data(task, tokenizer, parity_batch_sizes, max_eval_samples, seq_len, qa_data)
+    kind = get_kind(task.kind)
+    onnx_seq_len = task.max_length if kind.fixed_seq_len else None
+    data = load_eval_data(task, tokenizer, parity_batch_sizes, max_eval_samples, onnx_seq_len, qa_data)
 
     meta = _checkpoint_metadata(checkpoint)
     heads, ffn = model_shape(model)
     S = mac_seq_len or meta.get("seq_len") or data.mac_seq_len or task.max_length
     macs, dense_macs, ratio = _macs(model, meta, heads, ffn, S)
-    metric = primary_metric(task.kind)
+    metric = kind.primary_metric
     common = {
         "source_checkpoint": str(checkpoint),
         "task": {"name": task.name, "kind": task.kind, "max_length": task.max_length, "num_labels": task.num_labels},
@@ -600,7 +320,7 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
         "constraint": meta.get("constraint"), "heads_per_layer": heads, "ffn_per_layer": ffn,
         "macs": macs, "dense_macs": dense_macs, "mac_ratio": ratio, "mac_seq_len": S,
         "parameters": count_parameters(model), "metric": metric, "opset": opset, "inputs": list(INPUTS),
-        "outputs": list(output_names(task.kind)), "seq_len": seq_len,
+        "outputs": list(kind.onnx_outputs), "onnx_seq_len": onnx_seq_len,
         # relative to the variant folder (<out_dir> and its <out_dir>_int8 sibling alike), so a copied or
         # moved sweep keeps finding it; the absolute path is the fallback for a variant moved on its own
         "tokenizer": os.path.relpath(tok_dir, out_dir), "tokenizer_absolute": str(tok_dir),
@@ -611,21 +331,20 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
     # ---- FP32: export, parity, accuracy; the folder appears only when all of it passed
     t0 = time.perf_counter()
     with atomic_dir(out_dir) as tmp:
-        onnx_path = export_onnx(model, tmp / MODEL_FILE, task.kind, seq_len, opset)
+        onnx_path = export_onnx(model, tmp / MODEL_FILE, kind, onnx_seq_len, opset)
         export_s = time.perf_counter() - t0
         session, provider = make_session(onnx_path, device)
         t1 = time.perf_counter()
-        diff = check_parity(model, onnx_path, data.parity_batches, kind=task.kind, session=session)
+        diff = check_parity(model, onnx_path, data.parity_batches, kind=kind, session=session)
         parity_s = time.perf_counter() - t1
         if not diff <= parity_tolerance:
             raise ParityError(f"{checkpoint}: ONNX Runtime ({provider}) differs from PyTorch by {diff:.3e} "
                               f"(> tolerance {parity_tolerance:.1e}) on padded validation batches; nothing was written.")
         accuracy = {}
         if data.has_metrics:
-            torch_device = _torch_device(session)
-            accuracy["pytorch"] = evaluate_pytorch(model, data.metric_data, task.kind, data.examples,
-                                                   torch_device)[metric]
-            accuracy["onnx"] = evaluate_onnx(session, data.metric_data, task.kind, data.examples)[metric]
+            accuracy["pytorch"] = evaluate_pytorch(model, data.metric_data, kind, data.examples,
+                                                   torch_device(session))[metric]
+            accuracy["onnx"] = evaluate_onnx(session, data.metric_data, kind, data.examples)[metric]
             model.cpu()
         fp32 = {"variant": variant_name(meta), **common, "file_size": onnx_path.stat().st_size,
                 "accuracy": accuracy, "precision": "fp32", "provider": provider, "parity_max_abs_diff": diff,
@@ -634,7 +353,7 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
                 "exporter": f"torch.onnx.export(dynamo=True) torch {torch.__version__}",
                 "sha256": sha256_file(onnx_path)}
         del session
-        _atomic_json(tmp / SIDECAR, fp32)
+        atomic_write_json(tmp / SIDECAR, fp32)
     fp32["path"] = str(out_dir / MODEL_FILE)
     log.info("exported %s -> %s (parity %.2e, %s)", checkpoint, fp32["path"], diff, accuracy)
 
@@ -648,11 +367,11 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
         with atomic_dir(q_dir) as tmp:
             q_path = quantize_int8(out_dir / MODEL_FILE, tmp / MODEL_FILE)
             session, q_provider = make_session(q_path, device)
-            q_diff = check_parity(model, q_path, data.parity_batches, kind=task.kind, session=session)
+            q_diff = check_parity(model, q_path, data.parity_batches, kind=kind, session=session)
             q_acc = {}
             if data.has_metrics:
                 q_acc = {"pytorch": accuracy.get("pytorch"),
-                         "onnx": evaluate_onnx(session, data.metric_data, task.kind, data.examples)[metric]}
+                         "onnx": evaluate_onnx(session, data.metric_data, kind, data.examples)[metric]}
                 model.cpu()
             int8 = {"variant": variant_name(meta, "int8"), **common, "file_size": q_path.stat().st_size,
                     "accuracy": q_acc, "precision": "int8", "provider": q_provider,
@@ -660,7 +379,7 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
                     "onnxruntime.quantization.quantize_dynamic(QInt8 weights, per_channel)",
                     "fp32_onnx": fp32["path"], "sha256": sha256_file(q_path)}
             del session
-            _atomic_json(tmp / SIDECAR, int8)
+            atomic_write_json(tmp / SIDECAR, int8)
         int8["path"] = str(q_dir / MODEL_FILE)
     return {"fp32": fp32, "int8": int8}
 
@@ -708,25 +427,3 @@ def teacher_provenance(teacher: str | Path | None) -> dict:
     return info
 
 
-def read_sidecar(onnx_dir: str | Path) -> dict | None:
-    """The sidecar of an exported variant if it is complete and matches its model.onnx, else None.
-
-    ``tokenizer`` comes back as a usable path: a relative one (as exports write it) is resolved
-    against ``onnx_dir``, falling back to ``tokenizer_absolute`` when that is gone."""
-    onnx_dir = Path(onnx_dir)
-    from bertprune.resources import sha256_file
-
-    try:
-        info = json.loads((onnx_dir / SIDECAR).read_text())
-        if sha256_file(onnx_dir / MODEL_FILE) != info["sha256"]:
-            return None
-    except (OSError, ValueError, KeyError):
-        return None
-    info["path"] = str(onnx_dir / MODEL_FILE)
-    tok = info.get("tokenizer")
-    if tok and not Path(tok).is_absolute():
-        resolved = onnx_dir / tok
-        fallback = info.get("tokenizer_absolute")
-        info["tokenizer"] = str(fallback if not resolved.exists() and fallback and Path(fallback).exists()
-                                else resolved)
-    return info

@@ -194,21 +194,26 @@ class SquadFeatures:
         return Path(base + ".npz"), Path(base + ".json")
 
     def save(self, path: str | Path) -> tuple[Path, Path]:
-        """Write ``<path>.npz`` (arrays) and ``<path>.json`` (per-feature maps); no pickle."""
+        """Write ``<path>.json`` (per-feature maps), then ``<path>.npz`` (arrays), each atomically; no pickle."""
+        import io
+
+        from bertprune.io import atomic_write_bytes, atomic_write_text
+
         npz, js = self._paths(path)
-        npz.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(
-            npz,
-            input_ids=self.input_ids, input_mask=self.input_mask,
-            segment_ids=self.segment_ids, example_index=self.example_index,
-        )
         meta = {
             "format": "bertprune.tasks.squad.features/1",
             "token_to_orig_map": [{str(k): v for k, v in m.items()} for m in self.token_to_orig_map],
             "token_is_max_context": [{str(k): v for k, v in m.items()} for m in self.token_is_max_context],
             "tokens": self.tokens,
         }
-        js.write_text(json.dumps(meta), encoding="utf-8")
+        atomic_write_text(js, json.dumps(meta))
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            input_ids=self.input_ids, input_mask=self.input_mask,
+            segment_ids=self.segment_ids, example_index=self.example_index,
+        )
+        atomic_write_bytes(npz, buf.getvalue())
         return npz, js
 
     @classmethod
