@@ -326,3 +326,15 @@ def test_export_callback_returns_results_and_reuses_dense(checkpoints, pruned_ex
     assert extra["export/dense_onnx_path"] == str(dense_dir / "model.onnx")  # reused, not re-exported
     assert sha256_file(dense_dir / "model.onnx") == side["sha256"]
     assert model_shape(load_model(str(run_dir / "pruned"), "classification", 2))[0][0] == 0
+
+
+def test_missing_onnx_runtime_is_one_error_naming_the_extra(monkeypatch):
+    """ONNX Runtime is an extra (cpu / gpu wheel): without it every ONNX job stops at its up-front device check."""
+    import sys
+
+    from bertprune.onnx.runtime import choose_providers
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    for device in ("cpu", "auto", "cuda"):
+        with pytest.raises(ImportError, match=r"bertprune\[cpu\].*bertprune\[gpu\]"):
+            choose_providers(device)

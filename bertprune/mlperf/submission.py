@@ -90,7 +90,9 @@ def system_description(system_name: str, submitter: str, providers: set[str]) ->
     from importlib.metadata import PackageNotFoundError, version
 
     import numpy as np
-    import onnxruntime as ort
+    from bertprune.onnx.runtime import onnxruntime
+
+    ort = onnxruntime()
 
     cpu = _read_cpuinfo()
     mem = _memory_gb()

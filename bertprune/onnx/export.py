@@ -93,7 +93,9 @@ def quiet():
 def max_runtime_opset() -> int:
     """Highest default-domain opset this ONNX Runtime build loads (probed with a 1-node model)."""
     import onnx
-    import onnxruntime as ort
+    from bertprune.onnx.runtime import onnxruntime
+
+    ort = onnxruntime()
     from onnx import TensorProto, helper
 
     def loads(opset: int) -> bool:
@@ -128,7 +130,9 @@ def check_opset(opset) -> int:
                          f"lower opsets are down-converted into files ONNX Runtime can reject). Use opset={MIN_OPSET}.")
     top = max_runtime_opset()
     if value > top:
-        import onnxruntime as ort
+        from bertprune.onnx.runtime import onnxruntime
+
+        ort = onnxruntime()
 
         raise ValueError(f"opset={value}: ONNX Runtime {ort.__version__} loads models up to opset {top}. "
                          f"Use opset between {MIN_OPSET} and {top}.")
@@ -191,9 +195,10 @@ def export_onnx(model, out_path: str | Path, kind, onnx_seq_len: int | None = No
         if declared != opset:
             raise ValueError(f"opset={opset}: the exporter could not convert the model to that opset (the file "
                              f"declares opset {declared}). Use opset={DEFAULT_OPSET}.")
-        try:
-            import onnxruntime as ort
+        from bertprune.onnx.runtime import onnxruntime
 
+        ort = onnxruntime()
+        try:
             ort.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - re-raised with the reason
             raise ValueError(f"ONNX Runtime cannot load the exported model (opset {opset}): {e}") from e

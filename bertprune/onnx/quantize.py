@@ -18,6 +18,9 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path) -> Path:
     inference is skipped (it cannot complete on these graphs and would write a temp file into the cwd).
     """
     import onnx
+    from bertprune.onnx.runtime import onnxruntime
+
+    onnxruntime()  # one clear error when the extra is missing
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

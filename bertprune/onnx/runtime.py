@@ -13,9 +13,21 @@ log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def onnxruntime():
+    """The ``onnxruntime`` module, or one clear error saying which extra installs it."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ImportError("ONNX Runtime is not installed; it is an extra of bertprune: pip install 'bertprune[cpu]' "
+                          "(onnxruntime) or 'bertprune[gpu]' (onnxruntime-gpu) — one of the two, never both — or "
+                          "`make setup` (ORT=gpu for the GPU wheel)") from e
+    return ort
+
+
 def cuda_usable() -> bool:
-    import onnxruntime as ort
     import torch
+
+    ort = onnxruntime()
 
     return torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
 
@@ -24,6 +36,7 @@ def choose_providers(device: str = "auto") -> list[str]:
     """Providers for ``device``: cpu -> CPU; cuda -> CUDA (error if unusable); auto -> CUDA if usable else CPU."""
     if device not in DEVICES:
         raise ValueError(f"hardware.runtime_device={device!r}; expected one of {DEVICES}")
+    onnxruntime()  # installed at all? (checked up front by every job that runs ONNX)
     if device == "cpu" or (device == "auto" and not cuda_usable()):
         return ["CPUExecutionProvider"]
     if not cuda_usable():
@@ -36,7 +49,7 @@ def make_session(path, device: str = "auto", intra_op_threads: int | None = None
     """An ``onnxruntime.InferenceSession`` and the provider it actually runs on.
 
     path: the .onnx file, or its bytes (what the harness hashed is then exactly what runs)."""
-    import onnxruntime as ort
+    ort = onnxruntime()
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
