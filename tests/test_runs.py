@@ -15,11 +15,11 @@ from bertprune.jobs.prune import prune
 def test_rerun_into_the_same_folder_leaves_nothing_stale_and_logger_none_writes_no_csv(tiny_cfg):
     base = ["constraint=0.5", "num_samples=64", "batch_size=16", "training.lr=2e-3", "training.epochs=4"]
     first = prune(tiny_cfg("prune", [*base, "export=true", "hardware.runtime_device=cpu", "logger=csv"]))
-    run = Path(first["checkpoint"]).parent
+    run = Path(first["pruned_dir"]).parent
     assert (run / "onnx" / "model.json").is_file() and (run / "csv" / "metrics.csv").is_file()
     assert (run / "tuning.json").is_file()
     second = prune(tiny_cfg("prune", [*base, "export=false", "tuning.enabled=false", "logger=none"]))
-    assert Path(second["checkpoint"]).parent == run
+    assert Path(second["pruned_dir"]).parent == run
     # the first run's export (another model than the new pruned/), tuning report and CSV log are gone
     assert not (run / "onnx").exists() and not (run / "tuning.json").exists()
     assert not (run / "csv").exists() and not (run / "wandb").exists()  # logger=none: nothing logged

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from bertprune.tasks.data import Task
+from bertprune.tasks.kinds import get_kind
 
 log = logging.getLogger(__name__)
 
@@ -311,13 +312,11 @@ def evaluate_onnx(session, data, kind: str, examples=None, batch_size: int = EVA
     names = list(output_names(kind))
     if kind == "qa":
         return _qa_metrics(lambda feeds: session.run(names, feeds), data, examples, batch_size)
-    from bertprune.tasks.evaluate import metrics_from_logits
-
     logits, labels = [], []
     for batch in data:
         logits.append(session.run(names, to_feeds(batch))[0])
         labels.append(np.asarray(batch["labels"]))
-    return metrics_from_logits(kind, torch.from_numpy(np.concatenate(logits)), torch.from_numpy(np.concatenate(labels)))
+    return get_kind(kind).score(np.concatenate(logits), np.concatenate(labels))
 
 
 def evaluate_pytorch(model, data, kind: str, examples=None, device="cpu", batch_size: int = EVAL_BATCH_SIZE) -> dict:
@@ -348,9 +347,7 @@ def _qa_metrics(run, features, examples, batch_size: int) -> dict:
 
 def primary_metric(kind: str) -> str:
     """The metric a variant's sidecar reports: accuracy (%), mse, or SQuAD f1 (%) for qa."""
-    from bertprune.tasks.evaluate import primary_metric as classification_metric
-
-    return "f1" if kind == "qa" else classification_metric(kind)
+    return get_kind(kind).primary_metric
 
 
 # ----------------------------------------------------------------------------------------------
@@ -590,7 +587,7 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
 
     meta = _checkpoint_metadata(checkpoint)
     heads, ffn = model_shape(model)
-    S = mac_seq_len or meta.get("seq_len") or data.mac_seq_len or task.max_length
+    S = mac_seq_len or meta.get("mac_seq_len") or data.mac_seq_len or task.max_length
     macs, dense_macs, ratio = _macs(model, meta, heads, ffn, S)
     metric = primary_metric(task.kind)
     common = {
