@@ -120,9 +120,9 @@ def export(cfg) -> list[dict]:
     # seq_len S of the MAC model: the pruned runs' (from prune.py), so a dense reference uses its runs' S.
     seq_lens = {}
     for meta in metas.values():
-        if meta.get("teacher") and meta.get("seq_len"):
-            seq_lens.setdefault(str(Path(meta["teacher"])), meta["seq_len"])
-    pruned_s = next((m["seq_len"] for m in metas.values() if m.get("seq_len")), None)
+        if meta.get("teacher") and meta.get("mac_seq_len"):
+            seq_lens.setdefault(str(Path(meta["teacher"])), meta["mac_seq_len"])
+    pruned_s = next((m["mac_seq_len"] for m in metas.values() if m.get("mac_seq_len")), None)
     quantize = None if cfg.quantize is None else str(cfg.quantize)
     exported, failed = [], []
     for ckpt, out_dir in pairs:
@@ -131,7 +131,7 @@ def export(cfg) -> list[dict]:
                                     quantize=quantize, opset=int(cfg.opset), device=str(cfg.hardware.runtime_device),
                                     max_eval_samples=cfg.max_eval_samples, parity_tolerance=cfg.parity_tolerance,
                                     parity_batch_sizes=list(cfg.parity_batch_sizes),
-                                    mac_seq_len=metas[ckpt].get("seq_len") or seq_lens.get(str(ckpt), pruned_s))
+                                    mac_seq_len=metas[ckpt].get("mac_seq_len") or seq_lens.get(str(ckpt), pruned_s))
         except Exception as e:  # noqa: BLE001 - one bad variant must not cost the others their export
             if len(pairs) == 1:
                 raise

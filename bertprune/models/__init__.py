@@ -137,7 +137,7 @@ def check_prunable(name_or_path: str, kind: str | TaskKind = "classification", n
         encoder_layers(model)
     except ValueError as e:
         raise ValueError(f"{name_or_path}: {e} Give a BERT-family checkpoint (e.g. model=minilm or model=bert_base, "
-                         "or checkpoint=<a fine-tuned BERT folder>).") from None
+                         "or teacher=<a fine-tuned BERT folder>).") from None
 
 
 def _check_head(name_or_path: str, config, kind: str | TaskKind, num_labels: int | None, require_head: bool) -> bool:
