@@ -39,6 +39,23 @@ def test_rerun_refuses_a_folder_prune_did_not_write(tiny_cfg, monkeypatch):
     assert (mine / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("option,expected", [("none", []), ("csv", ["CSVLogger"])])
+def test_each_logger_option_builds_what_it_names(option, expected, tmp_path):
+    """The logger group is data (``_target_`` = a factory): none builds no logger and writes nothing."""
+    from conftest import compose_cfg
+
+    from bertprune.lightning.loggers import make_loggers
+
+    cfg = compose_cfg("prune", [f"logger={option}"], tmp_path / "run")
+    loggers = make_loggers(cfg.logger, str(tmp_path / "run"), name="job", config={"a": 1})
+    assert [type(lg).__name__ for lg in loggers] == expected
+    for lg in loggers:
+        lg.log_metrics({"x": 1.0})
+        lg.save()
+    assert (tmp_path / "run" / "csv" / "metrics.csv").is_file() == ("CSVLogger" in expected)
+    assert not (tmp_path / "run").exists() or option != "none"
+
+
 class Boom:
     def on_variant_saved(self, run_dir, checkpoint_dir, task, results):
         raise RuntimeError("boom after the pruned model was saved")

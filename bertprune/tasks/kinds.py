@@ -115,7 +115,7 @@ class Classification(TaskKind):
 
     def check_num_labels(self, task_name: str, num_labels: int) -> None:
         if num_labels < 2:
-            raise ValueError(f"task {task_name}: classification needs num_labels >= 2, got {num_labels}")
+            raise ValueError(f"task {task_name}: {self.name} needs num_labels >= 2, got {num_labels}")
 
     def loss(self, outputs, batch):
         return torch.nn.functional.cross_entropy(outputs.logits, batch["labels"])
@@ -175,7 +175,7 @@ class Regression(TaskKind):
 
     def check_num_labels(self, task_name: str, num_labels: int) -> None:
         if num_labels != 1:
-            raise ValueError(f"task {task_name}: regression needs num_labels == 1, got {num_labels}")
+            raise ValueError(f"task {task_name}: {self.name} needs num_labels == 1, got {num_labels}")
 
     def loss(self, outputs, batch):
         return torch.nn.functional.mse_loss(outputs.logits.squeeze(-1), batch["labels"].float())
