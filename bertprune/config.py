@@ -116,8 +116,6 @@ class HardwareConfig:
     runtime_device: RuntimeDevice = RuntimeDevice.cpu  # ONNX Runtime's provider: cpu, cuda, auto (CUDA if usable)
 
 
-
-
 @dataclass
 class TuningConfig:
     enabled: bool = MISSING

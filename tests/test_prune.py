@@ -310,7 +310,7 @@ def test_prune_regression_end_to_end(tiny_cfg, tmp_path):
     assert r["eval/mse"] == r["eval/mse_tune"] == pytest.approx(r["eval/mse_pruned_model"], abs=1e-9)
     assert r["prune/parity_max_abs_diff"] <= 1e-4 and abs(r["prune/mac_ratio"] - 0.5) <= 0.01
     meta = json.loads((Path(cfg.output_dir) / "pruned" / "bertprune.json").read_text())
-    assert meta["metric"] == "mse" and set(meta["accuracy"]) == {"dense", "search", "rearrange", "tune"}
+    assert meta["metric"] == "mse" and set(meta["stage_metrics"]) == {"dense", "search", "rearrange", "tune"}
     model = load_model(str(Path(cfg.output_dir) / "pruned"), "regression", 1, require_head=True)
     assert model.config.num_labels == 1
     report = json.loads((Path(cfg.output_dir) / "tuning.json").read_text())

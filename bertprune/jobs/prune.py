@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from bertprune.core.masks import MaskHooks, mask_shapes
-from bertprune.core.pipeline import STEPS, PruneOptions, prune_model, timed
+from bertprune.core.pipeline import STEPS, TUNING_TEACHERS, PruneOptions, prune_model, timed
 from bertprune.core.search import check_constraint
 from bertprune.core.tuning import LAST_LAYER_TOKENS
 from bertprune.io import atomic_write_json
@@ -72,8 +72,8 @@ def check_prune_config(cfg) -> float:
                          "encoder's MACs to keep, e.g. constraint=0.5") from None
     if not math.isfinite(c) or not 0.0 < c < 1.0:
         raise ValueError(f"constraint={c} must be in (0, 1): the fraction of the dense encoder's MACs that is kept")
-    if cfg.tuning.teacher not in ("sqrt", "dense"):
-        raise ValueError(f"tuning.teacher={cfg.tuning.teacher!r}; expected sqrt or dense")
+    if cfg.tuning.teacher not in TUNING_TEACHERS:
+        raise ValueError(f"tuning.teacher={cfg.tuning.teacher!r}; expected {' or '.join(TUNING_TEACHERS)}")
     if cfg.tuning.get("last_layer_tokens", "all") not in LAST_LAYER_TOKENS:
         raise ValueError(f"tuning.last_layer_tokens={cfg.tuning.last_layer_tokens!r}; expected cls (fit the last "
                          "layer's FFN on the [CLS] token the classifier reads) or all (every token)")
@@ -254,7 +254,7 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     final_stage = list(stage_metrics)[-1]
     meta = {"constraint": constraint, "mac_ratio": result.mac_ratio, "macs": result.macs,
             "dense_macs": result.dense_macs, "mac_seq_len": mac_seq_len, "heads_per_layer": heads,
-            "ffn_per_layer": ffn, "accuracy": {"dense": dense_metric, **stage_metrics}, "metric": metric,
+            "ffn_per_layer": ffn, "stage_metrics": {"dense": dense_metric, **stage_metrics}, "metric": metric,
             "task": OmegaConf.to_container(cfg.task, resolve=True), "teacher": teacher}
     pruned_dir = timed(timings, "save", save_checkpoint, pruned, tokenizer, run_dir / "pruned", metadata=meta)
     # Pruning time proper: the evaluation passes (eval_*, parity) are timed apart and not counted.

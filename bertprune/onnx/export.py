@@ -602,7 +602,7 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
         # moved sweep keeps finding it; the absolute path is the fallback for a variant moved on its own
         "tokenizer": os.path.relpath(tok_dir, out_dir), "tokenizer_absolute": str(tok_dir),
         "teacher": meta.get("teacher"), "starting_weights": teacher_provenance(meta.get("teacher") or checkpoint),
-        "prune_accuracy": meta.get("accuracy"),
+        "prune_accuracy": meta.get("stage_metrics"),
     }
 
     # ---- FP32: export, parity, accuracy; the folder appears only when all of it passed
