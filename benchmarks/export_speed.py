@@ -28,7 +28,7 @@ from bertprune.onnx.interface import INPUTS
 from bertprune.onnx.variants import SIDECAR
 
 log = logging.getLogger(__name__)
-COLUMNS = ["variant", "precision", "mac_ratio", "metric", "accuracy", "latency_ms", "throughput",
+COLUMNS = ["variant", "precision", "mac_ratio", "metric", "metric_value", "latency_ms", "throughput",
            "latency_speedup", "throughput_speedup", "file_size", "parameters", "path"]
 
 
@@ -139,9 +139,9 @@ def benchmark(source: str | Path, batch: int = 32, iters: int = 20, latency_samp
 
     rows = []
     for v in variants:
-        acc = v.get("accuracy", {}).get("onnx")
+        value = v.get("metric_value", {}).get("onnx")
         rows.append({"variant": v["variant"], "precision": v["precision"], "mac_ratio": v["mac_ratio"],
-                     "metric": v.get("metric"), "accuracy": acc,
+                     "metric": v.get("metric"), "metric_value": value,
                      "latency_ms": 1e3 * statistics.median(latency[id(v)]),
                      "throughput": statistics.median(throughput[id(v)]), "file_size": v["file_size"],
                      "parameters": v["parameters"], "path": v["path"]})
@@ -172,7 +172,7 @@ def format_markdown(rows: list[dict], source: Path, batch: int, iters: int, late
              f"| variant | precision | MAC ratio | {metric} | latency ms | throughput /s | latency speedup | "
              "throughput speedup |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['precision']} | {r['mac_ratio']:.3f} | {f(r['accuracy'], '{:.2f}')} | "
+        lines.append(f"| {r['variant']} | {r['precision']} | {r['mac_ratio']:.3f} | {f(r['metric_value'], '{:.2f}' if metric in ('accuracy', 'f1') else '{:.4g}')} | "
                      f"{r['latency_ms']:.2f} | {r['throughput']:.1f} | {f(r['latency_speedup'], '{:.2f}×')} | "
                      f"{f(r['throughput_speedup'], '{:.2f}×')} |")
     if not has_dense:

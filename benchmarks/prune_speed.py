@@ -32,12 +32,11 @@ def main(argv=None) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from bertprune.tasks.data import Task, load_task_data, make_collator, tokenize
-    from bertprune.core.fisher import INPUT_KEYS, task_loss
-    from bertprune.models import load_model
-    from bertprune.jobs.prune import calibration_batches, prune
     from bertprune.config import register
-    from bertprune.tasks.evaluate import primary_metric
+    from bertprune.core.fisher import INPUT_KEYS
+    from bertprune.jobs.prune import calibration_batches, prune
+    from bertprune.models import load_model
+    from bertprune.tasks.data import Task, load_task_data, make_collator, tokenize
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--constraint", type=float, default=0.5)
@@ -53,9 +52,10 @@ def main(argv=None) -> dict:
 
     r = prune(cfg)
     task = Task.from_config(cfg.task)
-    metric = r.get("metric") or primary_metric(task.kind)  # accuracy (classification) or mse (regression)
-    teacher = load_model(r["teacher"], task.kind, task.num_labels, require_head=True)
-    pruned = load_model(r["checkpoint"], task.kind, task.num_labels, require_head=True)
+    kind = task.task_kind
+    metric = r["metric"]  # the kind's primary metric: accuracy (classification) or mse (regression)
+    teacher = load_model(r["teacher"], kind, task.num_labels, require_head=True)
+    pruned = load_model(r["pruned_dir"], kind, task.num_labels, require_head=True)
     from bertprune.models import load_tokenizer
 
     tok = load_tokenizer(r["teacher"])
@@ -70,7 +70,7 @@ def main(argv=None) -> dict:
         p.requires_grad_(True)
     t = time.perf_counter()
     for b in calib:
-        loss = task_loss(task.kind, teacher(**{k: v for k, v in b.items() if k in INPUT_KEYS}), b)
+        loss = kind.loss(teacher(**{k: v for k, v in b.items() if k in INPUT_KEYS}), b)
         loss.backward()
         teacher.zero_grad(set_to_none=True)
     floor = time.perf_counter() - t

@@ -5,9 +5,14 @@ Each primary config names its schema first in its defaults list (``conf/prune.ya
 
 * unknown keys (``+constriant=0.5``; without ``+`` Hydra already refuses a key that does not exist),
 * wrong types (``num_samples=abc``, ``constraint=abc``),
-* values outside a fixed choice (``logger.kind=bogus``, ``quantize=int4``, ``runtime_device=tpu``,
-  ``hardware.accelerator=tpu``, ``cost.name=latency``, ``tuning.teacher=x``, ``bench.yaml``'s ``mode`` /
-  ``device``). Choices are ``StrEnum`` members: they compare equal to their strings (``kind == "wandb"``).
+* values outside a fixed choice (``quantize=int4``, ``hardware.runtime_device=tpu``,
+  ``hardware.accelerator=tpu``, ``tuning.teacher=x``, ``bench.yaml``'s ``mode``) and group options that do
+  not exist (``logger=bogus``, ``cost=latency``). Choices are ``StrEnum`` members: they compare equal to
+  their strings (``accelerator == "cpu"``).
+
+Components are data: the ``cost`` group, the ``logger`` group and a model's ``random_init`` name the
+class or function that builds them (``_target_``), which the jobs instantiate; ``check_target`` refuses,
+before any work, a target that cannot be imported or a key it does not take.
 
 ``validate_*`` checks ranges and strings with a fixed vocabulary that Hydra cannot express
 (``eval_batch_size >= 1``, Lightning's precision names …), also before any teacher is trained or data
@@ -36,12 +41,6 @@ PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16
 WANDB_MODES = ("online", "offline", "disabled", "shared")
 
 
-class LoggerKind(StrEnum):
-    wandb = "wandb"
-    csv = "csv"
-    none = "none"
-
-
 class Quantize(StrEnum):
     int8 = "int8"
 
@@ -56,10 +55,6 @@ class RuntimeDevice(StrEnum):
 class Accelerator(StrEnum):
     cpu = "cpu"
     gpu = "gpu"
-
-
-class CostName(StrEnum):
-    mac = "mac"
 
 
 class TuningTeacher(StrEnum):
@@ -83,19 +78,13 @@ class BenchMode(StrEnum):
 
 
 @dataclass
-class TinyModelConfig:
-    hidden_size: int = 32
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int = 64
-
-
-@dataclass
 class ModelConfig:
     name: str = MISSING
-    name_or_path: Optional[str] = None  # a folder or hub name; null with `tiny`
+    name_or_path: Optional[str] = None  # a folder or hub name; null with random_init
     tokenizer: Optional[str] = None
-    tiny: Optional[TinyModelConfig] = None  # a tiny random BERT instead of name_or_path
+    # a randomly initialised model instead of name_or_path: {_target_: its builder, its arguments}
+    # (conf/model/tiny.yaml: bertprune.models.TinyBert); the builder's build(kind, num_labels, vocab_size) makes it
+    random_init: Optional[Any] = None
 
 
 @dataclass
@@ -112,8 +101,8 @@ class TrainingConfig:
 
 @dataclass
 class CostConfig:
-    name: CostName = CostName.mac
-    seq_len: Optional[float] = None
+    _target_: str = MISSING  # builds the cost model from (model, seq_len): bertprune.core.cost.MacCost.for_model
+    seq_len: Optional[float] = None  # S of the cost model; null = the task's average token length
 
 
 @dataclass
@@ -125,14 +114,6 @@ class HardwareConfig:
     precision: str = "32-true"  # one of PRECISIONS (validate_hardware)
     num_threads: Optional[int] = None
     runtime_device: RuntimeDevice = RuntimeDevice.cpu  # ONNX Runtime's provider: cpu, cuda, auto (CUDA if usable)
-
-
-@dataclass
-class LoggerConfig:
-    kind: LoggerKind = MISSING
-    project: str = "bertprune"  # W&B only
-    entity: Optional[str] = None
-    mode: Optional[str] = None  # W&B mode; null = offline unless W&B is configured
 
 
 @dataclass
@@ -156,7 +137,8 @@ class TeacherJobConfig:
     model: ModelConfig = MISSING
     task: Dict[str, Any] = MISSING
     training: TrainingConfig = MISSING
-    logger: LoggerConfig = MISSING
+    # {_target_: a bertprune.lightning.loggers factory, its options}; its keys are that factory's arguments
+    logger: Any = MISSING
     hardware: HardwareConfig = MISSING
     output_dir: str = MISSING
 
@@ -170,7 +152,8 @@ class TrainConfig(TeacherJobConfig):
 class PruneConfig(TeacherJobConfig):
     cost: CostConfig = MISSING
     constraint: float = MISSING
-    checkpoint: Optional[str] = None
+    teacher: Optional[str] = None  # the fine-tuned model folder to prune; null = the cached teacher
+    checkpoint: Optional[str] = None  # renamed to teacher (RENAMED): validate_prune refuses a value, naming the new key
     num_samples: int = MISSING
     batch_size: int = MISSING
     eval_batch_size: int = MISSING
@@ -213,6 +196,9 @@ class BenchConfig:
     run_timeout_s: Optional[float] = None
     output_dir: str = MISSING
 
+
+# Keys that were renamed: old -> new. Set, the old key gets one error naming the new one.
+RENAMED = {"checkpoint": "teacher"}
 
 SCHEMAS = {"train_schema": TrainConfig, "prune_schema": PruneConfig, "export_schema": ExportConfig,
            "bench_schema": BenchConfig}
@@ -276,15 +262,49 @@ def validate_task(task_cfg):
     return Task.from_config(plain)
 
 
+def check_target(node, key: str, runtime: tuple[str, ...] = ()):
+    """Refuse a ``_target_`` node whose target cannot be imported, or with keys the target does not take
+    (``runtime``: the arguments the job passes itself); one error naming the key. Returns the target."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    path = node.get("_target_") if isinstance(node, (dict, DictConfig)) else None
+    if not path:
+        raise ValueError(f"{key} must name what builds it: {key}._target_=<module.Class or function>")
+    try:
+        target = get_object(str(path))
+    except Exception as e:  # noqa: BLE001 - any import failure is the same user error
+        raise ValueError(f"{key}._target_={path!r} cannot be imported ({str(e).splitlines()[0]}); "
+                         "give an importable module.Class or function") from None
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return target
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return target
+    takes = [n for n in params if n not in runtime and n != "self"]
+    for k in node.keys():
+        if k != "_target_" and k not in takes:
+            close = difflib.get_close_matches(str(k), takes, n=1)
+            hint = f"did you mean {key}.{close[0]}?" if close else f"it takes: {', '.join(takes) or 'nothing'}"
+            raise ValueError(f"{key}.{k} is not an argument of {path} ({hint})")
+    return target
+
+
 def validate_model(model) -> None:
-    tiny = model.get("tiny")
-    if tiny:
-        _at_least(tiny, ("hidden_size", "num_layers", "num_heads", "intermediate_size"), 1, "model.tiny.")
-        if tiny.hidden_size % tiny.num_heads:
-            raise ValueError(f"model.tiny.hidden_size={tiny.hidden_size} must be a multiple of "
-                             f"model.tiny.num_heads={tiny.num_heads}")
+    if model.get("random_init") is not None:
+        from hydra.utils import instantiate
+
+        check_target(model.random_init, "model.random_init")
+        try:
+            instantiate(model.random_init)  # cheap: the builder checks its values (no weights are made)
+        except Exception as e:  # noqa: BLE001 - Hydra wraps the builder's own error
+            cause = e.__cause__ or e
+            raise ValueError(f"model.random_init: {cause}") from None
     elif not model.get("name_or_path"):
-        raise ValueError(f"model={model.name}: model.name_or_path is null; give a folder or hub name (or model.tiny)")
+        raise ValueError(f"model={model.name}: model.name_or_path is null; give a folder or hub name "
+                         "(or model.random_init)")
 
 
 def validate_training(training) -> None:
@@ -312,11 +332,15 @@ def validate_hardware(hw) -> None:
 
 
 def validate_logger(lg) -> None:
-    if lg.kind == LoggerKind.wandb and lg.mode is not None and lg.mode not in WANDB_MODES:
+    from bertprune.lightning.loggers import RUNTIME_ARGS
+
+    check_target(lg, "logger", RUNTIME_ARGS)
+    if lg.get("mode") is not None and lg.mode not in WANDB_MODES:
         raise ValueError(f"logger.mode={lg.mode!r}; expected null or one of {', '.join(WANDB_MODES)}")
 
 
 def validate_cost(cost) -> None:
+    check_target(cost, "cost", ("model",))
     if cost.seq_len is not None and not cost.seq_len > 0:
         raise ValueError(f"cost.seq_len={cost.seq_len} must be > 0 (or null for the task's average token length)")
 
@@ -333,6 +357,10 @@ def validate_train(cfg):
 
 def validate_prune(cfg):
     """Every value of a prune.py config but ``constraint`` (``check_prune_config``) and the tuning numbers; returns the Task."""
+    for old, new in RENAMED.items():
+        if cfg.get(old) is not None:
+            raise ValueError(f"{old}={cfg[old]} is now {new}={cfg[old]} (the fine-tuned model to prune; the pruned "
+                             f"model goes to <output_dir>/pruned): write {new}=...")
     task = validate_train(cfg)
     validate_cost(cfg.cost)
     _at_least(cfg, ("num_samples", "batch_size", "eval_batch_size"), 1)

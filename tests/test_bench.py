@@ -69,7 +69,7 @@ def test_bench_sweep_end_to_end(tiny_data, tmp_path):
     for r in rows:
         assert r["status"] == "ok" and r["valid"] == "VALID", r["error"]
         assert float(r["throughput"]) > 0
-        assert r["accuracy"] == r["direct_accuracy"] and 0 <= float(r["accuracy"]) <= 100
+        assert r["metric_value"] == r["direct_metric_value"] and 0 <= float(r["metric_value"]) <= 100
         assert float(r["file_size_mb"]) > 0
     assert {r["precision"] for r in rows} == {"fp32", "int8"}
     assert all(float(r["latency_p90_ms"]) > 0 for r in rows if r["scenario"] == "SingleStream")
@@ -162,7 +162,7 @@ def test_failed_and_interrupted_runs_are_marked_not_dropped(tiny_data, tmp_path,
     rows = {r.variant: r for r in summary.rows}
     assert set(rows) == {"dense", "c0.40", "c0.50-int8"}
     assert rows["c0.40"].status == "failed" and "inference failed" in rows["c0.40"].error
-    assert rows["dense"].status == "ok" and rows["dense"].accuracy == rows["dense"].direct_accuracy
+    assert rows["dense"].status == "ok" and rows["dense"].metric_value == rows["dense"].direct_metric_value
     md = (out / "summary.md").read_text()
     assert md.startswith("**INCOMPLETE") and "| c0.40 |" in md and "failed" in md
     assert json.loads((out / "summary.json").read_text())["complete"] is False
@@ -215,7 +215,7 @@ def test_bench_cli(tiny_data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| dense | fp32 | 1 | Offline |" in proc.stdout
     meta = json.loads((run_dir / "summary.json").read_text())
-    assert meta["complete"] and meta["rows"][0]["accuracy"] == meta["rows"][0]["direct_accuracy"]
+    assert meta["complete"] and meta["rows"][0]["metric_value"] == meta["rows"][0]["direct_metric_value"]
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert Path(CONF, "bench.yaml").is_file()
 
@@ -404,7 +404,7 @@ def test_moved_sweep_benchmarks_and_the_tokenizer_override_wins(tiny_data, tmp_p
     shutil.rmtree(sweep)
     summary = run_bench(moved, task, [ScenarioSettings(name="offline", min_duration_ms=500, calibration_s=0.3)],
                         mode="accuracy", output_dir=tmp_path / "bench")
-    assert summary.complete and summary.rows[0].accuracy == summary.rows[0].direct_accuracy
+    assert summary.complete and summary.rows[0].metric_value == summary.rows[0].direct_metric_value
     plans, _, _ = plan_bench(moved, task, ["offline"], "accuracy")
     assert Path(plans[0].tokenizer) == moved / "0" / "onnx" / ".." / "pruned"
     other = tmp_path / "other-tokenizer"

@@ -364,3 +364,83 @@ def test_pruned_model_is_faster_at_half_macs():
             net(**inputs)
         counts.append(fc.get_total_flops())
     assert counts[1] < 0.6 * counts[0]
+
+
+PRUNE_MODEL_WITHOUT_HYDRA = r"""
+import json, sys
+import torch
+from bertprune.core.cost import MacCost
+from bertprune.core.masks import MaskHooks
+from bertprune.core.pipeline import PruneOptions, prune_model
+from bertprune.models import model_shape, tiny_bert
+
+torch.manual_seed(0)
+model = tiny_bert("classification", 2, vocab_size=120, num_layers=3, seed=1).eval()
+with torch.no_grad():  # O(1) logits (a tiny random BERT's are ~0.02: parity could not fail)
+    for name, p in model.named_parameters():
+        p.copy_(1.0 + 0.3 * torch.randn_like(p) if "LayerNorm.weight" in name else 0.3 * torch.randn_like(p))
+batches = []
+for i in range(6):
+    ids = torch.randint(5, 120, (8, 12))
+    mask = torch.ones(8, 12, dtype=torch.long)
+    mask[::2, 9:] = 0  # padded rows
+    batches.append({"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids),
+                    "labels": torch.randint(0, 2, (8,))})
+cost = MacCost.for_model(model, seq_len=10.0)
+stages = []
+result = prune_model(model, batches, "classification", cost, 0.5, PruneOptions(tune_samples=24, progress=False),
+                     evaluate=lambda hm, nm, stage: stages.append(stage) or float(hm.sum()))
+diff = 0.0
+with torch.no_grad():
+    for b in batches:
+        inputs = {k: v for k, v in b.items() if k != "labels"}
+        with MaskHooks(model, result.head_mask, result.neuron_mask):
+            masked = model(**inputs).logits
+        pruned = result.model(**inputs).logits
+        diff = max(diff, float((pruned - masked).abs().max()))
+again = prune_model(model, batches, "classification", cost, 0.5, PruneOptions(tune_samples=24, progress=False),
+                    fisher=result.fisher)
+print(json.dumps({
+    "modules": sorted(m for m in sys.modules if m.split(".")[0] in ("hydra", "omegaconf", "pytorch_lightning", "lightning")),
+    "mac_ratio": result.mac_ratio, "shape": list(model_shape(result.model)),
+    "heads": result.heads_per_layer, "ffn": result.ffn_per_layer,
+    "kept": [int((result.head_mask != 0).sum(1).tolist()[i]) for i in range(3)],
+    "kept_ffn": [int(x) for x in (result.neuron_mask != 0).sum(1).tolist()],
+    "macs": [result.macs, cost.encoder(sum(result.heads_per_layer), sum(result.ffn_per_layer)), result.dense_macs],
+    "timings": list(result.timings), "again_timings": list(again.timings), "stages": stages,
+    "stage_metrics": result.stage_metrics, "diff": diff, "scaled": bool(((result.head_mask != 0) & (result.head_mask != 1)).any()),
+    "same_masks": bool(torch.equal(again.head_mask, result.head_mask) and torch.equal(again.neuron_mask, result.neuron_mask)),
+    "params": [sum(p.numel() for p in result.model.parameters()), sum(p.numel() for p in model.parameters())],
+}))
+"""
+
+
+def test_prune_model_runs_without_hydra_or_lightning(tmp_path):
+    """The cfg-free pipeline, as a notebook calls it: no Hydra, OmegaConf or Lightning is imported, the MAC
+    budget holds, the pruned model has the masks' shape and the masked model's outputs."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "prune_model_plain.py"
+    script.write_text(PRUNE_MODEL_WITHOUT_HYDRA)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["modules"] == []  # neither Hydra nor Lightning was imported
+    assert 0.45 <= r["mac_ratio"] <= 0.5
+    assert r["shape"] == [r["heads"], r["ffn"]] and r["heads"] == r["kept"] and r["ffn"] == r["kept_ffn"]
+    assert r["macs"][0] == r["macs"][1] and r["macs"][0] / r["macs"][2] == pytest.approx(r["mac_ratio"])
+    assert sum(r["heads"]) < 12 or sum(r["ffn"]) < 3 * 64
+    assert r["params"][0] < r["params"][1]
+    assert r["timings"] == ["fisher", "search", "eval_search", "rearrange", "eval_rearrange", "tune", "eval_tune",
+                            "physical"]
+    assert r["stages"] == ["search", "rearrange", "tune"] and set(r["stage_metrics"]) == set(r["stages"])
+    assert r["scaled"]  # tuning gave the kept heads real-valued scales, folded into the pruned weights
+    assert r["diff"] <= 1e-4
+    # precomputed Fisher gradients (the multi-process job's): no Fisher step, the same masks
+    assert "fisher" not in r["again_timings"] and r["same_masks"]

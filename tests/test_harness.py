@@ -566,7 +566,7 @@ def test_overloaded_server_run_is_stopped_with_a_clear_error_and_progress(cls_mo
 
 
 def test_run_hashes_the_onnx_it_loads_and_refuses_a_swapped_file(cls_model, tmp_path):
-    from bertprune.resources import sha256_file
+    from bertprune.io import sha256_file
 
     onnx_path, feats = cls_model
     sc = asdict(ScenarioSettings(name="offline", batch_size=8, **FAST))

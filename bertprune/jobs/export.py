@@ -119,9 +119,9 @@ def export(cfg) -> list[dict]:
     # seq_len S of the MAC model: the pruned runs' (from prune.py), so a dense reference uses its runs' S.
     seq_lens = {}
     for meta in metas.values():
-        if meta.get("teacher") and meta.get("seq_len"):
-            seq_lens.setdefault(str(Path(meta["teacher"])), meta["seq_len"])
-    pruned_s = next((m["seq_len"] for m in metas.values() if m.get("seq_len")), None)
+        if meta.get("teacher") and meta.get("mac_seq_len"):
+            seq_lens.setdefault(str(Path(meta["teacher"])), meta["mac_seq_len"])
+    pruned_s = next((m["mac_seq_len"] for m in metas.values() if m.get("mac_seq_len")), None)
     quantize = None if cfg.quantize is None else str(cfg.quantize)
     exported, failed = [], []
     for ckpt, out_dir in pairs:
@@ -130,7 +130,7 @@ def export(cfg) -> list[dict]:
                                     quantize=quantize, opset=int(cfg.opset), device=str(cfg.hardware.runtime_device),
                                     max_eval_samples=cfg.max_eval_samples, parity_tolerance=cfg.parity_tolerance,
                                     parity_batch_sizes=list(cfg.parity_batch_sizes),
-                                    mac_seq_len=metas[ckpt].get("seq_len") or seq_lens.get(str(ckpt), pruned_s))
+                                    mac_seq_len=metas[ckpt].get("mac_seq_len") or seq_lens.get(str(ckpt), pruned_s))
         except Exception as e:  # noqa: BLE001 - one bad variant must not cost the others their export
             if len(pairs) == 1:
                 raise
@@ -159,7 +159,7 @@ def format_table(sidecars: list[dict]) -> str:
         return fmt.format(v) if isinstance(v, (int, float)) else "–"
 
     for s in sidecars:
-        acc = s.get("accuracy", {})
+        acc = s.get("metric_value", {})
         lines.append(f"| {s['variant']} | {s['precision']} | {s['mac_ratio']:.3f} | {s['parameters']:,} | "
                      f"{s['file_size'] / 1e6:.1f} | {s['metric']} | {num(acc.get('pytorch'), '{:.2f}')} | "
                      f"{num(acc.get('onnx'), '{:.2f}')} | {num(s.get('parity_max_abs_diff'), '{:.1e}')} | "

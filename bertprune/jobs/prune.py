@@ -1,13 +1,14 @@
-"""prune.py's pipeline: Fisher -> mask search -> rearrangement -> tuning -> physically smaller model.
+"""prune.py's job around the pipeline (``bertprune.core.pipeline.prune_model``).
 
-``prune(cfg)`` is the testable entry (root ``prune.py`` is a 3-line Hydra wrapper). Everything that
-can be checked is checked before the long work starts; results.json is written last and atomically,
-so a crashed job never leaves a result a sweep summary would pick up.
+``prune(cfg)`` is the testable entry (root ``prune.py`` is a 3-line Hydra wrapper): validate -> teacher
+-> data -> ``prune_model`` (Fisher -> mask search -> rearrangement -> tuning -> physically smaller
+model) -> save -> callbacks (export, LoadGen) -> results. Everything that can be checked is checked
+before the long work starts; results.json is written last and atomically, so a crashed job never
+leaves a result a sweep summary would pick up.
 """
 
 from __future__ import annotations
 
-import copy
 import gc
 import json
 import logging
@@ -18,24 +19,21 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from bertprune.core.cost import MacCost
-from bertprune.tasks.data import Task, average_token_length, load_task_data, make_loader, tokenize
-from bertprune.tasks.evaluate import evaluate, metrics_from_logits, predict_logits, primary_metric
-from bertprune.core.fisher import check_importance
+from bertprune.core.masks import MaskHooks, mask_shapes
+from bertprune.core.pipeline import STEPS, TUNING_TEACHERS, PruneOptions, prune_model, timed
+from bertprune.core.search import check_constraint
+from bertprune.core.tuning import LAST_LAYER_TOKENS
+from bertprune.io import atomic_write_json
 from bertprune.lightning.hardware import check_hardware
-from bertprune.core.masks import MaskHooks, mask_shapes, ones_masks
 from bertprune.models import (FFN_KEY, HEADS_KEY, check_prunable, count_parameters, load_model, load_tokenizer,
-                              model_shape,
                               save_checkpoint)
-from bertprune.core.physical import prune_physically
-from bertprune.core.rearrange import rearrange_masks
-from bertprune.core.search import check_constraint, mac_ratio, search_mac
-from bertprune.core.tuning import LAST_LAYER_TOKENS, tune_masks
+from bertprune.tasks.data import Task, average_token_length, load_task_data, make_loader, tokenize
+from bertprune.tasks.evaluate import evaluate, predict_logits
 
 log = logging.getLogger(__name__)
 RESULTS = "results.json"
 # The steps whose wall time is the pruning time (time/prune_s); evaluation passes are reported apart.
-PRUNE_STEPS = ("fisher", "search", "rearrange", "tune", "physical", "save")
+PRUNE_STEPS = (*STEPS, "save")
 # What a prune job writes into its folder. A rerun into the same folder removes them first, so nothing
 # of the previous run (an ONNX export of another model beside the new pruned/ …) can pass for this one's.
 RUN_ARTIFACTS = (RESULTS, "pruned", "onnx", "onnx_int8", "bench", "csv", "tuning.json", "fisher.safetensors")
@@ -74,10 +72,8 @@ def check_prune_config(cfg) -> float:
                          "encoder's MACs to keep, e.g. constraint=0.5") from None
     if not math.isfinite(c) or not 0.0 < c < 1.0:
         raise ValueError(f"constraint={c} must be in (0, 1): the fraction of the dense encoder's MACs that is kept")
-    if cfg.cost.name != "mac":
-        raise ValueError(f"cost={cfg.cost.name!r} is not implemented; available: mac")
-    if cfg.tuning.teacher not in ("sqrt", "dense"):
-        raise ValueError(f"tuning.teacher={cfg.tuning.teacher!r}; expected sqrt or dense")
+    if cfg.tuning.teacher not in TUNING_TEACHERS:
+        raise ValueError(f"tuning.teacher={cfg.tuning.teacher!r}; expected {' or '.join(TUNING_TEACHERS)}")
     if cfg.tuning.get("last_layer_tokens", "all") not in LAST_LAYER_TOKENS:
         raise ValueError(f"tuning.last_layer_tokens={cfg.tuning.last_layer_tokens!r}; expected cls (fit the last "
                          "layer's FFN on the [CLS] token the classifier reads) or all (every token)")
@@ -88,25 +84,25 @@ def check_prune_config(cfg) -> float:
     return c
 
 
-def refuse_pruned(checkpoint: str) -> None:
-    """One clear error for a checkpoint that is already physically pruned (uneven layers), read from its
+def refuse_pruned(teacher: str) -> None:
+    """One clear error for a teacher that is already physically pruned (uneven layers), read from its
     config alone (before any data or weights): masks are ``[L, H]`` / ``[L, F]`` over the config's full
     widths, which such a model no longer has."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(checkpoint)
+    config = AutoConfig.from_pretrained(teacher)
     heads, ffn = getattr(config, HEADS_KEY, None), getattr(config, FFN_KEY, None)
     L, H, F = config.num_hidden_layers, config.num_attention_heads, config.intermediate_size
     if heads is None or (list(heads) == [H] * L and list(ffn) == [F] * L):
         return
-    meta_file = Path(checkpoint) / "bertprune.json"
+    meta_file = Path(teacher) / "bertprune.json"
     try:
         meta = json.loads(meta_file.read_text())
         origin = f" It was pruned from {meta['teacher']} at constraint={meta['constraint']}."
     except (OSError, ValueError, KeyError):
         origin = ""
     raise ValueError(
-        f"checkpoint={checkpoint} is already pruned (heads per layer {list(heads)}, FFN widths {list(ffn)}); "
+        f"teacher={teacher} is already pruned (heads per layer {list(heads)}, FFN widths {list(ffn)}); "
         f"prune.py prunes a dense fine-tuned model.{origin} Prune that dense model with a smaller constraint "
         "instead (constraints are fractions of the dense model's MACs).")
 
@@ -137,11 +133,6 @@ def run_fisher(model, kind, dataset, batches, collate, hardware, out_path: Path)
     return load_fisher(out_path)
 
 
-def _masked_eval(model, head_mask, neuron_mask, loader, kind, device, desc: str = "eval"):
-    with MaskHooks(model, head_mask, neuron_mask):
-        return evaluate(model, loader, kind, device, progress=True, desc=desc)[primary_metric(kind)]
-
-
 def clear_run_dir(run_dir: Path) -> None:
     """Remove what a previous job left in ``run_dir`` (``RUN_ARTIFACTS``); refuse folders prune.py did not write."""
     import shutil
@@ -164,12 +155,6 @@ def clear_run_dir(run_dir: Path) -> None:
         log.info("rerun into %s: removed the previous run's %s", run_dir, ", ".join(p.name for p in found))
 
 
-def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    tmp.replace(path)
-
-
 def prune(cfg, callbacks=None) -> dict:
     """Prune the fine-tuned model of ``cfg`` to ``cfg.constraint`` of its MACs; returns results.json's content.
 
@@ -181,13 +166,24 @@ def prune(cfg, callbacks=None) -> dict:
         return _prune(cfg, callbacks, job_loggers)
 
 
+def prune_options(cfg) -> PruneOptions:
+    """The pipeline's options from a prune config (``rearrange``, ``tuning.*``)."""
+    t = cfg.tuning
+    return PruneOptions(rearrange=bool(cfg.rearrange), tune=bool(t.enabled), tuning_teacher=str(t.teacher),
+                        tune_samples=min(int(t.num_samples), int(cfg.num_samples)), damping=float(t.damping),
+                        max_scale=float(t.max_scale), last_layer_tokens=str(t.last_layer_tokens))
+
+
 def _prune(cfg, callbacks, job_loggers) -> dict:
+    from hydra.utils import instantiate
+
     from bertprune.jobs.train import ensure_teacher
 
     t_start = time.perf_counter()
     constraint = check_prune_config(cfg)
     task = Task.from_config(cfg.task)
-    if task.kind == "qa":
+    kind = task.task_kind
+    if not kind.labelled_text:
         raise ValueError("prune.py prunes classification/regression tasks here; SQuAD pruning needs SQuAD training "
                          "features (labels), which the qa task does not provide yet")
     device = check_hardware(cfg.hardware)
@@ -195,113 +191,77 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
         from bertprune.onnx.runtime import choose_providers
 
         choose_providers(str(cfg.hardware.runtime_device))  # the ONNX checks' provider, before any work
+    options = prune_options(cfg)
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     clear_run_dir(run_dir)  # rerun into the same folder: nothing of the previous run may look current
 
     # ---- model family, data, calibration sample: checked before a teacher is fine-tuned or loaded
     # (the cached teacher is saved with cfg.model.tokenizer, so its tokens are the same)
-    if cfg.checkpoint:
-        check_prunable(cfg.checkpoint, task.kind, task.num_labels, require_head=True)
-        refuse_pruned(cfg.checkpoint)
-    elif not cfg.model.get("tiny"):
-        check_prunable(cfg.model.name_or_path, task.kind)
-    tokenizer = load_tokenizer(cfg.checkpoint or cfg.model.tokenizer)
+    if cfg.teacher:
+        check_prunable(cfg.teacher, kind, task.num_labels, require_head=True)
+        refuse_pruned(cfg.teacher)
+    elif cfg.model.get("random_init") is None:
+        check_prunable(cfg.model.name_or_path, kind)
+    tokenizer = load_tokenizer(cfg.teacher or cfg.model.tokenizer)
     data = load_task_data(task)
     batches = calibration_batches(len(data["train"]), int(cfg.num_samples), int(cfg.batch_size), int(cfg.seed))
     tokenized = tokenize(data, task, tokenizer)
 
-    # ---- teacher, cost model
-    checkpoint = cfg.checkpoint or str(ensure_teacher(cfg).checkpoint)
-    model = load_model(checkpoint, task.kind, task.num_labels, require_head=True).to(device).eval()
-    seq_len = cfg.cost.seq_len or average_token_length(tokenized["train"])
-    cost = MacCost.for_model(model, seq_len)
+    # ---- teacher, cost model (cost: a _target_ building the cost model from the model and S)
+    teacher = cfg.teacher or str(ensure_teacher(cfg).folder)
+    model = load_model(teacher, kind, task.num_labels, require_head=True).to(device).eval()
+    mac_seq_len = cfg.cost.seq_len or average_token_length(tokenized["train"])
+    cost = instantiate(cfg.cost, model=model, seq_len=mac_seq_len)
     (L, H), (_, F) = mask_shapes(model)
     check_constraint(constraint, cost, L * H, L * F)
     val_loader = make_loader(tokenized["validation"], tokenizer, int(cfg.eval_batch_size))
     collate = val_loader.collate_fn
-    metric = primary_metric(task.kind)
+    metric = kind.primary_metric
     timings: dict[str, float] = {}
 
-    def timed(name, fn, *a, **kw):
-        """Run one step with a log line at its start and its end (with its wall time)."""
-        log.info("%s ...", name)
-        t = time.perf_counter()
-        out = fn(*a, **kw)
-        timings[name] = time.perf_counter() - t
-        log.info("%s done in %.1f s", name, timings[name])
-        return out
-
-    def masked_eval(stage, head_mask, neuron_mask):
-        return timed(f"eval_{stage}", _masked_eval, model, head_mask, neuron_mask, val_loader, task.kind, device,
-                     desc=f"eval {stage}")
+    def masked_eval(head_mask, neuron_mask, stage: str) -> float:
+        with MaskHooks(model, head_mask, neuron_mask):
+            return evaluate(model, val_loader, kind, device, progress=True, desc=f"eval {stage}")[metric]
 
     group = Path(cfg.output_dir).parent.name if cfg.get("sweep_group") is None else cfg.sweep_group
     job_loggers.open(cfg.logger, str(run_dir), name=f"prune-{task.name}-{cfg.model.name}-c{constraint}",
                      group=f"prune-{group}", config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    dense_metric = timed("eval_dense", lambda: evaluate(model, val_loader, task.kind, device, progress=True,
-                                                         desc="eval dense")[metric])
+    dense_metric = timed(timings, "eval_dense", lambda: evaluate(model, val_loader, kind, device, progress=True,
+                                                                  desc="eval dense")[metric])
     log.info("dense %s: %.2f", metric, dense_metric)
 
-    # ---- 1. Fisher
-    fisher = timed("fisher", run_fisher, model, task.kind, tokenized["train"], batches, collate, cfg.hardware,
-                   run_dir / "fisher.safetensors")
-    head_imp, neuron_imp = fisher["head_importance"].to(device), fisher["neuron_importance"].to(device)
-    check_importance(head_imp, neuron_imp)
+    # ---- Fisher (through Lightning: 1 or more processes) -> search -> rearrange -> tune -> physical
+    calibration = [collate([tokenized["train"][j] for j in b]) for b in batches]
+    result = prune_model(model, calibration, kind, cost, constraint, options, device=device, evaluate=masked_eval,
+                         fisher=lambda: run_fisher(model, kind, tokenized["train"], batches, collate, cfg.hardware,
+                                                   run_dir / "fisher.safetensors"))
+    timings.update(result.timings)
+    pruned, head_mask, neuron_mask, stage_metrics = result.model, result.head_mask, result.neuron_mask, result.stage_metrics
 
-    # ---- 2. search
-    head_mask, neuron_mask = timed("search", search_mac, head_imp, neuron_imp, constraint, cost)
-    stage_metrics = {"search": masked_eval("search", head_mask, neuron_mask)}
-
-    # ---- 3. rearrangement
-    if cfg.rearrange:
-        head_mask, neuron_mask = timed("rearrange", lambda: (rearrange_masks(head_mask, fisher["head_grads"]),
-                                                             rearrange_masks(neuron_mask, fisher["neuron_grads"])))
-        stage_metrics["rearrange"] = masked_eval("rearrange", head_mask, neuron_mask)
-
-    # ---- 4. tuning
-    tune_report = None
-    if cfg.tuning.enabled:
-        if cfg.tuning.teacher == "sqrt":
-            t_head, t_neuron = search_mac(head_imp, neuron_imp, math.sqrt(constraint), cost)
-        else:
-            t_head, t_neuron = ones_masks(model, device)
-        n_tune = min(int(cfg.tuning.num_samples), int(cfg.num_samples))
-        tune_batches = [collate([tokenized["train"][j] for j in b])
-                        for b in batches[: math.ceil(n_tune / int(cfg.batch_size))]]
-        head_mask, neuron_mask, tune_report = timed(
-            "tune", tune_masks, model, head_mask, neuron_mask, t_head, t_neuron, tune_batches,
-            damping=float(cfg.tuning.damping), max_scale=float(cfg.tuning.max_scale), device=device,
-            last_layer_tokens=cfg.tuning.last_layer_tokens if task.kind != "qa" else "all")
-        stage_metrics["tune"] = masked_eval("tune", head_mask, neuron_mask)
-
-    # ---- 5. physically smaller model, checked against the masked one
-    pruned = timed("physical", lambda: prune_physically(copy.deepcopy(model), head_mask, neuron_mask).eval())
-
+    # ---- the physically smaller model, checked against the masked one
     def parity_pass():
         with MaskHooks(model, head_mask, neuron_mask):
             masked, _ = predict_logits(model, val_loader, device, progress=True, desc="parity masked")
         return masked, *predict_logits(pruned, val_loader, device, progress=True, desc="parity pruned")
 
-    masked_logits, pruned_logits, labels = timed("parity", parity_pass)
+    masked_logits, pruned_logits, labels = timed(timings, "parity", parity_pass)
     parity = float((pruned_logits - masked_logits).abs().max())
     if parity > 1e-4:
         raise RuntimeError(f"physically pruned model differs from the masked model by {parity:.2e} (> 1e-4)")
-    pruned_metric = metrics_from_logits(task.kind, pruned_logits, labels)[metric]
-    heads, ffn = model_shape(pruned)
-    achieved = mac_ratio(head_mask, neuron_mask, cost)
+    pruned_metric = kind.score(pruned_logits, labels)[metric]
+    heads, ffn = result.heads_per_layer, result.ffn_per_layer
     final_stage = list(stage_metrics)[-1]
-    meta = {"constraint": constraint, "mac_ratio": achieved,
-            "macs": cost.encoder(sum(heads), sum(ffn)), "dense_macs": cost.encoder(L * H, L * F),
-            "seq_len": seq_len, "heads_per_layer": heads, "ffn_per_layer": ffn,
-            "accuracy": {"dense": dense_metric, **stage_metrics}, "metric": metric,
-            "task": OmegaConf.to_container(cfg.task, resolve=True), "teacher": checkpoint}
-    out_ckpt = timed("save", save_checkpoint, pruned, tokenizer, run_dir / "pruned", metadata=meta)
+    meta = {"constraint": constraint, "mac_ratio": result.mac_ratio, "macs": result.macs,
+            "dense_macs": result.dense_macs, "mac_seq_len": mac_seq_len, "heads_per_layer": heads,
+            "ffn_per_layer": ffn, "stage_metrics": {"dense": dense_metric, **stage_metrics}, "metric": metric,
+            "task": OmegaConf.to_container(cfg.task, resolve=True), "teacher": teacher}
+    pruned_dir = timed(timings, "save", save_checkpoint, pruned, tokenizer, run_dir / "pruned", metadata=meta)
     # Pruning time proper: the evaluation passes (eval_*, parity) are timed apart and not counted.
     prune_time = sum(timings.get(k, 0.0) for k in PRUNE_STEPS)
 
     results = {
-        "constraint": constraint, "prune/mac_ratio": achieved, "prune/seq_len": seq_len,
+        "constraint": constraint, "prune/mac_ratio": result.mac_ratio, "prune/mac_seq_len": mac_seq_len,
         "prune/heads_per_layer": heads, "prune/ffn_per_layer": ffn,
         "prune/kept_heads": sum(heads), "prune/kept_neurons": sum(ffn),
         f"eval/{metric}_dense": dense_metric,
@@ -309,24 +269,24 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
         f"eval/{metric}": stage_metrics[final_stage], f"eval/{metric}_pruned_model": pruned_metric,
         "prune/parity_max_abs_diff": parity,
         "model/parameters": count_parameters(pruned), "model/parameters_dense": count_parameters(model),
-        "model/file_size": (out_ckpt / "model.safetensors").stat().st_size,
-        "tune/fallback_layers": tune_report.fallbacks if tune_report else 0,
+        "model/file_size": (pruned_dir / "model.safetensors").stat().st_size,
+        "tune/fallback_layers": result.tune_report.fallbacks if result.tune_report else 0,
         **{f"time/{k}_s": round(v, 3) for k, v in timings.items()}, "time/prune_s": round(prune_time, 3),
         "num_samples": int(cfg.num_samples), "seed": int(cfg.seed), "task": task.name, "model": cfg.model.name,
         "metric": metric,
-        "checkpoint": str(out_ckpt), "teacher": checkpoint,
+        "pruned_dir": str(pruned_dir), "teacher": teacher,
     }
-    if tune_report:
-        (run_dir / "tuning.json").write_text(json.dumps(tune_report.entries, indent=2))
+    if result.tune_report:
+        atomic_write_json(run_dir / "tuning.json", result.tune_report.entries)
 
     for cb in callbacks if callbacks is not None else default_callbacks(cfg):
-        results.update(cb.on_variant_saved(run_dir, out_ckpt, task, results) or {})
+        results.update(cb.on_variant_saved(run_dir, pruned_dir, task, results) or {})
     results["time/total_s"] = round(time.perf_counter() - t_start, 3)
 
     job_loggers.log(results)
-    _atomic_json(run_dir / RESULTS, results)
+    atomic_write_json(run_dir / RESULTS, results)
     print(format_result(results, metric))
-    del model, pruned
+    del model, pruned, result
     gc.collect()
     return results
 
@@ -354,4 +314,4 @@ def format_result(r: dict, metric: str) -> str:
     accs = "  ".join(f"{s} {r[f'eval/{metric}_{s}']:.2f}" for s in stages)
     return (f"constraint {r['constraint']:.2f}: MAC ratio {r['prune/mac_ratio']:.3f}, heads {r['prune/heads_per_layer']}, "
             f"FFN {r['prune/ffn_per_layer']}\n  {metric}: {accs}\n  prune time {r['time/prune_s']:.1f}s, "
-            f"params {r['model/parameters'] / 1e6:.2f}M (dense {r['model/parameters_dense'] / 1e6:.2f}M) -> {r['checkpoint']}")
+            f"params {r['model/parameters'] / 1e6:.2f}M (dense {r['model/parameters_dense'] / 1e6:.2f}M) -> {r['pruned_dir']}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import csv
+import io
 import json
 import re
 import sys
@@ -21,6 +22,8 @@ import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+
+from bertprune.io import atomic_write_json, atomic_write_text
 
 RESULTS = "results.json"
 STATUS = "status.json"
@@ -48,8 +51,7 @@ def columns(rows: list[dict]) -> list[tuple[str, str, str]]:
         short = SHORT.get(m, m)
         quality += [(f"eval/{m}_{s}", f"dense {short}" if s == "dense" else s if len(metrics) == 1 else f"{s} {short}",
                      fmt) for s in STAGES]
-    onnx = [("export/onnx_accuracy", f"ONNX {SHORT.get(metrics[0], metrics[0])}" if len(metrics) == 1 else "ONNX metric",
-             "{:.2f}" if metrics == ["accuracy"] else "{:.4g}")] if metrics else []
+    onnx = [(f"export/onnx_{m}", f"ONNX {SHORT.get(m, m)}", "{:.2f}" if m == "accuracy" else "{:.4g}") for m in metrics]
     return [c for c in HEAD + quality + TAIL + onnx if any(c[0] in r for r in rows)]
 
 
@@ -106,13 +108,12 @@ def write_summary(sweep_dir: str | Path) -> str:
     sweep_dir = Path(sweep_dir)
     rows = collect(sweep_dir)
     cols = columns(rows)
-    tmp = sweep_dir / "summary.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["job"] + [k for k, _, _ in cols] + ["status", "error"])
-        for r in rows:
-            w.writerow([r["job"]] + [r.get(k, "") for k, _, _ in cols] + [r["status"], r["error"]])
-    tmp.replace(sweep_dir / "summary.csv")
+    table = io.StringIO(newline="")
+    w = csv.writer(table)
+    w.writerow(["job"] + [k for k, _, _ in cols] + ["status", "error"])
+    for r in rows:
+        w.writerow([r["job"]] + [r.get(k, "") for k, _, _ in cols] + [r["status"], r["error"]])
+    atomic_write_text(sweep_dir / "summary.csv", table.getvalue())
     bad = [r for r in rows if r["status"] != OK]
     lines = [f"**INCOMPLETE: {len(bad)} of {len(rows)} jobs have no results (see status).**", ""] if bad else []
     lines += ["| job | " + " | ".join(h for _, h, _ in cols) + " | status |", "|" + "---|" * (len(cols) + 2)]
@@ -124,8 +125,7 @@ def write_summary(sweep_dir: str | Path) -> str:
                                                            " (started, never ended: interrupted, killed or running)"
                                                            if r["status"] == UNFINISHED else "") for r in bad]
     md = "\n".join(lines) + "\n"
-    (sweep_dir / "summary.md.tmp").write_text(md)
-    (sweep_dir / "summary.md.tmp").replace(sweep_dir / "summary.md")
+    atomic_write_text(sweep_dir / "summary.md", md)
     return md
 
 
@@ -135,10 +135,8 @@ def incomplete_jobs(sweep_dir: str | Path) -> list[dict]:
 
 
 def _write_status(job_dir: Path, status: str, error: str = "") -> None:
-    job_dir.mkdir(parents=True, exist_ok=True)
-    tmp = job_dir / (STATUS + ".tmp")
-    tmp.write_text(json.dumps({"status": status, "error": error, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}))
-    tmp.replace(job_dir / STATUS)
+    atomic_write_json(job_dir / STATUS, {"status": status, "error": error,
+                                         "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=None)
 
 
 class SweepSummary(Callback):

@@ -16,8 +16,9 @@ from omegaconf import OmegaConf
 from bertprune.tasks.data import Task, load_task_data, tokenize
 from bertprune.tasks.evaluate import evaluate
 from bertprune.lightning.hardware import check_hardware, trainer_kwargs
-from bertprune.models import atomic_dir, check_source, load_model, load_tokenizer, tiny_bert, write_checkpoint
-from bertprune.resources import cache_dir, config_key, packaged_relative, sha256_cached, sha256_file
+from bertprune.io import atomic_dir, atomic_write_json, sha256_file
+from bertprune.models import check_source, load_model, load_tokenizer, write_checkpoint
+from bertprune.resources import cache_dir, config_key, packaged_relative, sha256_cached
 
 log = logging.getLogger(__name__)
 COMPLETE = "COMPLETE.json"
@@ -25,15 +26,18 @@ COMPLETE = "COMPLETE.json"
 
 @dataclass
 class TrainResult:
-    checkpoint: Path
+    folder: Path  # the teacher: a Hugging Face folder
     metrics: dict
     cached: bool
 
 
 def build_model(model_cfg, task: Task, tokenizer):
-    """The model to fine-tune: a tiny random BERT (``model.tiny``) or a folder / hub name."""
-    if model_cfg.get("tiny"):
-        return tiny_bert(task.kind, task.num_labels, vocab_size=len(tokenizer), **model_cfg.tiny)
+    """The model to fine-tune: built by ``model.random_init`` (a randomly initialised architecture, e.g. the
+    tiny BERT), else loaded from ``model.name_or_path`` (a folder / hub name)."""
+    if model_cfg.get("random_init") is not None:
+        from hydra.utils import instantiate
+
+        return instantiate(model_cfg.random_init).build(task.kind, task.num_labels, vocab_size=len(tokenizer))
     return load_model(model_cfg.name_or_path, task.kind, task.num_labels)
 
 
@@ -127,13 +131,13 @@ def check_writable(folder: Path) -> None:
         raise PermissionError(
             f"The teacher cache {folder} is not writable ({e.strerror or e}): the fine-tuned teacher could not "
             "be saved. Set BERTPRUNE_CACHE_DIR to a writable folder, run train.py with cache=false, or pass a "
-            "fine-tuned checkpoint (prune.py checkpoint=<folder>).") from None
+            "fine-tuned model (prune.py teacher=<folder>).") from None
 
 
 def validate_inputs(cfg) -> tuple[Task, object]:
     """Everything that can be checked before long work: task, model source, hardware, data."""
     task = Task.from_config(cfg.task)
-    if not cfg.model.get("tiny"):
+    if cfg.model.get("random_init") is None:
         check_source(cfg.model.name_or_path)
     check_hardware(cfg.hardware)
     return task, load_tokenizer(cfg.model.tokenizer)
@@ -178,7 +182,7 @@ def fine_tune(cfg, out_dir: Path) -> TrainResult:
     finish_wandb()
     if trainer.global_rank != 0:
         return TrainResult(out_dir, metrics, cached=False)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:  # the folder appears whole or not at all: plain writes inside it
         write_checkpoint(model, tokenizer, tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -192,9 +196,9 @@ def train(cfg) -> TrainResult:
     result = ensure_teacher(cfg) if cfg.get("cache", True) else fine_tune(cfg, Path(cfg.output_dir) / "teacher")
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"checkpoint": str(result.checkpoint), "cached": result.cached, **result.metrics}
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    summary = {"teacher": str(result.folder), "cached": result.cached, **result.metrics}
+    atomic_write_json(run_dir / "metrics.json", summary)
     acc = result.metrics.get("eval/accuracy")
-    print(f"teacher: {result.checkpoint}\n" + (f"dev accuracy: {acc:.2f}%" if acc is not None else
+    print(f"teacher: {result.folder}\n" + (f"dev accuracy: {acc:.2f}%" if acc is not None else
                                               f"metrics: {result.metrics}") + (" (cached)" if result.cached else ""))
     return result

@@ -61,7 +61,7 @@ class LoadgenCallback:
                 out[f"{key}/latency_p90_ms"] = row.latency_p90_ms
                 out[f"{key}/latency_p99_ms"] = row.latency_p99_ms
             if "accuracy" in self.modes:
-                out[f"{key}/accuracy"] = row.accuracy
+                out[f"{key}/{row.metric}"] = row.metric_value  # bench/offline/accuracy, .../mse, .../f1
             if row.status != "ok":
                 out[f"{key}/error"] = row.error
         return out

@@ -39,12 +39,13 @@ class ExportCallback:
         run_dir, checkpoint_dir = Path(run_dir), Path(checkpoint_dir)
         out = export_variant(checkpoint_dir, run_dir / "onnx", task, **self.kwargs)
         fp32, int8 = out["fp32"], out["int8"]
-        extra = {"export/onnx_path": fp32["path"], "export/onnx_accuracy": fp32["accuracy"].get("onnx"),
-                 "export/pytorch_accuracy": fp32["accuracy"].get("pytorch"),
+        metric = fp32["metric"]  # named for what it is: export/onnx_accuracy, export/onnx_mse, ...
+        extra = {"export/onnx_path": fp32["path"], f"export/onnx_{metric}": fp32["metric_value"].get("onnx"),
+                 f"export/pytorch_{metric}": fp32["metric_value"].get("pytorch"),
                  "export/parity_max_abs_diff": fp32["parity_max_abs_diff"], "export/provider": fp32["provider"],
                  "export/onnx_file_size": fp32["file_size"], "export/time_s": fp32["export_time_s"]}
         if int8 is not None:
-            extra.update({"export/int8_path": int8["path"], "export/int8_accuracy": int8["accuracy"].get("onnx"),
+            extra.update({"export/int8_path": int8["path"], f"export/int8_{metric}": int8["metric_value"].get("onnx"),
                           "export/int8_file_size": int8["file_size"],
                           "export/int8_parity_max_abs_diff": int8["parity_max_abs_diff"]})
         teacher = results.get("teacher") or fp32.get("teacher")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
+from bertprune.core.fisher import INPUT_KEYS
 from bertprune.tasks.data import Task, make_loader
-from bertprune.core.fisher import INPUT_KEYS, task_loss
 
 
 def model_inputs(batch: dict) -> dict:
@@ -30,41 +30,34 @@ class TaskDataModule(pl.LightningDataModule):
 
 
 class FineTuneModule(pl.LightningModule):
-    """Fine-tunes a dense teacher: AdamW + linear warmup/decay; logs train/loss and eval/accuracy."""
+    """Fine-tunes a dense teacher: AdamW + linear warmup/decay; logs train/loss, eval/loss and the task kind's
+    metrics (``eval/accuracy`` %, ``eval/mse``), torchmetrics that sync across processes."""
 
     def __init__(self, model, task: Task, lr: float, weight_decay: float, warmup_ratio: float):
         super().__init__()
-        self.model, self.task = model, task
+        self.model, self.task, self.kind = model, task, task.task_kind
         self.lr, self.weight_decay, self.warmup_ratio = lr, weight_decay, warmup_ratio
-        self._correct = self._count = 0
+        self.val_metrics = torch.nn.ModuleDict(self.kind.fit_metrics(task.num_labels))
 
     def on_fit_start(self):
         self.model.train()  # from_pretrained returns eval mode; fine-tuning wants dropout on
 
     def training_step(self, batch, _):
-        loss = task_loss(self.task.kind, self.model(**model_inputs(batch)), batch)
+        loss = self.kind.loss(self.model(**model_inputs(batch)), batch)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def on_validation_epoch_start(self):
-        self._correct = self._count = 0
-        self._sq_err = 0.0
-
     def validation_step(self, batch, _):
         outputs = self.model(**model_inputs(batch))
-        logits = outputs.logits
-        self.log("eval/loss", task_loss(self.task.kind, outputs, batch), prog_bar=False)
-        if self.task.kind == "classification":
-            self._correct += (logits.argmax(-1) == batch["labels"]).sum().item()
-        else:
-            self._sq_err += ((logits.squeeze(-1) - batch["labels"]) ** 2).sum().item()
-        self._count += len(batch["labels"])
+        self.log("eval/loss", self.kind.loss(outputs, batch), prog_bar=False)
+        preds, target = self.kind.fit_metric_inputs(outputs, batch)
+        for metric in self.val_metrics.values():
+            metric.update(preds, target)
 
     def on_validation_epoch_end(self):
-        if self.task.kind == "classification":
-            self.log("eval/accuracy", 100.0 * self._correct / max(self._count, 1), prog_bar=True)
-        else:
-            self.log("eval/mse", self._sq_err / max(self._count, 1), prog_bar=True)
+        for key, metric in self.val_metrics.items():
+            self.log(f"eval/{key}", self.kind.fit_metric_value(key, metric.compute()), prog_bar=True)
+            metric.reset()
 
     def configure_optimizers(self):
         from transformers import get_linear_schedule_with_warmup

@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 import torch
 
 from bertprune.core.fisher import FisherAccumulator, freeze
+from bertprune.io import atomic_write_bytes
 
 
 NO_BATCH = -1  # the placeholder item of a rank with an empty share
@@ -50,7 +51,7 @@ class FisherModule(pl.LightningModule):
     all-reduce)); with ``ddp_spawn`` that file is how the result reaches the launching process.
     """
 
-    def __init__(self, model, kind: str, dataset, batches: list[list[int]], collate, out_path: str | Path):
+    def __init__(self, model, kind, dataset, batches: list[list[int]], collate, out_path: str | Path):
         super().__init__()
         self.model = freeze(model)
         self.kind, self.dataset, self.batches, self.collate = kind, dataset, batches, collate
@@ -95,15 +96,13 @@ class FisherModule(pl.LightningModule):
         if not torch.all(seen == 1):
             raise RuntimeError(f"Fisher: every calibration batch must be seen exactly once, got counts {seen.tolist()}")
         if self.trainer.is_global_zero:
-            from safetensors.torch import save_file
+            from safetensors.torch import save
 
-            self.out_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.out_path.with_suffix(".tmp")
-            save_file({"head_grads": head_grads.cpu().contiguous(), "neuron_grads": neuron_grads.cpu().contiguous(),
-                       "head_importance": head_importance.cpu().contiguous(),
-                       "neuron_importance": neuron_importance.cpu().contiguous(),
-                       "batch_rank": batch_rank.long().cpu(), "process_ranks": process_ranks.long().cpu()}, str(tmp))
-            tmp.replace(self.out_path)
+            atomic_write_bytes(self.out_path, save({
+                "head_grads": head_grads.cpu().contiguous(), "neuron_grads": neuron_grads.cpu().contiguous(),
+                "head_importance": head_importance.cpu().contiguous(),
+                "neuron_importance": neuron_importance.cpu().contiguous(),
+                "batch_rank": batch_rank.long().cpu(), "process_ranks": process_ranks.long().cpu()}))
 
 
 class FisherProgressBar(TQDMProgressBar):

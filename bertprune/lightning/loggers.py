@@ -1,7 +1,9 @@
 """Experiment loggers: Weights & Biases (offline unless the user configured W&B), CSV, or none.
 
-``logger.kind``: wandb = a W&B run plus the CSV log (the fallback when W&B cannot start); csv = the CSV
-log only; none = nothing is logged (results.json is still written: it is the job's result, not a log)."""
+The ``logger`` config group names one factory here (``_target_``): ``wandb_loggers`` = a W&B run plus
+the CSV log (the fallback when W&B cannot start); ``csv_loggers`` = the CSV log only; ``no_loggers`` =
+nothing is logged (results.json is still written: it is the job's result, not a log). Each takes the
+run's ``RUNTIME_ARGS`` and returns a list of Lightning loggers."""
 
 from __future__ import annotations
 
@@ -21,31 +23,45 @@ def wandb_mode(requested: str | None) -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
-def make_loggers(logger_cfg, save_dir: str, name: str, group: str | None = None, config: dict | None = None):
-    """Lightning loggers for one run: a CSVLogger (``logger.kind`` csv or wandb) and a WandbLogger (wandb);
-    none for ``logger.kind=none``."""
+RUNTIME_ARGS = ("save_dir", "name", "group", "config")  # what a job passes; the rest comes from the config
+
+
+def no_loggers(save_dir: str, name: str, group: str | None = None, config: dict | None = None) -> list:
+    """``logger=none``: nothing is logged."""
+    return []
+
+
+def csv_loggers(save_dir: str, name: str, group: str | None = None, config: dict | None = None) -> list:
+    """``logger=csv``: ``<save_dir>/csv/metrics.csv``."""
     from pytorch_lightning.loggers import CSVLogger
 
-    kind = logger_cfg.get("kind", "csv") if logger_cfg else "csv"
-    if kind not in ("wandb", "csv", "none"):
-        raise ValueError(f"logger.kind={kind!r}; expected wandb, csv or none")
-    if kind == "none":
-        return []
-    loggers = [CSVLogger(save_dir=save_dir, name="csv", version="")]
-    if kind == "wandb":
-        try:
-            from pytorch_lightning.loggers import WandbLogger
+    return [CSVLogger(save_dir=save_dir, name="csv", version="")]
 
-            mode = wandb_mode(logger_cfg.get("mode"))
-            os.environ.setdefault("WANDB_SILENT", "true")
-            wl = WandbLogger(project=logger_cfg.get("project", "bertprune"), entity=logger_cfg.get("entity"),
-                             name=name, group=group, save_dir=save_dir, mode=mode, config=config,
-                             reinit="finish_previous")
-            _ = wl.experiment  # start now so a failure falls back to CSV here, not mid-run
-            loggers.append(wl)
-        except Exception as e:  # no network, bad key …: never lose the run over logging
-            log.warning("W&B logging disabled (%s); metrics still go to CSV in %s", e, save_dir)
+
+def wandb_loggers(save_dir: str, name: str, group: str | None = None, config: dict | None = None,
+                  project: str = "bertprune", entity: str | None = None, mode: str | None = None) -> list:
+    """``logger=wandb``: the CSV log and a W&B run (``mode`` null: see ``wandb_mode``); a W&B run that cannot
+    start leaves the CSV log alone, with a warning."""
+    loggers = csv_loggers(save_dir, name)
+    try:
+        from pytorch_lightning.loggers import WandbLogger
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        wl = WandbLogger(project=project, entity=entity, name=name, group=group, save_dir=save_dir,
+                         mode=wandb_mode(mode), config=config, reinit="finish_previous")
+        _ = wl.experiment  # start now so a failure falls back to CSV here, not mid-run
+        loggers.append(wl)
+    except Exception as e:  # no network, bad key …: never lose the run over logging
+        log.warning("W&B logging disabled (%s); metrics still go to CSV in %s", e, save_dir)
     return loggers
+
+
+def make_loggers(logger_cfg, save_dir: str, name: str, group: str | None = None, config: dict | None = None):
+    """The Lightning loggers of one run, built by the factory ``logger_cfg`` names (``_target_``)."""
+    from hydra.utils import instantiate
+
+    factory = instantiate(logger_cfg, _partial_=True)  # the run's arguments are passed as they are
+    return factory(save_dir=save_dir, name=name, group=group, config=config)
 
 
 def finish_wandb(exit_code: int = 0, error: str | None = None) -> None:

@@ -15,7 +15,7 @@ from bertprune.io import atomic_write_bytes
 from bertprune.tasks.kinds import get_kind
 
 COLUMNS = ["variant", "precision", "mac_ratio", "scenario", "status", "valid", "throughput", "latency_p90_ms",
-           "latency_p99_ms", "accuracy", "direct_accuracy", "metric", "file_size_mb", "onnx_sha256", "error"]
+           "latency_p99_ms", "metric_value", "direct_metric_value", "metric", "file_size_mb", "onnx_sha256", "error"]
 
 
 @dataclass
@@ -31,8 +31,8 @@ class BenchRow:
     throughput: float | None = None  # samples/s
     latency_p90_ms: float | None = None
     latency_p99_ms: float | None = None
-    accuracy: float | None = None  # LoadGen accuracy mode, task metric (accuracy % / F1 / MSE)
-    direct_accuracy: float | None = None  # same ONNX, same features, no LoadGen
+    metric_value: float | None = None  # LoadGen accuracy mode: the task metric (``metric``: accuracy % / F1 / MSE)
+    direct_metric_value: float | None = None  # same ONNX, same features, no LoadGen
     metric: str = ""
     file_size_mb: float | None = None
     onnx_sha256: str = ""  # of the file the runs loaded (each run hashes it and checks it against its export)
@@ -92,8 +92,8 @@ def build_rows(plans, scenarios, modes, runs: dict, kind) -> list[BenchRow]:
                         errors.append("INVALID: " + "; ".join(sm.get("reasons", [])))
                 else:
                     acc = r.get("accuracy") or {}
-                    row.accuracy = (acc.get("loadgen") or {}).get(metric)
-                    row.direct_accuracy = (acc.get("direct") or {}).get(metric)
+                    row.metric_value = (acc.get("loadgen") or {}).get(metric)
+                    row.direct_metric_value = (acc.get("direct") or {}).get(metric)
             if "performance" in modes and row.status != "ok" and not row.valid:
                 row.valid = row.status
             row.error = " | ".join(errors)
@@ -120,17 +120,18 @@ def csv_table(rows: list[BenchRow]) -> str:
 
 
 def markdown_table(rows: list[BenchRow], complete: bool = True) -> str:
+    metric = "/".join(dict.fromkeys(r.metric for r in rows if r.metric)) or "metric"
     head = ["variant", "precision", "mac_ratio", "scenario", "valid", "throughput (samples/s)", "p90 (ms)",
-            "p99 (ms)", "accuracy (LoadGen)", "accuracy (direct)", "size (MB)", "status"]
+            "p99 (ms)", f"{metric} (LoadGen)", f"{metric} (direct)", "size (MB)", "status"]
     lines = [] if complete else ["**INCOMPLETE: some runs failed or never ran (see status/error).**", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r.variant, r.precision, r.mac_ratio, r.scenario, r.valid, r.throughput, r.latency_p90_ms,
-                 r.latency_p99_ms, r.accuracy, r.direct_accuracy, r.file_size_mb, r.status]
+                 r.latency_p99_ms, r.metric_value, r.direct_metric_value, r.file_size_mb, r.status]
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     if rows:
         lines.append("")
-        lines.append(f"accuracy columns: task metric '{rows[0].metric}' from LoadGen's accuracy log / from a direct "
+        lines.append(f"{metric} columns: the task metric from LoadGen's accuracy log / from a direct "
                      "ONNX Runtime evaluation of the same features (they must agree)")
     return "\n".join(lines) + "\n"
 
@@ -158,7 +159,7 @@ def plot_panels(rows: list[BenchRow]) -> list[dict]:
         return []
     accs = {}
     for r in rows:
-        a = r.accuracy if r.accuracy is not None else r.direct_accuracy
+        a = r.metric_value if r.metric_value is not None else r.direct_metric_value
         if a is not None:
             accs.setdefault(r.variant, a)
     use_acc = bool(accs)
@@ -172,7 +173,7 @@ def plot_panels(rows: list[BenchRow]) -> list[dict]:
             panel["failed"].append(f"{r.variant} ({r.status})")
             continue
         x = getattr(r, attr)
-        own = r.accuracy if r.accuracy is not None else r.direct_accuracy
+        own = r.metric_value if r.metric_value is not None else r.direct_metric_value
         y = (own if own is not None else accs.get(r.variant)) if use_acc else (r.mac_ratio or 1.0)
         if x is None or y is None:
             panel["missing"].append(r.variant)

@@ -5,26 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from bertprune.io import atomic_dir, atomic_write_text
+from bertprune.tasks.kinds import TaskKind, get_kind
+
 # Keys bertprune adds to a Hugging Face config.json for a physically pruned model.
 HEADS_KEY = "bertprune_heads_per_layer"
 FFN_KEY = "bertprune_ffn_per_layer"
-
-TASK_HEADS = {"classification": "ForSequenceClassification", "regression": "ForSequenceClassification",
-              "qa": "ForQuestionAnswering"}
-
-
-def _auto_class(kind: str):
-    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
-
-    return AutoModelForQuestionAnswering if kind == "qa" else AutoModelForSequenceClassification
-
 
 def _is_local(name_or_path: str) -> bool:
     """A folder (existing, or written as a path) rather than a hub name ("bert-base-uncased", "org/name")."""
@@ -132,7 +124,7 @@ def load_config(name_or_path: str):
         return AutoConfig.from_pretrained(name_or_path)
 
 
-def check_prunable(name_or_path: str, kind: str = "classification", num_labels: int | None = None,
+def check_prunable(name_or_path: str, kind: str | TaskKind = "classification", num_labels: int | None = None,
                    require_head: bool = False) -> None:
     """Refuse a model whose encoder is not BERT-structured (or, with ``require_head``, a checkpoint
     without a fitting fine-tuned head), from its config alone: the architecture is built on the meta
@@ -140,24 +132,25 @@ def check_prunable(name_or_path: str, kind: str = "classification", num_labels: 
     config = load_config(name_or_path)
     _check_head(name_or_path, config, kind, num_labels, require_head)
     with torch.device("meta"):
-        model = _auto_class(kind).from_config(config)
+        model = get_kind(kind).auto_model_class().from_config(config)
     try:
         encoder_layers(model)
     except ValueError as e:
         raise ValueError(f"{name_or_path}: {e} Give a BERT-family checkpoint (e.g. model=minilm or model=bert_base, "
-                         "or checkpoint=<a fine-tuned BERT folder>).") from None
+                         "or teacher=<a fine-tuned BERT folder>).") from None
 
 
-def _check_head(name_or_path: str, config, kind: str, num_labels: int | None, require_head: bool) -> bool:
+def _check_head(name_or_path: str, config, kind: str | TaskKind, num_labels: int | None, require_head: bool) -> bool:
     """Whether the checkpoint carries a head for ``kind``; one clear error if it is missing but
     required, or was fine-tuned for another number of labels."""
+    kind = get_kind(kind)
     archs = config.architectures or []
-    has_head = any(a.endswith(TASK_HEADS[kind]) for a in archs)
+    has_head = any(a.endswith(kind.head) for a in archs)
     if require_head and not has_head:
         raise ValueError(
-            f"{name_or_path} has no {TASK_HEADS[kind]} head (architectures={archs}); it is not fine-tuned for a "
-            f"{kind} task. Fine-tune it first (python train.py) or pass a fine-tuned checkpoint.")
-    if has_head and num_labels is not None and kind != "qa" and config.num_labels != num_labels:
+            f"{name_or_path} has no {kind.head} head (architectures={archs}); it is not fine-tuned for a "
+            f"{kind.name} task. Fine-tune it first (python train.py) or pass a fine-tuned checkpoint.")
+    if has_head and num_labels is not None and kind.sized_head and config.num_labels != num_labels:
         raise ValueError(
             f"{name_or_path} was fine-tuned with num_labels={config.num_labels} but the task has "
             f"num_labels={num_labels}: the checkpoint does not fit this task.")
@@ -171,7 +164,7 @@ def load_tokenizer(name_or_path: str):
         return AutoTokenizer.from_pretrained(name_or_path)
 
 
-def tiny_bert(kind: str, num_labels: int, vocab_size: int, hidden_size: int = 32, num_layers: int = 2,
+def tiny_bert(kind: str | TaskKind, num_labels: int, vocab_size: int, hidden_size: int = 32, num_layers: int = 2,
               num_heads: int = 4, intermediate_size: int = 64, seed: int = 0):
     """A tiny randomly initialised BERT (tests and smoke runs)."""
     from transformers import BertConfig
@@ -181,29 +174,52 @@ def tiny_bert(kind: str, num_labels: int, vocab_size: int, hidden_size: int = 32
                         max_position_embeddings=512, num_labels=num_labels,
                         hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
     torch.manual_seed(seed)
-    return _auto_class(kind).from_config(config)
+    return get_kind(kind).auto_model_class().from_config(config)
 
 
-def load_model(name_or_path: str, kind: str = "classification", num_labels: int | None = None,
+@dataclass(frozen=True)
+class TinyBert:
+    """The architecture of a tiny randomly initialised BERT (``conf/model/tiny.yaml``'s ``random_init``)."""
+
+    hidden_size: int = 32
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 64
+
+    def __post_init__(self) -> None:
+        for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{key}={value!r} must be an integer >= 1")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} must be a multiple of num_heads={self.num_heads}")
+
+    def build(self, kind: str | TaskKind, num_labels: int, vocab_size: int, seed: int = 0):
+        return tiny_bert(kind, num_labels, vocab_size, hidden_size=self.hidden_size, num_layers=self.num_layers,
+                         num_heads=self.num_heads, intermediate_size=self.intermediate_size, seed=seed)
+
+
+def load_model(name_or_path: str, kind: str | TaskKind = "classification", num_labels: int | None = None,
                require_head: bool = False):
     """Load a model for ``kind`` from a folder or hub name; physically pruned folders included.
 
     require_head: the checkpoint must already carry a trained head for this task (pruning needs a
     fine-tuned model); a mismatching head raises one clear error.
     """
+    kind = get_kind(kind)
     config = load_config(name_or_path)
     has_head = _check_head(name_or_path, config, kind, num_labels, require_head)
     if getattr(config, HEADS_KEY, None) is not None:
         return _load_pruned(name_or_path, config, kind)
-    kwargs = {} if has_head or num_labels is None or kind == "qa" else {"num_labels": num_labels}
+    kwargs = {} if has_head or num_labels is None or not kind.sized_head else {"num_labels": num_labels}
     with hub_errors(name_or_path):
-        return _auto_class(kind).from_pretrained(name_or_path, **kwargs)
+        return kind.auto_model_class().from_pretrained(name_or_path, **kwargs)
 
 
-def _load_pruned(path: str, config, kind: str):
+def _load_pruned(path: str, config, kind: TaskKind):
     from safetensors.torch import load_file
 
-    model = _auto_class(kind).from_config(config)
+    model = kind.auto_model_class().from_config(config)
     resize_layers(model, getattr(config, HEADS_KEY), getattr(config, FFN_KEY))
     state = load_file(str(Path(path) / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -308,28 +324,6 @@ def resize_layers(model, heads_per_layer: list[int], ffn_per_layer: list[int]) -
 # Saving
 
 
-def atomic_dir(final: str | Path):
-    """Context manager: write into a temporary sibling folder, move it into place only on success."""
-    import contextlib
-
-    final = Path(final)
-
-    @contextlib.contextmanager
-    def _ctx():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-        try:
-            yield tmp
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-
-    return _ctx()
-
-
 def write_checkpoint(model, tokenizer, folder: str | Path, metadata: dict | None = None) -> None:
     """Hugging Face folder: config.json, model.safetensors, tokenizer files [, bertprune.json]."""
     folder = Path(folder)
@@ -337,7 +331,7 @@ def write_checkpoint(model, tokenizer, folder: str | Path, metadata: dict | None
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     if metadata is not None:
-        (folder / "bertprune.json").write_text(json.dumps(metadata, indent=2, default=str))
+        atomic_write_text(folder / "bertprune.json", json.dumps(metadata, indent=2, default=str))
 
 
 def save_checkpoint(model, tokenizer, out_dir: str | Path, metadata: dict | None = None) -> Path:

@@ -315,7 +315,7 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
 
     meta = _checkpoint_metadata(checkpoint)
     heads, ffn = model_shape(model)
-    S = mac_seq_len or meta.get("seq_len") or data.mac_seq_len or task.max_length
+    S = mac_seq_len or meta.get("mac_seq_len") or data.mac_seq_len or task.max_length
     macs, dense_macs, ratio = _macs(model, meta, heads, ffn, S)
     metric = kind.primary_metric
     common = {
@@ -330,7 +330,7 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
         # moved sweep keeps finding it; the absolute path is the fallback for a variant moved on its own
         "tokenizer": os.path.relpath(tok_dir, out_dir), "tokenizer_absolute": str(tok_dir),
         "teacher": meta.get("teacher"), "starting_weights": teacher_provenance(meta.get("teacher") or checkpoint),
-        "prune_accuracy": meta.get("accuracy"),
+        "prune_stage_metrics": meta.get("stage_metrics"),
     }
 
     # ---- FP32: export, parity, accuracy; the folder appears only when all of it passed
@@ -345,14 +345,14 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
         if not diff <= parity_tolerance:
             raise ParityError(f"{checkpoint}: ONNX Runtime ({provider}) differs from PyTorch by {diff:.3e} "
                               f"(> tolerance {parity_tolerance:.1e}) on padded validation batches; nothing was written.")
-        accuracy = {}
+        metric_value = {}  # the task metric (``metric``: accuracy %, mse, f1 %) on PyTorch and ONNX Runtime
         if data.has_metrics:
-            accuracy["pytorch"] = evaluate_pytorch(model, data.metric_data, kind, data.examples,
+            metric_value["pytorch"] = evaluate_pytorch(model, data.metric_data, kind, data.examples,
                                                    torch_device(session))[metric]
-            accuracy["onnx"] = evaluate_onnx(session, data.metric_data, kind, data.examples)[metric]
+            metric_value["onnx"] = evaluate_onnx(session, data.metric_data, kind, data.examples)[metric]
             model.cpu()
         fp32 = {"variant": variant_name(meta), **common, "file_size": onnx_path.stat().st_size,
-                "accuracy": accuracy, "precision": "fp32", "provider": provider, "parity_max_abs_diff": diff,
+                "metric_value": metric_value, "precision": "fp32", "provider": provider, "parity_max_abs_diff": diff,
                 "parity_tolerance": parity_tolerance, "parity_batch_sizes": parity_batch_sizes,
                 "export_time_s": round(export_s, 3), "parity_time_s": round(parity_s, 3),
                 "exporter": f"torch.onnx.export(dynamo=True) torch {torch.__version__}",
@@ -360,7 +360,7 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
         del session
         atomic_write_json(tmp / SIDECAR, fp32)
     fp32["path"] = str(out_dir / MODEL_FILE)
-    log.info("exported %s -> %s (parity %.2e, %s)", checkpoint, fp32["path"], diff, accuracy)
+    log.info("exported %s -> %s (parity %.2e, %s %s)", checkpoint, fp32["path"], diff, metric, metric_value)
 
     int8 = None
     stale = int8_dir(out_dir)
@@ -373,13 +373,13 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
             q_path = quantize_int8(out_dir / MODEL_FILE, tmp / MODEL_FILE)
             session, q_provider = make_session(q_path, device)
             q_diff = check_parity(model, q_path, data.parity_batches, kind=kind, session=session)
-            q_acc = {}
+            q_metric = {}
             if data.has_metrics:
-                q_acc = {"pytorch": accuracy.get("pytorch"),
+                q_metric = {"pytorch": metric_value.get("pytorch"),
                          "onnx": evaluate_onnx(session, data.metric_data, kind, data.examples)[metric]}
                 model.cpu()
             int8 = {"variant": variant_name(meta, "int8"), **common, "file_size": q_path.stat().st_size,
-                    "accuracy": q_acc, "precision": "int8", "provider": q_provider,
+                    "metric_value": q_metric, "precision": "int8", "provider": q_provider,
                     "parity_max_abs_diff": q_diff, "parity_tolerance": None, "quantization":
                     "onnxruntime.quantization.quantize_dynamic(QInt8 weights, per_channel)",
                     "fp32_onnx": fp32["path"], "sha256": sha256_file(q_path)}

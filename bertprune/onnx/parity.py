@@ -84,14 +84,11 @@ def evaluate_onnx(session, data, kind, examples=None, batch_size: int = EVAL_BAT
     names = list(kind.onnx_outputs)
     if isinstance(kind, QuestionAnswering):
         return _span_metrics(kind, lambda feeds: session.run(names, feeds), data, examples, batch_size)
-    from bertprune.tasks.evaluate import metrics_from_logits
-
     logits, labels = [], []
     for batch in data:
         logits.append(session.run(names, to_feeds(batch))[0])
         labels.append(np.asarray(batch["labels"]))
-    return metrics_from_logits(kind.name, torch.from_numpy(np.concatenate(logits)),
-                               torch.from_numpy(np.concatenate(labels)))
+    return kind.score(np.concatenate(logits), np.concatenate(labels))
 
 
 def evaluate_pytorch(model, data, kind, examples=None, device="cpu", batch_size: int = EVAL_BATCH_SIZE) -> dict:

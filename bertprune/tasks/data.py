@@ -14,7 +14,8 @@ import datasets
 import numpy as np
 import torch
 
-KINDS = ("classification", "regression", "qa")
+from bertprune.tasks.kinds import TaskKind, get_kind
+
 SOURCES = ("rotten_tomatoes", "hub", "files", "squad")
 
 
@@ -53,16 +54,17 @@ class Task:
         task.validate()
         return task
 
+    @property
+    def task_kind(self) -> TaskKind:
+        """The object of ``kind`` (``bertprune.tasks.kinds``): head, loss, labels, metrics."""
+        return get_kind(self.kind)
+
     def validate(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"task.kind={self.kind!r} is not one of {KINDS}")
+        kind = get_kind(self.kind)
         if self.source not in SOURCES:
             raise ValueError(f"task.source={self.source!r} is not one of {SOURCES}")
-        if self.kind == "classification" and self.num_labels < 2:
-            raise ValueError(f"task {self.name}: classification needs num_labels >= 2, got {self.num_labels}")
-        if self.kind == "regression" and self.num_labels != 1:
-            raise ValueError(f"task {self.name}: regression needs num_labels == 1, got {self.num_labels}")
-        if not 1 <= len(self.text_fields) <= 2 and self.kind != "qa":
+        kind.check_num_labels(self.name, self.num_labels)
+        if kind.labelled_text and not 1 <= len(self.text_fields) <= 2:
             raise ValueError(f"task {self.name}: text_fields must name 1 or 2 columns, got {self.text_fields}")
         if self.max_length < 8:
             raise ValueError(f"task {self.name}: max_length={self.max_length} is too small")
@@ -169,8 +171,9 @@ def _hub_split(raw, task: Task, split: str) -> datasets.Dataset:
 def load_task_data(task: Task) -> datasets.DatasetDict:
     """Train/validation splits of a classification or regression task, checked against the task.
 
-    Each split keeps only the task's text fields and ``label`` (int64 for classification)."""
-    if task.kind == "qa":
+    Each split keeps only the task's text fields and ``label`` (in the kind's dtype: int64 class ids
+    for classification)."""
+    if not task.task_kind.labelled_text:
         raise ValueError(f"task {task.name} is a question-answering task: use bertprune.tasks.squad for its features")
     if task.source == "rotten_tomatoes":
         if task.data_file is None:
@@ -201,30 +204,7 @@ def load_task_data(task: Task) -> datasets.DatasetDict:
     dd = datasets.DatasetDict({split: ds.select_columns([*task.text_fields, task.label_field]) for split, ds in dd.items()})
     if task.label_field != "label":
         dd = dd.rename_column(task.label_field, "label")
-    if task.kind == "classification":  # integral floats (a csv column with 1.0) -> class ids
-        dd = datasets.DatasetDict({split: ds if ds.features["label"].dtype == "int64"
-                                   else ds.cast_column("label", datasets.Value("int64")) for split, ds in dd.items()})
-    return dd
-
-
-def _label_problem(task: Task, y) -> str | None:
-    """Why one label does not fit the task (and the fix), or None."""
-    import math
-
-    expected = (f"labels are integer class ids 0..{task.num_labels - 1}" if task.kind == "classification"
-                else "regression labels are finite numbers")
-    if y is None or (isinstance(y, float) and math.isnan(y)):
-        return f"the label is empty; {expected}: fill it in or drop that row"
-    if isinstance(y, (str, bool, np.bool_)) or not isinstance(y, (int, float, np.integer, np.floating)):
-        return f"label {y!r} is a {type(y).__name__}; {expected}: convert the column"
-    if not math.isfinite(y):
-        return f"label {y!r} is not finite; {expected}: fix or drop that row"
-    if task.kind == "classification" and float(y) != int(y):
-        return f"label {y!r} is not an integer; {expected}: fix or drop that row"
-    if task.kind == "classification" and not 0 <= int(y) < task.num_labels:
-        return (f"label {y!r} is out of range for num_labels={task.num_labels}; {expected}: "
-                "fix that row, or set task.num_labels if the task has more classes")
-    return None
+    return task.task_kind.cast_labels(dd)
 
 
 def _is_number(text: str) -> bool:
@@ -238,10 +218,10 @@ def _is_number(text: str) -> bool:
 def check_task_data(task: Task, dd: datasets.DatasetDict, rows: dict[str, tuple[str, str]] | None = None) -> None:
     """One clear error for data that does not fit the task, checked on BOTH splits before any work:
     missing columns, an empty split, empty / non-string texts, empty / string / out-of-range labels
-    (classification: integer ids 0..num_labels-1; regression: finite numbers).
+    (the kind's ``label_problem``: classification integer ids 0..num_labels-1, regression finite numbers).
 
     rows: per split, (where the split comes from, what its row numbers count: see ``ROW_NOTE``)."""
-    label = task.label_field
+    label, kind = task.label_field, task.task_kind
     for split in ("train", "validation"):
         ds = dd[split]
         source, unit = (rows or {}).get(split, (f"the {split} split", "index"))
@@ -265,19 +245,14 @@ def check_task_data(task: Task, dd: datasets.DatasetDict, rows: dict[str, tuple[
                             "texts, or set task.text_fields to the text columns")
         quoted = None  # first label that is a number written as text: reported only if no worse row exists
         for i, y in enumerate(ds[label]):
-            problem = _label_problem(task, y)
+            problem = kind.label_problem(y, task.num_labels)
             if problem and isinstance(y, str) and _is_number(y):
                 quoted = quoted if quoted is not None else (i, problem)
             elif problem:
                 fail(i, problem)
         if quoted is not None:
             fail(*quoted)
-    if task.kind == "classification":
-        seen = int(max(dd["train"][label])) + 1
-        if seen != task.num_labels:
-            raise ValueError(
-                f"task {task.name}: num_labels={task.num_labels} but the training labels span "
-                f"{sorted(set(int(y) for y in dd['train'][label]))[:10]}; set task.num_labels={seen}")
+    kind.check_labels(task.name, dd["train"][label], task.num_labels)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
-"""Plain-PyTorch evaluation of a (masked or pruned) model on a task's validation split."""
+"""Plain-PyTorch evaluation of a (masked or pruned) model on a task's validation split; the metrics
+are the task kind's (``bertprune.tasks.kinds``)."""
 
 from __future__ import annotations
 
 import torch
 from tqdm.auto import tqdm
+
+from bertprune.tasks.kinds import TaskKind, get_kind
 
 
 @torch.no_grad()
@@ -22,17 +25,7 @@ def predict_logits(model, loader, device="cpu", progress: bool = False, desc: st
     return torch.cat(outs), torch.cat(labels)
 
 
-def metrics_from_logits(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> dict:
-    """``{"accuracy": %}`` for classification, ``{"mse": ...}`` for regression."""
-    if kind == "regression":
-        return {"mse": float(((logits.squeeze(-1) - labels.float()) ** 2).mean())}
-    return {"accuracy": 100.0 * float((logits.argmax(-1) == labels).float().mean())}
-
-
-def evaluate(model, loader, kind: str, device="cpu", progress: bool = False, desc: str = "eval") -> dict:
+def evaluate(model, loader, kind: str | TaskKind, device="cpu", progress: bool = False, desc: str = "eval") -> dict:
+    """The kind's metrics (``TaskKind.score``: ``{"accuracy": %}``, ``{"mse": ...}``) of ``model`` over ``loader``."""
     logits, labels = predict_logits(model, loader, device, progress, desc)
-    return metrics_from_logits(kind, logits, labels)
-
-
-def primary_metric(kind: str) -> str:
-    return "mse" if kind == "regression" else "accuracy"
+    return get_kind(kind).score(logits, labels)

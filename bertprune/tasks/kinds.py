@@ -29,6 +29,11 @@ class TaskKind:
     fixed_seq_len: ClassVar[bool] = False
     # True: the model's number of labels comes from the task (a head is sized by num_labels)
     sized_head: ClassVar[bool] = True
+    # True: rows are 1 or 2 text columns plus one label column (bertprune.tasks.data loads them);
+    # False: the kind brings its own features (qa: bertprune.tasks.squad)
+    labelled_text: ClassVar[bool] = True
+    # True: the head reads only the first ([CLS]) token of the last layer (tuning may fit it on that token)
+    reads_cls: ClassVar[bool] = True
 
     @property
     def primary_metric(self) -> str:
@@ -45,6 +50,43 @@ class TaskKind:
     def loss(self, outputs, batch: dict) -> torch.Tensor:
         """The task loss of a Hugging Face forward's ``outputs`` on ``batch`` (a scalar)."""
         raise NotImplementedError
+
+    # ---- labelled text rows (``labelled_text`` kinds)
+    def label_rule(self, num_labels: int) -> str:
+        """What a label of this kind is, for error messages."""
+        raise NotImplementedError(f"{self.name} has no label column")
+
+    def label_problem(self, y, num_labels: int) -> str | None:
+        """Why one label ``y`` (as read from a data file) does not fit the kind, with the fix; None if it fits."""
+        import math
+
+        expected = self.label_rule(num_labels)
+        if y is None or (isinstance(y, float) and math.isnan(y)):
+            return f"the label is empty; {expected}: fill it in or drop that row"
+        if isinstance(y, (str, bool, np.bool_)) or not isinstance(y, (int, float, np.integer, np.floating)):
+            return f"label {y!r} is a {type(y).__name__}; {expected}: convert the column"
+        if not math.isfinite(y):
+            return f"label {y!r} is not finite; {expected}: fix or drop that row"
+        return None
+
+    def check_labels(self, task_name: str, labels: list, num_labels: int) -> None:
+        """Checks of a whole (valid-row) training label column; raise one clear error."""
+
+    def cast_labels(self, dd):
+        """The ``label`` column of a ``datasets.DatasetDict`` in the kind's dtype (a no-op by default)."""
+        return dd
+
+    def fit_metrics(self, num_labels: int) -> dict:
+        """``{metric key: torchmetrics.Metric}`` of a fine-tuning validation pass (they sync across processes)."""
+        raise NotImplementedError
+
+    def fit_metric_inputs(self, outputs, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(predictions, targets)`` of one batch for ``fit_metrics``."""
+        raise NotImplementedError
+
+    def fit_metric_value(self, key: str, value: torch.Tensor) -> torch.Tensor:
+        """A computed torchmetrics value in the unit ``score`` reports (accuracy in %)."""
+        return value
 
     def graph_outputs(self, outputs) -> tuple[torch.Tensor, ...]:
         """The Hugging Face ``outputs`` as the ONNX graph returns them (``onnx_outputs`` order)."""
@@ -73,10 +115,49 @@ class Classification(TaskKind):
 
     def check_num_labels(self, task_name: str, num_labels: int) -> None:
         if num_labels < 2:
-            raise ValueError(f"task {task_name}: classification needs num_labels >= 2, got {num_labels}")
+            raise ValueError(f"task {task_name}: {self.name} needs num_labels >= 2, got {num_labels}")
 
     def loss(self, outputs, batch):
         return torch.nn.functional.cross_entropy(outputs.logits, batch["labels"])
+
+    def label_rule(self, num_labels):
+        return f"labels are integer class ids 0..{num_labels - 1}"
+
+    def label_problem(self, y, num_labels):
+        problem = super().label_problem(y, num_labels)
+        if problem:
+            return problem
+        expected = self.label_rule(num_labels)
+        if float(y) != int(y):
+            return f"label {y!r} is not an integer; {expected}: fix or drop that row"
+        if not 0 <= int(y) < num_labels:
+            return (f"label {y!r} is out of range for num_labels={num_labels}; {expected}: "
+                    "fix that row, or set task.num_labels if the task has more classes")
+        return None
+
+    def check_labels(self, task_name, labels, num_labels):
+        seen = int(max(labels)) + 1
+        if seen != num_labels:
+            raise ValueError(f"task {task_name}: num_labels={num_labels} but the training labels span "
+                             f"{sorted(set(int(y) for y in labels))[:10]}; set task.num_labels={seen}")
+
+    def cast_labels(self, dd):
+        """Integral floats (a csv column with 1.0) -> int64 class ids."""
+        import datasets
+
+        return datasets.DatasetDict({split: ds if ds.features["label"].dtype == "int64"
+                                     else ds.cast_column("label", datasets.Value("int64")) for split, ds in dd.items()})
+
+    def fit_metrics(self, num_labels):
+        from torchmetrics.classification import MulticlassAccuracy
+
+        return {"accuracy": MulticlassAccuracy(num_classes=num_labels, average="micro")}
+
+    def fit_metric_inputs(self, outputs, batch):
+        return outputs.logits.argmax(-1), batch["labels"]
+
+    def fit_metric_value(self, key, value):
+        return 100.0 * value
 
     def score(self, outputs, labels=None, examples=None, squad=None):
         """``{"accuracy": %}``; outputs ``[N, num_labels]``, labels ``[N]`` class ids."""
@@ -94,10 +175,21 @@ class Regression(TaskKind):
 
     def check_num_labels(self, task_name: str, num_labels: int) -> None:
         if num_labels != 1:
-            raise ValueError(f"task {task_name}: regression needs num_labels == 1, got {num_labels}")
+            raise ValueError(f"task {task_name}: {self.name} needs num_labels == 1, got {num_labels}")
 
     def loss(self, outputs, batch):
         return torch.nn.functional.mse_loss(outputs.logits.squeeze(-1), batch["labels"].float())
+
+    def label_rule(self, num_labels):
+        return "regression labels are finite numbers"
+
+    def fit_metrics(self, num_labels):
+        from torchmetrics import MeanSquaredError
+
+        return {"mse": MeanSquaredError()}
+
+    def fit_metric_inputs(self, outputs, batch):
+        return outputs.logits.squeeze(-1), batch["labels"].float()
 
     def score(self, outputs, labels=None, examples=None, squad=None):
         """``{"mse": ...}``; outputs ``[N, 1]``, labels ``[N]`` floats."""
@@ -113,6 +205,8 @@ class QuestionAnswering(TaskKind):
     onnx_outputs = QA_OUTPUTS
     fixed_seq_len = True
     sized_head = False  # start/end logits: the head has 2 outputs whatever num_labels says
+    labelled_text = False  # question + context features with answer spans: bertprune.tasks.squad
+    reads_cls = False  # start/end logits are read at every token
 
     def loss(self, outputs, batch):
         ce = torch.nn.functional.cross_entropy

@@ -1,0 +1,181 @@
+"""The pruning pipeline as one plain-PyTorch function: Fisher -> search -> rearrange -> tune -> physical.
+
+``prune_model`` needs no Hydra, no Lightning and no files: a fine-tuned model, a list of padded
+calibration batches, the task kind, a cost model and the constraint. It is what ``prune.py`` runs
+(``bertprune.jobs.prune`` adds the checks, the teacher, the data, the multi-process Fisher, the files
+and the callbacks around it) and what a notebook calls::
+
+    from bertprune.core.cost import MacCost
+    from bertprune.core.pipeline import PruneOptions, prune_model
+
+    result = prune_model(model, batches, "classification", MacCost.for_model(model, seq_len=40.0), 0.5)
+    result.model        # the physically smaller model; result.mac_ratio <= 0.5
+
+Every step is logged when it starts and when it ends (``"<step> ..."`` / ``"<step> done in X s"``) and
+timed into ``PruneResult.timings``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import torch
+
+from bertprune.core.cost import MacCost
+from bertprune.core.fisher import check_importance, collect_fisher, freeze
+from bertprune.core.masks import mask_shapes, ones_masks
+from bertprune.core.physical import prune_physically
+from bertprune.core.rearrange import rearrange_masks
+from bertprune.core.search import check_constraint, mac_ratio, search_mac
+from bertprune.core.tuning import LAST_LAYER_TOKENS, TuneReport, tune_masks
+from bertprune.models import model_shape
+from bertprune.tasks.kinds import TaskKind, get_kind
+
+log = logging.getLogger(__name__)
+
+# The steps prune_model times; with the job's "save" they are the pruning time (evaluations are apart).
+STEPS = ("fisher", "search", "rearrange", "tune", "physical")
+TUNING_TEACHERS = ("sqrt", "dense")
+FISHER_KEYS = ("head_importance", "neuron_importance", "head_grads", "neuron_grads")
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """How the pipeline runs (the defaults are the paper's and ``conf/prune.yaml``'s)."""
+
+    rearrange: bool = True
+    tune: bool = True
+    tuning_teacher: str = "sqrt"  # sqrt: the search mask at constraint √C; dense: the unpruned model
+    tune_samples: int = 512  # calibration samples (a prefix of the calibration batches) for the fits
+    damping: float = 1e-2
+    max_scale: float = 10.0
+    last_layer_tokens: str = "all"  # cls: the last layer's FFN fitted on [CLS] (kinds that read it)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.tuning_teacher not in TUNING_TEACHERS:
+            raise ValueError(f"tuning_teacher={self.tuning_teacher!r}; expected one of {TUNING_TEACHERS}")
+        if self.last_layer_tokens not in LAST_LAYER_TOKENS:
+            raise ValueError(f"last_layer_tokens={self.last_layer_tokens!r}; expected one of {LAST_LAYER_TOKENS}")
+
+
+@dataclass
+class PruneResult:
+    """What ``prune_model`` made: the physically pruned model and how it got there."""
+
+    model: torch.nn.Module  # physically smaller, eval mode
+    head_mask: torch.Tensor  # [L, H]: 0 = pruned, else the (tuned) scale of a kept head
+    neuron_mask: torch.Tensor  # [L, F]
+    heads_per_layer: list[int]
+    ffn_per_layer: list[int]
+    mac_ratio: float  # MACs of the pruned encoder / MACs of the dense one (<= constraint)
+    macs: float
+    dense_macs: float
+    fisher: dict[str, torch.Tensor]  # head/neuron_importance [L, H]/[L, F], head/neuron_grads [N, L, H]/[N, L, F]
+    timings: dict[str, float] = field(default_factory=dict)  # step -> wall seconds, in run order
+    stage_metrics: dict[str, float] = field(default_factory=dict)  # stage -> evaluate(...) (when given)
+    tune_report: TuneReport | None = None
+
+
+FisherSource = Mapping[str, torch.Tensor] | Callable[[], Mapping[str, torch.Tensor]] | None
+
+
+def timed(timings: dict[str, float], name: str, fn, *args, **kwargs):
+    """Run one step with a log line at its start and at its end (with its wall time, kept in ``timings``)."""
+    log.info("%s ...", name)
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    timings[name] = time.perf_counter() - t
+    log.info("%s done in %.1f s", name, timings[name])
+    return out
+
+
+def _tune_prefix(batches: list[dict], num_samples: int) -> list[dict]:
+    """The shortest prefix of ``batches`` holding ``num_samples`` samples (all of them if fewer)."""
+    out, n = [], 0
+    for b in batches:
+        if n >= num_samples:
+            break
+        out.append(b)
+        n += len(b["input_ids"])
+    return out
+
+
+def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, cost: MacCost, constraint: float,
+                options: PruneOptions = PruneOptions(), fisher: FisherSource = None,
+                evaluate: Callable[[torch.Tensor, torch.Tensor, str], float] | None = None,
+                device=None) -> PruneResult:
+    """Prune a dense fine-tuned BERT-structured ``model`` to ``constraint`` of its encoder's cost.
+
+    calibration_batches: padded batches (``input_ids`` / ``attention_mask`` [/ ``token_type_ids``] ``[B, T]``
+    and the kind's labels, e.g. ``labels [B]``), on any device; ``options.tune_samples`` of them (a prefix)
+    also feed the tuning. cost: the cost model (``MacCost``: ``head``, ``neuron``, ``encoder``).
+    fisher: None = computed here, in-process (``collect_fisher``); else the mask gradients already computed
+    (a mapping with ``FISHER_KEYS``, e.g. the multi-process Lightning run), or a callable returning them
+    (called and timed as the ``fisher`` step). evaluate: ``(head_mask [L, H], neuron_mask [L, F], stage)
+    -> metric``, called after search, rearrangement and tuning (timed as ``eval_<stage>``).
+    The model is frozen (weights need no gradient, eval mode) and left unpruned; the pruned one is a copy.
+    """
+    kind = get_kind(kind)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    freeze(model)
+    (L, H), (_, F) = mask_shapes(model)
+    constraint = check_constraint(constraint, cost, L * H, L * F)
+    timings: dict[str, float] = {}
+    stage_metrics: dict[str, float] = {}
+
+    def stage(name: str, head_mask, neuron_mask) -> None:
+        if evaluate is not None:
+            stage_metrics[name] = timed(timings, f"eval_{name}", evaluate, head_mask, neuron_mask, name)
+
+    # ---- 1. Fisher
+    if fisher is None:
+        grads = timed(timings, "fisher", collect_fisher, model, calibration_batches, kind, device,
+                      progress=options.progress)
+        fisher = {"head_importance": grads.head_importance, "neuron_importance": grads.neuron_importance,
+                  "head_grads": grads.head_grads, "neuron_grads": grads.neuron_grads}
+    elif callable(fisher):
+        fisher = timed(timings, "fisher", fisher)
+    fisher = dict(fisher)
+    missing = [k for k in FISHER_KEYS if k not in fisher]
+    if missing:
+        raise ValueError(f"fisher lacks {missing}; give {FISHER_KEYS} (bertprune.lightning.fisher.load_fisher)")
+    head_imp, neuron_imp = fisher["head_importance"].to(device), fisher["neuron_importance"].to(device)
+    check_importance(head_imp, neuron_imp)
+
+    # ---- 2. search
+    head_mask, neuron_mask = timed(timings, "search", search_mac, head_imp, neuron_imp, constraint, cost)
+    stage("search", head_mask, neuron_mask)
+
+    # ---- 3. rearrangement
+    if options.rearrange:
+        head_mask, neuron_mask = timed(timings, "rearrange", lambda: (
+            rearrange_masks(head_mask, fisher["head_grads"]), rearrange_masks(neuron_mask, fisher["neuron_grads"])))
+        stage("rearrange", head_mask, neuron_mask)
+
+    # ---- 4. tuning
+    report = None
+    if options.tune:
+        if options.tuning_teacher == "sqrt":
+            t_head, t_neuron = search_mac(head_imp, neuron_imp, math.sqrt(constraint), cost)
+        else:
+            t_head, t_neuron = ones_masks(model, device)
+        head_mask, neuron_mask, report = timed(
+            timings, "tune", tune_masks, model, head_mask, neuron_mask, t_head, t_neuron,
+            _tune_prefix(calibration_batches, options.tune_samples), damping=options.damping,
+            max_scale=options.max_scale, device=device, progress=options.progress,
+            last_layer_tokens=options.last_layer_tokens if kind.reads_cls else "all")
+        stage("tune", head_mask, neuron_mask)
+
+    # ---- 5. physically smaller model
+    pruned = timed(timings, "physical", lambda: prune_physically(copy.deepcopy(model), head_mask, neuron_mask).eval())
+    heads, ffn = model_shape(pruned)
+    return PruneResult(model=pruned, head_mask=head_mask, neuron_mask=neuron_mask, heads_per_layer=heads,
+                       ffn_per_layer=ffn, mac_ratio=mac_ratio(head_mask, neuron_mask, cost),
+                       macs=cost.encoder(sum(heads), sum(ffn)), dense_macs=cost.encoder(L * H, L * F),
+                       fisher=fisher, timings=timings, stage_metrics=stage_metrics, tune_report=report)
