@@ -433,15 +433,15 @@ def test_plot_never_mixes_scenarios_and_marks_failed_runs(tmp_path, monkeypatch)
     real_savefig = matplotlib.figure.Figure.savefig
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
                         lambda self, *a, **k: (figures.append(self), real_savefig(self, *a, **k))[1])
-    rows = [BenchRow("dense", "fp32", 1.0, "Offline", valid="VALID", throughput=900.0, accuracy=83.0, metric="accuracy"),
+    rows = [BenchRow("dense", "fp32", 1.0, "Offline", valid="VALID", throughput=900.0, metric_value=83.0, metric="accuracy"),
             BenchRow("dense", "fp32", 1.0, "SingleStream", valid="VALID", throughput=200.0, latency_p90_ms=5.0,
-                     accuracy=83.0, metric="accuracy"),
+                     metric_value=83.0, metric="accuracy"),
             BenchRow("c0.40", "fp32", 0.4, "Offline", status="failed", valid="failed", metric="accuracy",
                      error="performance: boom"),
             BenchRow("c0.40", "fp32", 0.4, "SingleStream", valid="VALID", throughput=350.0, latency_p90_ms=2.9,
-                     accuracy=80.0, metric="accuracy"),
+                     metric_value=80.0, metric="accuracy"),
             BenchRow("c0.50", "int8", 0.5, "Server", valid="INVALID", throughput=120.0, latency_p90_ms=40.0,
-                     latency_p99_ms=90.0, accuracy=82.0, metric="accuracy")]
+                     latency_p99_ms=90.0, metric_value=82.0, metric="accuracy")]
     assert plot(rows, tmp_path / "bench.png") == str(tmp_path / "bench.png")
 
     def xs(ax):
