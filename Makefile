@@ -10,7 +10,7 @@ ORT    ?= $(shell cat $(VENV)/.ort 2>/dev/null || echo cpu)
 STAMP  := $(VENV)/.bertprune-installed-$(ORT)
 OTHER_ORT := $(if $(filter gpu,$(ORT)),onnxruntime,onnxruntime-gpu)
 
-.PHONY: setup demo test test-fast bench-prune bench-export bench-harness clean
+.PHONY: setup demo test test-unit test-integration test-slow bench-prune bench-export bench-harness clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,8 +32,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -ra
 
-test-fast: $(STAMP)
-	$(PY) -m pytest -q -ra -m "not slow"
+# The three tiers (`make test` runs them all, as CI does):
+test-unit: $(STAMP)         # in-process, tiny models built in code: seconds in all
+	$(PY) -m pytest -q -ra -m "not integration and not slow"
+
+test-integration: $(STAMP)  # subprocesses, ONNX exports, LoadGen, fine-tunes, multi-process Fisher
+	$(PY) -m pytest -q -ra -m "integration and not slow"
+
+test-slow: $(STAMP)         # the real packaged model and data
+	$(PY) -m pytest -q -ra -m slow
 
 bench-prune: $(STAMP)
 	$(PY) -m benchmarks.prune_speed

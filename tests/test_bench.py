@@ -56,6 +56,7 @@ def test_bench_config_composes_scenarios_as_a_group(tmp_path):
         compose_cfg("bench", ["source=x", "scenario=[offline,foo]"], tmp_path)
 
 
+@pytest.mark.integration
 def test_bench_sweep_end_to_end(tiny_data, tmp_path):
     sweep = make_sweep(tmp_path / "sweep")
     out = tmp_path / "bench"
@@ -149,6 +150,7 @@ def test_bad_inputs_fail_before_anything_runs(tiny_data, tmp_path, monkeypatch):
     assert calls == [] and not out.exists()
 
 
+@pytest.mark.integration
 def test_failed_and_interrupted_runs_are_marked_not_dropped(tiny_data, tmp_path, monkeypatch):
     """A variant whose inference breaks at run time is a failed row; Ctrl-C leaves an incomplete summary."""
     task = csv_task(tiny_data)
@@ -191,6 +193,7 @@ def test_failed_and_interrupted_runs_are_marked_not_dropped(tiny_data, tmp_path,
     assert list(statuses.values()).count("interrupted") == 2 and len(statuses) == 3
 
 
+@pytest.mark.integration
 def test_loadgen_callback_benchmarks_the_exported_folders(tiny_data, tmp_path):
     run_dir = tmp_path / "job"
     write_variant(run_dir / "onnx", "c0.50", mac_ratio=0.5, constraint=0.5, tokenizer="/nonexistent")
@@ -206,6 +209,7 @@ def test_loadgen_callback_benchmarks_the_exported_folders(tiny_data, tmp_path):
     assert LoadgenCallback().on_variant_saved(tmp_path / "empty", minilm_dir(), csv_task(tiny_data), {}) == {}
 
 
+@pytest.mark.integration
 def test_bench_cli(tiny_data, tmp_path):
     variant = write_variant(tmp_path / "v", "dense")
     run_dir = tmp_path / "run"
@@ -224,6 +228,7 @@ def test_bench_cli(tiny_data, tmp_path):
 # Exit codes and the device: one clear answer
 
 
+@pytest.mark.integration
 def test_bench_cli_exits_nonzero_when_runs_fail(tiny_data, tmp_path):
     """Every run failing (here: inference breaks inside ONNX Runtime) must not exit 0; the summary is
     still written with the failed rows marked."""
@@ -238,6 +243,7 @@ def test_bench_cli_exits_nonzero_when_runs_fail(tiny_data, tmp_path):
     assert meta["complete"] is False and [r["status"] for r in meta["rows"]] == ["failed"]
 
 
+@pytest.mark.integration
 def test_device_without_a_gpu_is_one_error_before_any_run(tiny_data, tmp_path, monkeypatch):
     import bertprune.onnx.runtime as runtime
 
@@ -385,6 +391,7 @@ def test_measurements_disclose_starting_weights_and_fine_tuning(tmp_path):
 # Sidecar paths: a copied or moved sweep still benchmarks
 
 
+@pytest.mark.integration
 def test_moved_sweep_benchmarks_and_the_tokenizer_override_wins(tiny_data, tmp_path):
     import shutil
 

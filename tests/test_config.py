@@ -126,6 +126,7 @@ def _cli(script: str, args: list[str], tmp_path: Path) -> subprocess.CompletedPr
     ("prune.py", "quantize=int4", "full_key: quantize"),
     ("train.py", "hardware.precision=bogus", "hardware.precision='bogus' is not a Lightning precision"),
 ])
+@pytest.mark.integration
 def test_cli_refuses_bad_values_before_any_work(script, override, message, tmp_path):
     proc = _cli(script, [override, "logger=csv"], tmp_path)
     assert proc.returncode != 0

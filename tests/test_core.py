@@ -415,6 +415,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.integration
 def test_prune_model_runs_without_hydra_or_lightning(tmp_path):
     """The cfg-free pipeline, as a notebook calls it: no Hydra, OmegaConf or Lightning is imported, the MAC
     budget holds, the pruned model has the masks' shape and the masked model's outputs."""

@@ -84,6 +84,7 @@ def test_each_file_is_read_by_its_own_suffix(tmp_path):
     (b'{"text": "good", "label": 1}\n{"text": "bad", "lab', "dev.json", "could not be read as json"),
     (b"text,label\ngood,1\n", "dev.txt", "unknown format '.txt'"),
 ])
+@pytest.mark.integration
 def test_unreadable_data_file_is_one_error_naming_it(tmp_path, content, name, message):
     (tmp_path / "train.csv").write_text(OK_ROWS)
     (tmp_path / name).write_bytes(content)

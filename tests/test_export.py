@@ -95,6 +95,7 @@ def _graph_io(path):
             [(o.name, o.type.tensor_type.elem_type, dims(o)) for o in g.output])
 
 
+@pytest.mark.integration
 def test_dense_classification_export_parity_and_sidecar(dense_export, checkpoints):
     side = dense_export["fp32"]
     path = Path(side["path"])
@@ -117,6 +118,7 @@ def test_dense_classification_export_parity_and_sidecar(dense_export, checkpoint
     assert outputs[0][0] == "logits" and outputs[0][1] == onnx.TensorProto.FLOAT and outputs[0][2][1] == 2
 
 
+@pytest.mark.integration
 def test_pruned_export_with_empty_layers_passes_parity_on_padded_batches(pruned_export, checkpoints, task, tokenizer):
     side = pruned_export["fp32"]
     assert side["heads_per_layer"][0] == 0 and side["ffn_per_layer"][1] == 0
@@ -149,6 +151,7 @@ def _squad_file(path: Path) -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_qa_export_has_the_mlperf_interface(checkpoints, tmp_path, tokenizer):
     task = Task(name="squad", kind="qa", source="squad", max_length=384, text_fields=["question", "context"],
                 data_file=str(_squad_file(tmp_path / "dev.json")))
@@ -180,6 +183,7 @@ def test_qa_without_squad_file_checks_parity_on_padded_pairs(tokenizer):
     assert all((b["attention_mask"] == 0).any() and (b["token_type_ids"] == 1).any() for b in data.parity_batches)
 
 
+@pytest.mark.integration
 def test_int8_variant_is_smaller_runs_and_has_accuracy(dense_export):
     fp32, int8 = dense_export["fp32"], dense_export["int8"]
     path = Path(int8["path"])
@@ -194,6 +198,7 @@ def test_int8_variant_is_smaller_runs_and_has_accuracy(dense_export):
     assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in onnx.load(str(path)).graph.node)
 
 
+@pytest.mark.integration
 def test_quantize_int8_leaves_no_temp_files(dense_export, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = quantize_int8(dense_export["fp32"]["path"], tmp_path / "q.onnx")
@@ -255,6 +260,7 @@ def test_unwritable_or_foreign_output_dir_is_refused(checkpoints, task, tmp_path
     _no_onnx(tmp_path)
 
 
+@pytest.mark.integration
 def test_parity_failure_leaves_no_file(checkpoints, task, tmp_path, monkeypatch):
     real = onnx_export.export_onnx
 
@@ -273,6 +279,7 @@ def test_parity_failure_leaves_no_file(checkpoints, task, tmp_path, monkeypatch)
     _no_onnx(tmp_path)
 
 
+@pytest.mark.integration
 def test_export_cli_logic_on_a_sweep_folder_and_bench(checkpoints, pruned_export, task, tmp_path, capsys):
     from benchmarks.export_speed import benchmark
     from bertprune.jobs.export import dense_dir, export
@@ -306,6 +313,7 @@ def test_export_single_checkpoint_goes_to_output_dir(checkpoints, tmp_path):
         plan(tmp_path, tmp_path / "run", include_teacher=True)
 
 
+@pytest.mark.integration
 def test_export_callback_returns_results_and_reuses_dense(checkpoints, pruned_export, task, tmp_path):
     from bertprune.lightning.callbacks import ExportCallback
     from bertprune.jobs.export import dense_dir

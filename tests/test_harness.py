@@ -251,6 +251,7 @@ def test_discover_variants_in_a_sweep(tmp_path):
     assert bare[0].meta == {} and bare[0].name == "onnx" and bare[0].tokenizer is None
 
 
+@pytest.mark.integration
 def test_export_and_harness_check_the_interface_with_one_function(tiny_data, tmp_path, monkeypatch):
     """The export (on what it wrote) and the harness (on what it is about to run) call the same
     ``interface.check_interface``; both reject a graph whose inputs are not the MLPerf names."""
@@ -394,6 +395,7 @@ def cls_model(tmp_path_factory):
     return tiny_onnx(d / "c.onnx"), save_features(synthetic_features(37), d / "feat")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["offline", "single_stream", "server", "multi_stream"])
 def test_performance_runs_are_valid(cls_model, tmp_path, name):
     onnx_path, feats = cls_model
@@ -413,6 +415,7 @@ def test_performance_runs_are_valid(cls_model, tmp_path, name):
         assert 0 < s["latency_p90_ms"] <= s["latency_p99_ms"]
 
 
+@pytest.mark.integration
 def test_harness_cli_fails_loudly_on_bad_spec(tmp_path):
     spec = RunSpec(variant="x", onnx=str(tmp_path / "missing.onnx"), kind="classification", num_labels=2,
                    onnx_seq_len=None, features=str(tmp_path / "nofeat"), scenario={"name": "offline"}, mode="accuracy",
@@ -444,6 +447,7 @@ def test_prepare_features_is_cached_and_matches_the_tokenizer(tiny_data, tmp_pat
     assert qsl.prepare_features(other, minilm_dir()) != base  # the key follows the task config
 
 
+@pytest.mark.integration
 def test_accuracy_mode_equals_direct_evaluation_classification(tiny_data, tmp_path):
     from bertprune.models import tiny_bert
     from bertprune.onnx.export import export_onnx
@@ -490,6 +494,7 @@ def squad_file(path: Path) -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_squad_accuracy_mode_equals_direct_and_follows_mlperf_windows(tmp_path):
     from bertprune.models import load_tokenizer, tiny_bert
     from bertprune.onnx.export import export_onnx
@@ -533,6 +538,7 @@ def test_squad_accuracy_mode_equals_direct_and_follows_mlperf_windows(tmp_path):
 # Run time limits and progress
 
 
+@pytest.mark.integration
 def test_overloaded_server_run_is_stopped_with_a_clear_error_and_progress(cls_model, tmp_path, monkeypatch, caplog):
     """A Server run offered far more queries per second than the model sustains never ends on its own
     (LoadGen waits for every query): a default limit derived from the min duration stops it, the parent
@@ -565,6 +571,7 @@ def test_overloaded_server_run_is_stopped_with_a_clear_error_and_progress(cls_mo
 # The file a run loads is the file its export recorded
 
 
+@pytest.mark.integration
 def test_run_hashes_the_onnx_it_loads_and_refuses_a_swapped_file(cls_model, tmp_path):
     from bertprune.io import sha256_file
 

@@ -33,6 +33,7 @@ def tokenized(tiny_data):
     return tokenize(load_task_data(task), task, tok), tok
 
 
+@pytest.mark.integration
 def test_fisher_two_processes_equal_one(tokenized, tmp_path):
     data, tok = tokenized
     from bertprune.tasks.data import make_collator
@@ -83,6 +84,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.integration
 def test_fisher_with_fewer_batches_than_processes_does_not_hang(tmp_path):
     """Rank 1 gets no batch; it used to skip the epoch-end all-reduce, leaving rank 0 waiting forever."""
     import os
@@ -104,6 +106,7 @@ def test_fisher_with_fewer_batches_than_processes_does_not_hang(tmp_path):
     assert r["process_ranks"] == [1, 1] and r["batch_rank"] == [0] and r["same"] and r["nonzero"]
 
 
+@pytest.mark.integration
 def test_prune_end_to_end_tiny(tiny_cfg, monkeypatch, caplog):
     import logging
 
@@ -254,6 +257,7 @@ def test_prune_refuses_an_already_pruned_checkpoint_before_fisher(tiny_cfg, tmp_
     assert not (Path(cfg.output_dir) / "results.json").exists()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("fold", [True, False])
 def test_prune_parity_guard_on_realistic_model_with_empty_layers(tiny_cfg, tmp_path, monkeypatch, fold):
     """prune.py's pruned-vs-masked check, on O(1) logits, with a layer left with 0 heads and one with 0
@@ -291,6 +295,7 @@ def test_prune_parity_guard_on_realistic_model_with_empty_layers(tiny_cfg, tmp_p
     assert tuned and max(max(abs(e["max_scale"] - 1), abs(e["min_scale"] - 1)) for e in tuned) > 0.05
 
 
+@pytest.mark.integration
 def test_prune_regression_end_to_end(tiny_cfg, tmp_path):
     from conftest import make_regression_csv
 
@@ -349,6 +354,7 @@ def test_nan_importance_is_rejected():
         check_importance(torch.tensor([[float("nan"), 1.0]]), torch.ones(1, 3))
 
 
+@pytest.mark.integration
 def test_sweep_cli_writes_models_and_summary(tmp_path, tiny_data):
     """The real CLI, exactly as a user types it (with the tiny model and data)."""
     train_file, dev_file = tiny_data

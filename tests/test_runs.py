@@ -12,6 +12,7 @@ import pytest
 from bertprune.jobs.prune import prune
 
 
+@pytest.mark.integration
 def test_rerun_into_the_same_folder_leaves_nothing_stale_and_logger_none_writes_no_csv(tiny_cfg):
     base = ["constraint=0.5", "num_samples=64", "batch_size=16", "training.lr=2e-3", "training.epochs=4"]
     first = prune(tiny_cfg("prune", [*base, "export=true", "hardware.runtime_device=cpu", "logger=csv"]))
@@ -61,6 +62,7 @@ class Boom:
         raise RuntimeError("boom after the pruned model was saved")
 
 
+@pytest.mark.integration
 def test_a_failed_job_leaves_a_wandb_run_marked_failed(tiny_cfg, monkeypatch):
     import wandb
 
@@ -81,6 +83,7 @@ def test_a_failed_job_leaves_a_wandb_run_marked_failed(tiny_cfg, monkeypatch):
     assert not (Path(cfg.output_dir) / "results.json").exists()
 
 
+@pytest.mark.integration
 def test_dense_baseline_is_keyed_on_the_teacher(tmp_path, tiny_data):
     from bertprune.lightning.callbacks import ExportCallback
     from bertprune.tasks.data import Task

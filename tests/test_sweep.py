@@ -59,6 +59,7 @@ def regression_sweep(tmp_path_factory):
     return proc, out, tmp
 
 
+@pytest.mark.integration
 def test_failed_job_is_a_marked_row_and_regression_summary_has_mse_columns(regression_sweep):
     proc, out, _ = regression_sweep
     assert proc.returncode != 0  # Hydra re-raises the failed job's error: the exit code tells the truth
@@ -74,6 +75,7 @@ def test_failed_job_is_a_marked_row_and_regression_summary_has_mse_columns(regre
     assert json.loads((out / "n100000" / "status.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.integration
 def test_bench_prune_and_notebook_follow_the_metric(regression_sweep, monkeypatch, capsys):
     _, out, tmp = regression_sweep
     monkeypatch.setenv("BERTPRUNE_CACHE_DIR", str(tmp / "cache"))  # the sweep's cached teacher
@@ -143,6 +145,7 @@ def test_summary_is_written_after_every_job_and_on_interrupt(tmp_path, monkeypat
     assert "| c0.4 | 0.40 | 0.400 | 80.00 |" in md and "**INTERRUPTED**" in md and "INCOMPLETE: 2 of 3" in md
 
 
+@pytest.mark.integration
 def test_interrupted_cli_sweep_still_has_a_summary(tmp_path, tiny_data):
     train_file, dev_file = tiny_data
     out = tmp_path / "sweep"
@@ -197,6 +200,7 @@ def test_demo_exits_non_zero_and_names_what_failed(tmp_path, monkeypatch, capsys
     assert "LoadGen c0.40 Offline: failed (no CUDA)" in err
 
 
+@pytest.mark.integration
 def test_export_of_a_sweep_exports_the_good_variants_and_reports_the_bad(tmp_path, tiny_data):
     import torch
 

@@ -61,6 +61,7 @@ def test_bad_data_and_model_inputs(tmp_path):
         Task.from_config({"name": "x", "nmu_labels": 2})
 
 
+@pytest.mark.integration
 def test_train_tiny_and_cache_reuse_and_corrupt_rebuild(tiny_cfg):
     cfg = tiny_cfg("train", ["training.lr=2e-3", "training.epochs=6"])
     r = train(cfg)
@@ -78,6 +79,7 @@ def test_train_tiny_and_cache_reuse_and_corrupt_rebuild(tiny_cfg):
     assert load_model(str(rebuilt.folder), "classification", 2, require_head=True) is not None
 
 
+@pytest.mark.integration
 def test_cli_prints_config_and_names_choices_for_bad_model():
     out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--cfg", "job"], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
@@ -111,6 +113,7 @@ def test_prune_and_train_configs_share_one_teacher(tmp_path):
     assert teacher_dir(other) != teacher_dir(train_cfg)
 
 
+@pytest.mark.integration
 def test_teacher_cache_follows_the_data_content(tiny_cfg, tiny_data):
     """Item 7: editing the CSV used to reuse the old teacher ("48.75 % (cached)")."""
     cfg = tiny_cfg("train", ["training.epochs=1"])
