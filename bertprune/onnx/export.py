@@ -20,7 +20,6 @@ accuracy against PyTorch: ``bertprune.onnx.parity``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -28,19 +27,18 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from bertprune.io import atomic_dir, atomic_write_json, sha256_file
 from bertprune.onnx import interface
-from bertprune.onnx.interface import INPUTS
+from bertprune.onnx.interface import INPUTS, MLPerfWrapper
 from bertprune.onnx.parity import (PARITY_BATCH_SIZES, PARITY_TOLERANCE, ParityError, check_parity, evaluate_onnx,
                                    evaluate_pytorch, load_eval_data, torch_device)
 from bertprune.onnx.quantize import QUANTIZE, quantize_int8
+from bertprune.onnx.runtime import quiet
 from bertprune.onnx.variants import MODEL_FILE, SIDECAR, int8_dir, variant_name
 from bertprune.tasks.data import Task
 from bertprune.tasks.kinds import get_kind
@@ -50,39 +48,6 @@ log = logging.getLogger(__name__)
 MIN_OPSET = 18  # the dynamo exporter's floor: lower requests are down-converted into files ORT may reject
 DEFAULT_OPSET = 18
 PROTOBUF_LIMIT = 2**31 - 1  # a single-file ONNX model must stay below 2 GiB
-
-
-class MLPerfWrapper(nn.Module):
-    """MLPerf names -> Hugging Face names; returns the kind's ``graph_outputs`` ((start, end) logits for
-    qa, ``[batch, seq]`` each; else the logits ``[batch, num_labels]``)."""
-
-    def __init__(self, model, kind):
-        super().__init__()
-        self.model, self.kind = model, get_kind(kind)
-
-    def forward(self, input_ids, input_mask, segment_ids):
-        out = self.model(input_ids=input_ids, attention_mask=input_mask, token_type_ids=segment_ids)
-        outs = self.kind.graph_outputs(out)
-        return outs if len(outs) > 1 else outs[0]
-
-
-@contextlib.contextmanager
-def quiet():
-    """Silence the exporter's and quantizer's chatter (hundreds of INFO lines, benign warnings about
-    dynamic-axis names) without touching the caller's logging configuration afterwards."""
-    previous = logging.root.manager.disable
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
-    level = registration.level
-    logging.disable(logging.INFO)
-    registration.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*axis name.*will not be used")
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            yield
-    finally:
-        logging.disable(previous)
-        registration.setLevel(level)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,7 +148,8 @@ def export_onnx(model, out_path: str | Path, kind, onnx_seq_len: int | None = No
     dummy = _dummy_inputs(model.config, batch=2, seq=seq)
     batch_dim = torch.export.Dim("batch")
     dims = {0: batch_dim} if onnx_seq_len else {0: batch_dim, 1: torch.export.Dim("seq")}
-    outputs = get_kind(kind).onnx_outputs
+    kind = get_kind(kind)
+    outputs = kind.onnx_outputs
     try:
         with torch.no_grad(), quiet():
             torch.onnx.export(MLPerfWrapper(model, kind).eval(), dummy, str(out_path), input_names=list(INPUTS),

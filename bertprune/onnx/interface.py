@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 INPUTS = ("input_ids", "input_mask", "segment_ids")
 INPUT_DTYPE = "int64"
 # Hugging Face argument behind each MLPerf input name.
@@ -70,7 +72,7 @@ def inspect_onnx(model) -> tuple[list[tuple], list[tuple]]:
 def check_interface(model, kind, max_length: int | None = None, num_labels: int | None = None,
                     exported: bool = False, where: str | None = None) -> Signature:
     """Check that ``model`` (a path or an ``onnx.ModelProto``) has the MLPerf BERT interface of ``kind``
-    (a task kind or its name); one clear ``InterfaceError`` otherwise. The one check of the interface:
+    (a ``tasks.kinds.TaskKind``: ``get_kind(name)``); one clear ``InterfaceError`` otherwise. The one check of the interface:
     export runs it on what it wrote, the harness on what it is about to run.
 
     Inputs: exactly ``INPUTS``, int64 ``[batch, seq]``, one sequence dimension; a fixed one must equal
@@ -79,9 +81,6 @@ def check_interface(model, kind, max_length: int | None = None, num_labels: int 
     exported=True (the exporter's own output): also the inputs in interface order, the outputs exactly the
     kind's, a dynamic batch dimension and (``max_length`` given) exactly that fixed sequence length.
     """
-    from bertprune.tasks.kinds import get_kind
-
-    kind = get_kind(kind)
     where = where or str(model if isinstance(model, (str, Path)) else "exported graph")
     ins, outs = inspect_onnx(model)
     names = [n for n, _, _ in ins]
@@ -129,3 +128,17 @@ def check_interface(model, kind, max_length: int | None = None, num_labels: int 
         if output_dims is not None and num_labels is not None and output_dims != num_labels:
             raise InterfaceError(f"{where}: logits have {output_dims} columns but the task has num_labels={num_labels}")
     return Signature(onnx_seq_len=onnx_seq_len, outputs=list(want), output_dims=output_dims)
+
+
+class MLPerfWrapper(torch.nn.Module):
+    """MLPerf names -> Hugging Face names; returns the kind's ``graph_outputs`` ((start, end) logits for
+    qa, ``[batch, seq]`` each; else the logits ``[batch, num_labels]``). kind: a ``tasks.kinds.TaskKind``."""
+
+    def __init__(self, model, kind):
+        super().__init__()
+        self.model, self.kind = model, kind
+
+    def forward(self, input_ids, input_mask, segment_ids):
+        out = self.model(input_ids=input_ids, attention_mask=input_mask, token_type_ids=segment_ids)
+        outs = self.kind.graph_outputs(out)
+        return outs if len(outs) > 1 else outs[0]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bertprune.onnx.interface import INPUTS
+from bertprune.onnx.interface import INPUTS, MLPerfWrapper
 from bertprune.tasks.data import Task
 from bertprune.tasks.features import to_feeds
 from bertprune.tasks.kinds import KINDS, QuestionAnswering, get_kind
@@ -32,9 +32,7 @@ class ParityError(RuntimeError):
 def run_pytorch(model, feeds: dict[str, np.ndarray], kind, device="cpu") -> list[np.ndarray]:
     """The wrapped model's outputs (the kind's ``onnx_outputs`` order) as float32 numpy arrays; feeds:
     MLPerf-named int64 ``[batch, seq]``."""
-    from bertprune.onnx.export import MLPerfWrapper
-
-    out = MLPerfWrapper(model, kind)(*(torch.from_numpy(feeds[k]).to(device) for k in INPUTS))
+    out = MLPerfWrapper(model, get_kind(kind))(*(torch.from_numpy(feeds[k]).to(device) for k in INPUTS))
     out = out if isinstance(out, tuple) else (out,)
     return [o.float().cpu().numpy() for o in out]
 

@@ -24,7 +24,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from bertprune.onnx.export import quiet
+    from bertprune.onnx.runtime import quiet
 
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory(prefix=".quant-", dir=out_path.parent) as tmp:

@@ -7,7 +7,9 @@ the session really comes up on it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
@@ -63,3 +65,22 @@ def make_session(path, device: str = "auto", intra_op_threads: int | None = None
     if providers[0] != used:
         log.warning("Asked for %s, ONNX Runtime runs on %s", providers[0], used)
     return session, used
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence the exporter's and quantizer's chatter (hundreds of INFO lines, benign warnings about
+    dynamic-axis names) without touching the caller's logging configuration afterwards."""
+    previous = logging.root.manager.disable
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
+    level = registration.level
+    logging.disable(logging.INFO)
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*axis name.*will not be used")
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
+    finally:
+        logging.disable(previous)
+        registration.setLevel(level)
