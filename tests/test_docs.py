@@ -30,3 +30,24 @@ def test_cited_docs_exist():
     assert {"docs/method.md", "docs/mlperf.md"} <= cited
     missing = sorted(c for c in cited if not (ROOT / c).is_file())
     assert not missing, missing
+
+
+def test_cited_modules_exist():
+    """The README's package map and the docs name real files: every ``bertprune/<...>.py`` and every
+    ``<subpackage>/<module>.py`` they cite exists (a moved module must take its citations with it)."""
+    sub = r"(?:core|tasks|models|lightning|onnx|mlperf|jobs)"
+    missing = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        for path in set(re.findall(r"bertprune/[\w/]+\.py", text)):
+            if not (ROOT / path).is_file():
+                missing.append(f"{doc.name}: {path}")
+        for path in set(re.findall(rf"(?<![\w/]){sub}/\w+\.py", text)):
+            if not (ROOT / "bertprune" / path).is_file():
+                missing.append(f"{doc.name}: {path}")
+        # the folder table's `files` column: each `x.py` in a row that names a bertprune/ folder
+        for folder, files in re.findall(r"^\| `(bertprune/\w+/)` \| ([^|]+) \|", text, flags=re.M):
+            for name in re.findall(r"`(\w+\.py)`", files):
+                if not (ROOT / folder / name).is_file():
+                    missing.append(f"{doc.name}: {folder}{name}")
+    assert not missing, missing
