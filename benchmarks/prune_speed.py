@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
     r = prune(cfg)
     task = Task.from_config(cfg.task)
     kind = task.task_kind
-    metric = r["metric"]  # the kind's primary metric: accuracy (classification) or mse (regression)
+    metric = r["metric"]  # the task's primary metric: accuracy, f1, mcc (classification), mse, pearson (regression)
     teacher = load_model(r["teacher"], kind, task.num_labels, require_head=True)
     pruned = load_model(r["pruned_dir"], kind, task.num_labels, require_head=True)
     from bertprune.models import load_tokenizer

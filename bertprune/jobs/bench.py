@@ -112,7 +112,8 @@ def run_bench(source, task, scenarios=("offline", "single_stream"), mode: str = 
                            num_labels=task.num_labels, onnx_seq_len=p.signature.onnx_seq_len,
                            features=features[p.tokenizer], scenario=asdict(s), mode=m,
                            out_dir=str(out / safe_name(p.variant.name) / s.loadgen / m),
-                           device=device, submission=submission, onnx_sha256=p.variant.sha256)
+                           device=device, submission=submission, onnx_sha256=p.variant.sha256,
+                           metrics=list(task.metric_names))
             result = mlperf_runs.run_isolated(spec, timeout_s=timeout_s, retries=retries)
             runs[(p.variant.name, s.loadgen, m)] = result
             if result.get("status") != "ok":
@@ -121,7 +122,7 @@ def run_bench(source, task, scenarios=("offline", "single_stream"), mode: str = 
         interrupted = True
         log.error("interrupted: unfinished runs are marked 'interrupted' and the summary as incomplete")
 
-    rows = build_rows(plans, scen, modes, runs, task.kind)
+    rows = build_rows(plans, scen, modes, runs, task.kind, task.primary_metric)
     complete = not interrupted and all(r.status == "ok" for r in rows)
     version = mlperf_version(runs.values())
     summary = BenchSummary(rows=rows, complete=complete, output_dir=out, runs=list(runs.values()),

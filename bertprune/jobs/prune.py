@@ -29,6 +29,7 @@ from bertprune.models import (FFN_KEY, HEADS_KEY, check_prunable, count_paramete
                               save_checkpoint)
 from bertprune.tasks.data import Task, average_token_length, load_task_data, make_loader, tokenize
 from bertprune.tasks.evaluate import evaluate, predict_logits
+from bertprune.tasks.metrics import metric_format
 
 log = logging.getLogger(__name__)
 RESULTS = "results.json"
@@ -217,18 +218,20 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     check_constraint(constraint, cost, L * H, L * F)
     val_loader = make_loader(tokenized["validation"], tokenizer, int(cfg.eval_batch_size))
     collate = val_loader.collate_fn
-    metric = kind.primary_metric
+    metric, metrics = task.primary_metric, task.metric_names  # the task's metrics, the primary one first
     timings: dict[str, float] = {}
 
     def masked_eval(head_mask, neuron_mask, stage: str) -> float:
         with MaskHooks(model, head_mask, neuron_mask):
-            return evaluate(model, val_loader, kind, device, progress=True, desc=f"eval {stage}")[metric]
+            return evaluate(model, val_loader, kind, device, progress=True, desc=f"eval {stage}",
+                            metrics=(metric,))[metric]
 
     group = Path(cfg.output_dir).parent.name if cfg.get("sweep_group") is None else cfg.sweep_group
     job_loggers.open(cfg.logger, str(run_dir), name=f"prune-{task.name}-{cfg.model.name}-c{constraint}",
                      group=f"prune-{group}", config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    dense_metric = timed(timings, "eval_dense", lambda: evaluate(model, val_loader, kind, device, progress=True,
-                                                                  desc="eval dense")[metric])
+    dense_metrics = timed(timings, "eval_dense", lambda: evaluate(model, val_loader, kind, device, progress=True,
+                                                                   desc="eval dense", metrics=metrics))
+    dense_metric = dense_metrics[metric]
     log.info("dense %s: %.2f", metric, dense_metric)
 
     # ---- Fisher (through Lightning: 1 or more processes) -> search -> rearrange -> tune -> physical
@@ -249,7 +252,8 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     parity = float((pruned_logits - masked_logits).abs().max())
     if parity > 1e-4:
         raise RuntimeError(f"physically pruned model differs from the masked model by {parity:.2e} (> 1e-4)")
-    pruned_metric = kind.score(pruned_logits, labels)[metric]
+    pruned_metrics = task.score(pruned_logits, labels)
+    pruned_metric = pruned_metrics[metric]
     heads, ffn = result.heads_per_layer, result.ffn_per_layer
     final_stage = list(stage_metrics)[-1]
     meta = {"constraint": constraint, "mac_ratio": result.mac_ratio, "macs": result.macs,
@@ -267,6 +271,9 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
         f"eval/{metric}_dense": dense_metric,
         **{f"eval/{metric}_{k}": v for k, v in stage_metrics.items()},
         f"eval/{metric}": stage_metrics[final_stage], f"eval/{metric}_pruned_model": pruned_metric,
+        # the task's other metrics (MRPC's accuracy next to its F1 ...) of the dense and the pruned model
+        **{f"eval/{m}_{which}": v[m] for m in metrics[1:] for which, v in (("dense", dense_metrics),
+                                                                          ("pruned_model", pruned_metrics))},
         "prune/parity_max_abs_diff": parity,
         "model/parameters": count_parameters(pruned), "model/parameters_dense": count_parameters(model),
         "model/file_size": (pruned_dir / "model.safetensors").stat().st_size,
@@ -311,7 +318,8 @@ def default_callbacks(cfg) -> list:
 def format_result(r: dict, metric: str) -> str:
     stages = [k.split(f"eval/{metric}_")[1] for k in r if k.startswith(f"eval/{metric}_")
               and k.split(f"eval/{metric}_")[1] in ("dense", "search", "rearrange", "tune")]
-    accs = "  ".join(f"{s} {r[f'eval/{metric}_{s}']:.2f}" for s in stages)
+    fmt = metric_format(metric)  # accuracy/f1 in % with 2 decimals, correlations with 4 digits
+    accs = "  ".join(f"{s} {fmt.format(r[f'eval/{metric}_{s}'])}" for s in stages)
     return (f"constraint {r['constraint']:.2f}: MAC ratio {r['prune/mac_ratio']:.3f}, heads {r['prune/heads_per_layer']}, "
             f"FFN {r['prune/ffn_per_layer']}\n  {metric}: {accs}\n  prune time {r['time/prune_s']:.1f}s, "
             f"params {r['model/parameters'] / 1e6:.2f}M (dense {r['model/parameters_dense'] / 1e6:.2f}M) -> {r['pruned_dir']}")

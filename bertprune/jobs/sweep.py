@@ -7,7 +7,7 @@ failed job's error before ``on_multirun_end``, and an interrupted or killed swee
 the summary must already be on disk. A job is ``ok`` only with its atomically written results.json;
 else it is a marked row: ``failed`` (with the error), ``interrupted`` (Ctrl-C) or ``unfinished``
 (started, never ended: killed, or still running). The quality columns follow the task's metric
-(``eval/accuracy_*`` for classification, ``eval/mse_*`` for regression).
+(results.json's ``metric``: ``eval/accuracy_*``, ``eval/mcc_*`` for CoLA, ``eval/pearson_*`` for STS-B ...).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from bertprune.io import atomic_write_json, atomic_write_text
+from bertprune.tasks.metrics import metric_format
 
 RESULTS = "results.json"
 STATUS = "status.json"
@@ -47,11 +48,11 @@ def columns(rows: list[dict]) -> list[tuple[str, str, str]]:
     metrics = list(dict.fromkeys(m for r in rows if (m := metric_of(r))))
     quality = []
     for m in metrics:
-        fmt = "{:.2f}" if m == "accuracy" else "{:.4g}"
+        fmt = metric_format(m)  # accuracy/f1 %: 2 decimals; mcc/pearson/spearman: 4 digits; mse: 4 significant
         short = SHORT.get(m, m)
         quality += [(f"eval/{m}_{s}", f"dense {short}" if s == "dense" else s if len(metrics) == 1 else f"{s} {short}",
                      fmt) for s in STAGES]
-    onnx = [(f"export/onnx_{m}", f"ONNX {SHORT.get(m, m)}", "{:.2f}" if m == "accuracy" else "{:.4g}") for m in metrics]
+    onnx = [(f"export/onnx_{m}", f"ONNX {SHORT.get(m, m)}", metric_format(m)) for m in metrics]
     return [c for c in HEAD + quality + TAIL + onnx if any(c[0] in r for r in rows)]
 
 

@@ -31,13 +31,13 @@ class TaskDataModule(pl.LightningDataModule):
 
 class FineTuneModule(pl.LightningModule):
     """Fine-tunes a dense teacher: AdamW + linear warmup/decay; logs train/loss, eval/loss and the task kind's
-    metrics (``eval/accuracy`` %, ``eval/mse``), torchmetrics that sync across processes."""
+    metrics (``eval/accuracy`` %, ``eval/mse``) and the task's (``eval/mcc``, ``eval/f1`` %, ``eval/pearson`` ...), torchmetrics that sync across processes."""
 
     def __init__(self, model, task: Task, lr: float, weight_decay: float, warmup_ratio: float):
         super().__init__()
         self.model, self.task, self.kind = model, task, task.task_kind
         self.lr, self.weight_decay, self.warmup_ratio = lr, weight_decay, warmup_ratio
-        self.val_metrics = torch.nn.ModuleDict(self.kind.fit_metrics(task.num_labels))
+        self.val_metrics = torch.nn.ModuleDict(self.kind.fit_metrics(task.num_labels, task.metric_names))
 
     def on_fit_start(self):
         self.model.train()  # from_pretrained returns eval mode; fine-tuning wants dropout on

@@ -60,10 +60,10 @@ class BenchSummary:
         return markdown_table(self.rows, self.complete)
 
 
-def build_rows(plans, scenarios, modes, runs: dict, kind) -> list[BenchRow]:
+def build_rows(plans, scenarios, modes, runs: dict, kind, metric: str | None = None) -> list[BenchRow]:
     """One row per plan x scenario from the finished ``runs`` ({(variant, Scenario, mode): result}); a run
     that failed or never ran makes its row ``failed`` / ``interrupted``, never drops it."""
-    metric = get_kind(kind).primary_metric
+    metric = metric or get_kind(kind).primary_metric  # the task's primary metric (Task.primary_metric)
     rows = []
     for p in plans:
         v = p.variant

@@ -58,6 +58,7 @@ class RunSpec:
     device: str = "auto"
     submission: bool = False
     onnx_sha256: str | None = None  # what the export recorded; the run fails if the file it loads differs
+    metrics: list[str] | None = None  # the task's metrics, primary first (Task.metric_names); None: the kind's
 
     @classmethod
     def load(cls, path: str | Path) -> "RunSpec":
@@ -142,8 +143,9 @@ def run_loadgen(spec: RunSpec) -> dict:
               "samples_completed": sut.completed, "batches": sut.batches,
               "loadgen_seconds": loadgen_s, "seconds": None, "log_dir": str(out)}
     if accuracy:
-        result["accuracy"] = accuracy_report(out, sut, spec.kind)
-        atomic_write_text(out / "accuracy.txt", accuracy_txt(spec.kind, result["accuracy"]["loadgen"]) + "\n")
+        result["accuracy"] = accuracy_report(out, sut, spec.kind, spec.metrics)
+        atomic_write_text(out / "accuracy.txt", accuracy_txt(spec.kind, result["accuracy"]["loadgen"],
+                                                             result["accuracy"]["metric"]) + "\n")
         result["summary"]["valid"] = summary["errors"] == 0
     result["seconds"] = time.time() - t_start
     progress.stop()
@@ -205,15 +207,16 @@ def read_progress(out_dir) -> dict:
         return {}
 
 
-def accuracy_report(out: Path, sut: OrtSUT, kind) -> dict:
-    """LoadGen's accuracy log -> the kind's metrics (``score``), next to a direct evaluation of the same
-    session and features."""
+def accuracy_report(out: Path, sut: OrtSUT, kind, metrics=None) -> dict:
+    """LoadGen's accuracy log -> the kind's metrics (``score``; ``metrics``: the task's names, primary first),
+    next to a direct evaluation of the same session and features."""
     f, kind = sut.features, get_kind(kind)
     row_shape = tuple(sut.infer(np.array([0])).shape[1:])  # [num_labels] or (qa) [seq, 2]
     via_loadgen = read_accuracy_log(out / "mlperf_log_accuracy.json", len(f), row_shape)
     direct = sut.run_all()
-    m_lg, m_direct = (kind.score(o, f.labels, examples=f.examples, squad=f.squad) for o in (via_loadgen, direct))
-    key = kind.primary_metric
+    m_lg, m_direct = (kind.score(o, f.labels, examples=f.examples, squad=f.squad, metrics=metrics)
+                      for o in (via_loadgen, direct))
+    key = metrics[0] if metrics else kind.primary_metric
     return {"metric": key, "loadgen": m_lg, "direct": m_direct, "samples": len(f),
             "equal": bool(m_lg[key] == m_direct[key]),
             "max_abs_diff": float(np.max(np.abs(via_loadgen - direct))) if len(f) else 0.0}

@@ -283,7 +283,7 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
     heads, ffn = model_shape(model)
     S = mac_seq_len or meta.get("mac_seq_len") or data.mac_seq_len or task.max_length
     macs, dense_macs, ratio = _macs(model, meta, heads, ffn, S)
-    metric = kind.primary_metric
+    metric = task.primary_metric  # the task's metric (CoLA: mcc), not only the kind's default
     common = {
         "source_checkpoint": str(checkpoint),
         "task": {"name": task.name, "kind": task.kind, "max_length": task.max_length, "num_labels": task.num_labels},
@@ -314,8 +314,9 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
         metric_value = {}  # the task metric (``metric``: accuracy %, mse, f1 %) on PyTorch and ONNX Runtime
         if data.has_metrics:
             metric_value["pytorch"] = evaluate_pytorch(model, data.metric_data, kind, data.examples,
-                                                   torch_device(session))[metric]
-            metric_value["onnx"] = evaluate_onnx(session, data.metric_data, kind, data.examples)[metric]
+                                                   torch_device(session), metrics=(metric,))[metric]
+            metric_value["onnx"] = evaluate_onnx(session, data.metric_data, kind, data.examples,
+                                                 metrics=(metric,))[metric]
             model.cpu()
         fp32 = {"variant": variant_name(meta), **common, "file_size": onnx_path.stat().st_size,
                 "metric_value": metric_value, "precision": "fp32", "provider": provider, "parity_max_abs_diff": diff,
@@ -342,7 +343,8 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
             q_metric = {}
             if data.has_metrics:
                 q_metric = {"pytorch": metric_value.get("pytorch"),
-                         "onnx": evaluate_onnx(session, data.metric_data, kind, data.examples)[metric]}
+                         "onnx": evaluate_onnx(session, data.metric_data, kind, data.examples,
+                                               metrics=(metric,))[metric]}
                 model.cpu()
             int8 = {"variant": variant_name(meta, "int8"), **common, "file_size": q_path.stat().st_size,
                     "metric_value": q_metric, "precision": "int8", "provider": q_provider,

@@ -71,12 +71,13 @@ def torch_device(session) -> str:
     return "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
 
 
-def evaluate_onnx(session, data, kind, examples=None, batch_size: int = EVAL_BATCH_SIZE) -> dict:
+def evaluate_onnx(session, data, kind, examples=None, batch_size: int = EVAL_BATCH_SIZE, metrics=None) -> dict:
     """Task metrics through ONNX Runtime, with the same definitions as ``bertprune.tasks.evaluate``.
 
     classification / regression: ``data`` = batches with a ``labels`` entry (a ``make_loader`` loader)
     -> ``{"accuracy": %}`` / ``{"mse": ..}``. qa: ``data`` = ``squad.SquadFeatures`` and ``examples`` the
-    ``SquadExample`` list they came from -> ``{"exact_match": %, "f1": %}``.
+    ``SquadExample`` list they came from -> ``{"exact_match": %, "f1": %}``. metrics: the names to compute
+    (a task's ``metric_names``; None: the kind's default).
     """
     kind = get_kind(kind)
     names = list(kind.onnx_outputs)
@@ -86,10 +87,11 @@ def evaluate_onnx(session, data, kind, examples=None, batch_size: int = EVAL_BAT
     for batch in data:
         logits.append(session.run(names, to_feeds(batch))[0])
         labels.append(np.asarray(batch["labels"]))
-    return kind.score(np.concatenate(logits), np.concatenate(labels))
+    return kind.score(np.concatenate(logits), np.concatenate(labels), metrics=metrics)
 
 
-def evaluate_pytorch(model, data, kind, examples=None, device="cpu", batch_size: int = EVAL_BATCH_SIZE) -> dict:
+def evaluate_pytorch(model, data, kind, examples=None, device="cpu", batch_size: int = EVAL_BATCH_SIZE,
+                     metrics=None) -> dict:
     """The PyTorch side of ``evaluate_onnx`` (classification goes through ``bertprune.tasks.evaluate``)."""
     kind = get_kind(kind)
     if isinstance(kind, QuestionAnswering):
@@ -97,7 +99,7 @@ def evaluate_pytorch(model, data, kind, examples=None, device="cpu", batch_size:
         return _span_metrics(kind, lambda feeds: run_pytorch(model, feeds, kind, device), data, examples, batch_size)
     from bertprune.tasks.evaluate import evaluate
 
-    return evaluate(model.to(device), data, kind.name, device)
+    return evaluate(model.to(device), data, kind.name, device, metrics=metrics)
 
 
 def _span_metrics(kind, run, features, examples, batch_size: int) -> dict:

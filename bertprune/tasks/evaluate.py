@@ -25,7 +25,9 @@ def predict_logits(model, loader, device="cpu", progress: bool = False, desc: st
     return torch.cat(outs), torch.cat(labels)
 
 
-def evaluate(model, loader, kind: str | TaskKind, device="cpu", progress: bool = False, desc: str = "eval") -> dict:
-    """The kind's metrics (``TaskKind.score``: ``{"accuracy": %}``, ``{"mse": ...}``) of ``model`` over ``loader``."""
+def evaluate(model, loader, kind: str | TaskKind, device="cpu", progress: bool = False, desc: str = "eval",
+             metrics=None) -> dict:
+    """The kind's metrics (``TaskKind.score``: ``{"accuracy": %}``, ``{"mse": ...}``; or the named ``metrics``,
+    a task's ``metric_names``) of ``model`` over ``loader``."""
     logits, labels = predict_logits(model, loader, device, progress, desc)
-    return get_kind(kind).score(logits, labels)
+    return get_kind(kind).score(logits, labels, metrics=metrics)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from bertprune.onnx.interface import LOGITS_OUTPUTS, QA_OUTPUTS
+from bertprune.tasks.metrics import METRICS
 
 
 class TaskKind:
@@ -21,8 +22,10 @@ class TaskKind:
 
     name: ClassVar[str]
     head: ClassVar[str]  # Hugging Face class suffix: AutoModel<head>
-    metrics: ClassVar[tuple[str, ...]]  # metric keys a scored run reports, the primary one first
-    higher_is_better: ClassVar[bool]
+    metrics: ClassVar[tuple[str, ...]]  # the default metric keys a scored run reports, the primary one first
+    # every metric the kind can compute (``bertprune.tasks.metrics``); a task picks from these (task.metrics)
+    available_metrics: ClassVar[tuple[str, ...]]
+    higher_is_better: ClassVar[bool]  # of the default primary metric; per metric: ``METRICS[name].higher_is_better``
     onnx_outputs: ClassVar[tuple[str, ...]]  # MLPerf interface outputs, in graph order
     label_dtype: ClassVar[Any] = np.int64
     # True: the sequence length is part of the interface (SQuAD's 384); False: dynamic, may be trimmed
@@ -46,6 +49,21 @@ class TaskKind:
 
     def check_num_labels(self, task_name: str, num_labels: int) -> None:
         """Raise when ``num_labels`` does not fit the kind."""
+
+    def check_metrics(self, task_name: str, metrics, num_labels: int = 2) -> None:
+        """Raise one clear error when ``metrics`` (a task's ``metrics`` list) names one the kind cannot compute."""
+        if metrics is not None and not metrics:
+            raise ValueError(f"task {task_name}: task.metrics is empty; name at least one of {self.available_metrics} "
+                             "(the primary one first) or leave it null for the kind's default")
+        bad = [m for m in metrics or () if m not in self.available_metrics]
+        if bad:
+            raise ValueError(f"task {task_name}: task.metrics names {bad}, which a {self.name} task cannot compute; "
+                             f"choose from {self.available_metrics}")
+
+    def _score_text(self, pred: np.ndarray, labels, metrics) -> dict:
+        """``{name: value}`` of ``metrics`` (default: the kind's) on predictions ``pred [N]`` and ``labels [N]``."""
+        labels = _np(labels)
+        return {m: METRICS[m].fn(pred, labels) for m in (metrics or self.metrics)}
 
     def loss(self, outputs, batch: dict) -> torch.Tensor:
         """The task loss of a Hugging Face forward's ``outputs`` on ``batch`` (a scalar)."""
@@ -76,8 +94,9 @@ class TaskKind:
         """The ``label`` column of a ``datasets.DatasetDict`` in the kind's dtype (a no-op by default)."""
         return dd
 
-    def fit_metrics(self, num_labels: int) -> dict:
-        """``{metric key: torchmetrics.Metric}`` of a fine-tuning validation pass (they sync across processes)."""
+    def fit_metrics(self, num_labels: int, metrics=None) -> dict:
+        """``{metric key: torchmetrics.Metric}`` of a fine-tuning validation pass (they sync across processes):
+        the kind's default metrics plus the task's ``metrics``."""
         raise NotImplementedError
 
     def fit_metric_inputs(self, outputs, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +104,7 @@ class TaskKind:
         raise NotImplementedError
 
     def fit_metric_value(self, key: str, value: torch.Tensor) -> torch.Tensor:
-        """A computed torchmetrics value in the unit ``score`` reports (accuracy in %)."""
+        """A computed torchmetrics value in the unit ``score`` reports (accuracy and F1 in %)."""
         return value
 
     def graph_outputs(self, outputs) -> tuple[torch.Tensor, ...]:
@@ -97,9 +116,11 @@ class TaskKind:
         LoadGen logs and ``score`` reads: ``[N, num_labels]`` (text kinds) or ``[N, seq, 2]`` (qa)."""
         return np.ascontiguousarray(arrays[0], dtype=np.float32)
 
-    def score(self, outputs: np.ndarray, labels: np.ndarray | None = None, examples=None, squad=None) -> dict:
+    def score(self, outputs: np.ndarray, labels: np.ndarray | None = None, examples=None, squad=None,
+              metrics=None) -> dict:
         """Metrics of ``outputs`` (see ``stack_outputs``) against the references: ``labels [N]`` for
-        the text kinds; the SQuAD ``examples`` and their ``squad`` features for qa."""
+        the text kinds; the SQuAD ``examples`` and their ``squad`` features for qa. ``metrics``: the names
+        to compute (a task's ``metric_names``); None = the kind's default ``metrics``."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -110,6 +131,7 @@ class Classification(TaskKind):
     name = "classification"
     head = "ForSequenceClassification"
     metrics = ("accuracy",)
+    available_metrics = ("accuracy", "f1", "mcc")
     higher_is_better = True
     onnx_outputs = LOGITS_OUTPUTS
 
@@ -148,27 +170,35 @@ class Classification(TaskKind):
         return datasets.DatasetDict({split: ds if ds.features["label"].dtype == "int64"
                                      else ds.cast_column("label", datasets.Value("int64")) for split, ds in dd.items()})
 
-    def fit_metrics(self, num_labels):
-        from torchmetrics.classification import MulticlassAccuracy
+    def check_metrics(self, task_name, metrics, num_labels=2):
+        super().check_metrics(task_name, metrics, num_labels)
+        if "f1" in (metrics or ()) and num_labels != 2:
+            raise ValueError(f"task {task_name}: metric f1 is the binary F1 of class 1 (GLUE's MRPC/QQP) but "
+                             f"num_labels={num_labels}; use accuracy or mcc")
 
-        return {"accuracy": MulticlassAccuracy(num_classes=num_labels, average="micro")}
+    def fit_metrics(self, num_labels, metrics=None):
+        from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy, MulticlassMatthewsCorrCoef
+
+        build = {"accuracy": lambda: MulticlassAccuracy(num_classes=num_labels, average="micro"),
+                 "f1": BinaryF1Score, "mcc": lambda: MulticlassMatthewsCorrCoef(num_classes=num_labels)}
+        return {m: build[m]() for m in dict.fromkeys([*self.metrics, *(metrics or ())])}
 
     def fit_metric_inputs(self, outputs, batch):
         return outputs.logits.argmax(-1), batch["labels"]
 
     def fit_metric_value(self, key, value):
-        return 100.0 * value
+        return 100.0 * value if key in ("accuracy", "f1") else value
 
-    def score(self, outputs, labels=None, examples=None, squad=None):
-        """``{"accuracy": %}``; outputs ``[N, num_labels]``, labels ``[N]`` class ids."""
-        outputs, labels = _np(outputs), _np(labels)
-        return {"accuracy": 100.0 * float(np.mean(outputs.argmax(axis=-1) == labels))}
+    def score(self, outputs, labels=None, examples=None, squad=None, metrics=None):
+        """``{"accuracy": %}`` (or the named ``metrics``: f1 %, mcc); outputs ``[N, num_labels]``, labels ``[N]`` class ids."""
+        return self._score_text(_np(outputs).argmax(axis=-1), labels, metrics)
 
 
 class Regression(TaskKind):
     name = "regression"
     head = "ForSequenceClassification"  # a 1-output head; HF picks MSE from num_labels == 1
     metrics = ("mse",)
+    available_metrics = ("mse", "pearson", "spearman")
     higher_is_better = False
     onnx_outputs = LOGITS_OUTPUTS
     label_dtype = np.float32
@@ -183,24 +213,25 @@ class Regression(TaskKind):
     def label_rule(self, num_labels):
         return "regression labels are finite numbers"
 
-    def fit_metrics(self, num_labels):
-        from torchmetrics import MeanSquaredError
+    def fit_metrics(self, num_labels, metrics=None):
+        from torchmetrics import MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 
-        return {"mse": MeanSquaredError()}
+        build = {"mse": MeanSquaredError, "pearson": PearsonCorrCoef, "spearman": SpearmanCorrCoef}
+        return {m: build[m]() for m in dict.fromkeys([*self.metrics, *(metrics or ())])}
 
     def fit_metric_inputs(self, outputs, batch):
         return outputs.logits.squeeze(-1), batch["labels"].float()
 
-    def score(self, outputs, labels=None, examples=None, squad=None):
-        """``{"mse": ...}``; outputs ``[N, 1]``, labels ``[N]`` floats."""
-        outputs, labels = _np(outputs), _np(labels)
-        return {"mse": float(np.mean((outputs[:, 0] - labels) ** 2))}
+    def score(self, outputs, labels=None, examples=None, squad=None, metrics=None):
+        """``{"mse": ...}`` (or the named ``metrics``: pearson, spearman); outputs ``[N, 1]``, labels ``[N]`` floats."""
+        return self._score_text(_np(outputs)[:, 0], labels, metrics)
 
 
 class QuestionAnswering(TaskKind):
     name = "qa"
     head = "ForQuestionAnswering"
     metrics = ("f1", "exact_match")
+    available_metrics = ("f1", "exact_match")
     higher_is_better = True
     onnx_outputs = QA_OUTPUTS
     fixed_seq_len = True
@@ -218,9 +249,10 @@ class QuestionAnswering(TaskKind):
     def stack_outputs(self, arrays):
         return np.ascontiguousarray(np.stack(arrays[:2], axis=-1), dtype=np.float32)
 
-    def score(self, outputs, labels=None, examples=None, squad=None):
+    def score(self, outputs, labels=None, examples=None, squad=None, metrics=None):
         """Official SQuAD v1.1 ``{"exact_match": %, "f1": %, "total": n, "targets": ...}`` after MLPerf's
-        n-best decoding; outputs ``[N, seq, 2]`` (start, end logits) for the rows of ``squad``."""
+        n-best decoding (both metrics, whatever ``metrics`` says); outputs ``[N, seq, 2]`` (start, end logits)
+        for the rows of ``squad``."""
         from bertprune.tasks.squad import MLPERF_BERT, postprocess, squad_v1_metrics, target_report
 
         if examples is None or squad is None:
