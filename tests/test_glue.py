@@ -282,3 +282,27 @@ def test_prune_stsb_tsv_regression_reports_pearson_and_exports_it(tmp_path):
     # a correlation is continuous: ONNX Runtime's float differences (parity ~1e-6) move it a little
     assert sidecar["metric_value"]["onnx"] == pytest.approx(sidecar["metric_value"]["pytorch"], abs=5e-3)
     assert r["export/onnx_pearson"] == sidecar["metric_value"]["onnx"]
+
+
+@pytest.mark.integration
+def test_loadgen_accuracy_mode_scores_the_task_metric(tiny_data, tmp_path):
+    import dataclasses
+
+    from conftest import csv_task, write_variant
+
+    from bertprune.jobs.bench import run_bench
+    from bertprune.mlperf.scenarios import ScenarioSettings
+
+    task = dataclasses.replace(csv_task(tiny_data), metrics=["mcc", "accuracy"])  # as task.metrics=[mcc,accuracy]
+    write_variant(tmp_path / "sweep" / "dense" / "onnx", "dense", mac_ratio=1.0)
+    out = tmp_path / "bench"
+    summary = run_bench(tmp_path / "sweep", task, [ScenarioSettings(name="offline", min_duration_ms=500,
+                                                                    calibration_s=0.3)], mode="accuracy", output_dir=out)
+    (row,) = summary.rows
+    assert row.status == "ok" and row.metric == "mcc", row.error
+    assert row.metric_value == row.direct_metric_value and -1 <= row.metric_value <= 1
+    result = json.loads((out / "dense" / "Offline" / "accuracy" / "result.json").read_text())
+    assert result["accuracy"]["metric"] == "mcc" and set(result["accuracy"]["loadgen"]) == {"mcc", "accuracy"}
+    line = (out / "dense" / "Offline" / "accuracy" / "accuracy.txt").read_text().splitlines()[0]
+    assert json.loads(line) == {"mcc": pytest.approx(row.metric_value)}
+    assert "| mcc (LoadGen) |" in (out / "summary.md").read_text()
