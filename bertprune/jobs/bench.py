@@ -113,7 +113,7 @@ def run_bench(source, task, scenarios=("offline", "single_stream"), mode: str = 
                            features=features[p.tokenizer], scenario=asdict(s), mode=m,
                            out_dir=str(out / safe_name(p.variant.name) / s.loadgen / m),
                            device=device, submission=submission, onnx_sha256=p.variant.sha256,
-                           metrics=list(task.metric_names))
+                           metrics=list(task.metrics) if task.metrics else None)
             result = mlperf_runs.run_isolated(spec, timeout_s=timeout_s, retries=retries)
             runs[(p.variant.name, s.loadgen, m)] = result
             if result.get("status") != "ok":

@@ -218,13 +218,12 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     check_constraint(constraint, cost, L * H, L * F)
     val_loader = make_loader(tokenized["validation"], tokenizer, int(cfg.eval_batch_size))
     collate = val_loader.collate_fn
-    metric, metrics = task.primary_metric, task.metric_names  # the task's metrics, the primary one first
+    metric, metrics = task.primary_metric, task.metrics  # the task's metrics (None: the kind's), the primary first
     timings: dict[str, float] = {}
 
     def masked_eval(head_mask, neuron_mask, stage: str) -> float:
         with MaskHooks(model, head_mask, neuron_mask):
-            return evaluate(model, val_loader, kind, device, progress=True, desc=f"eval {stage}",
-                            metrics=(metric,))[metric]
+            return evaluate(model, val_loader, kind, device, progress=True, desc=f"eval {stage}", metrics=metrics)[metric]
 
     group = Path(cfg.output_dir).parent.name if cfg.get("sweep_group") is None else cfg.sweep_group
     job_loggers.open(cfg.logger, str(run_dir), name=f"prune-{task.name}-{cfg.model.name}-c{constraint}",
@@ -272,7 +271,7 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
         **{f"eval/{metric}_{k}": v for k, v in stage_metrics.items()},
         f"eval/{metric}": stage_metrics[final_stage], f"eval/{metric}_pruned_model": pruned_metric,
         # the task's other metrics (MRPC's accuracy next to its F1 ...) of the dense and the pruned model
-        **{f"eval/{m}_{which}": v[m] for m in metrics[1:] for which, v in (("dense", dense_metrics),
+        **{f"eval/{m}_{which}": v[m] for m in task.metric_names[1:] for which, v in (("dense", dense_metrics),
                                                                           ("pruned_model", pruned_metrics))},
         "prune/parity_max_abs_diff": parity,
         "model/parameters": count_parameters(pruned), "model/parameters_dense": count_parameters(model),

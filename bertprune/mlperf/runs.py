@@ -33,7 +33,7 @@ from bertprune.mlperf.scenarios import MODES, ScenarioSettings, loadgen_name
 from bertprune.mlperf.settings import LOADGEN_MODEL, calibrate, loadgen_config, retune
 from bertprune.mlperf.sut import OrtSUT
 from bertprune.onnx.variants import sha256_mismatch
-from bertprune.tasks.kinds import get_kind
+from bertprune.tasks.kinds import get_kind, score
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def accuracy_report(out: Path, sut: OrtSUT, kind, metrics=None) -> dict:
     row_shape = tuple(sut.infer(np.array([0])).shape[1:])  # [num_labels] or (qa) [seq, 2]
     via_loadgen = read_accuracy_log(out / "mlperf_log_accuracy.json", len(f), row_shape)
     direct = sut.run_all()
-    m_lg, m_direct = (kind.score(o, f.labels, examples=f.examples, squad=f.squad, metrics=metrics)
+    m_lg, m_direct = (score(kind, o, f.labels, metrics, examples=f.examples, squad=f.squad)
                       for o in (via_loadgen, direct))
     key = metrics[0] if metrics else kind.primary_metric
     return {"metric": key, "loadgen": m_lg, "direct": m_direct, "samples": len(f),

@@ -314,9 +314,9 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
         metric_value = {}  # the task metric (``metric``: accuracy %, mse, f1 %) on PyTorch and ONNX Runtime
         if data.has_metrics:
             metric_value["pytorch"] = evaluate_pytorch(model, data.metric_data, kind, data.examples,
-                                                   torch_device(session), metrics=(metric,))[metric]
+                                                   torch_device(session), metrics=task.metrics)[metric]
             metric_value["onnx"] = evaluate_onnx(session, data.metric_data, kind, data.examples,
-                                                 metrics=(metric,))[metric]
+                                                 metrics=task.metrics)[metric]
             model.cpu()
         fp32 = {"variant": variant_name(meta), **common, "file_size": onnx_path.stat().st_size,
                 "metric_value": metric_value, "precision": "fp32", "provider": provider, "parity_max_abs_diff": diff,
@@ -344,7 +344,7 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
             if data.has_metrics:
                 q_metric = {"pytorch": metric_value.get("pytorch"),
                          "onnx": evaluate_onnx(session, data.metric_data, kind, data.examples,
-                                               metrics=(metric,))[metric]}
+                                               metrics=task.metrics)[metric]}
                 model.cpu()
             int8 = {"variant": variant_name(meta, "int8"), **common, "file_size": q_path.stat().st_size,
                     "metric_value": q_metric, "precision": "int8", "provider": q_provider,

@@ -17,7 +17,7 @@ import torch
 from bertprune.onnx.interface import INPUTS, MLPerfWrapper
 from bertprune.tasks.data import Task
 from bertprune.tasks.features import to_feeds
-from bertprune.tasks.kinds import KINDS, QuestionAnswering, get_kind
+from bertprune.tasks.kinds import KINDS, QuestionAnswering, get_kind, score
 
 PARITY_TOLERANCE = 1e-4
 PARITY_BATCH_SIZES = (1, 16)
@@ -87,7 +87,7 @@ def evaluate_onnx(session, data, kind, examples=None, batch_size: int = EVAL_BAT
     for batch in data:
         logits.append(session.run(names, to_feeds(batch))[0])
         labels.append(np.asarray(batch["labels"]))
-    return kind.score(np.concatenate(logits), np.concatenate(labels), metrics=metrics)
+    return score(kind, np.concatenate(logits), np.concatenate(labels), metrics)
 
 
 def evaluate_pytorch(model, data, kind, examples=None, device="cpu", batch_size: int = EVAL_BATCH_SIZE,

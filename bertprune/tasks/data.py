@@ -16,7 +16,7 @@ import datasets
 import numpy as np
 import torch
 
-from bertprune.tasks.kinds import TaskKind, get_kind
+from bertprune.tasks.kinds import TaskKind, get_kind, score
 from bertprune.tasks.metrics import METRICS
 
 SOURCES = ("rotten_tomatoes", "hub", "files", "squad")
@@ -95,7 +95,7 @@ class Task:
 
     def score(self, outputs, labels=None, examples=None, squad=None) -> dict:
         """The task's metrics (``metric_names``) of ``outputs`` (``TaskKind.score``)."""
-        return self.task_kind.score(outputs, labels, examples=examples, squad=squad, metrics=self.metric_names)
+        return score(self.kind, outputs, labels, self.metrics, examples=examples, squad=squad)
 
     def local_files(self) -> dict[str, tuple[str, str]]:
         """``{split: (config key, path)}`` of the files a files-read task loads; empty if none is set.

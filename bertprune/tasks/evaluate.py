@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from bertprune.tasks.kinds import TaskKind, get_kind
+from bertprune.tasks.kinds import TaskKind, score
 
 
 @torch.no_grad()
@@ -30,4 +30,4 @@ def evaluate(model, loader, kind: str | TaskKind, device="cpu", progress: bool =
     """The kind's metrics (``TaskKind.score``: ``{"accuracy": %}``, ``{"mse": ...}``; or the named ``metrics``,
     a task's ``metric_names``) of ``model`` over ``loader``."""
     logits, labels = predict_logits(model, loader, device, progress, desc)
-    return get_kind(kind).score(logits, labels, metrics=metrics)
+    return score(kind, logits, labels, metrics)

@@ -271,6 +271,15 @@ def _np(x) -> np.ndarray:
 KINDS: dict[str, TaskKind] = {k.name: k() for k in (Classification, Regression, QuestionAnswering)}
 
 
+def score(kind: str | TaskKind, outputs, labels=None, metrics=None, **references) -> dict:
+    """``kind.score`` of ``outputs`` with the task's ``metrics`` (``task.metrics``); None: the kind's default,
+    asked without a ``metrics`` argument (a kind's ``score`` may then take only the references)."""
+    kind = get_kind(kind)
+    if metrics is None:
+        return kind.score(outputs, labels, **references)
+    return kind.score(outputs, labels, metrics=tuple(metrics), **references)
+
+
 def get_kind(kind: str | TaskKind) -> TaskKind:
     """The kind object for a ``task.kind`` value; one clear error for an unknown one."""
     if isinstance(kind, TaskKind):
