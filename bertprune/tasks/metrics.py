@@ -64,8 +64,8 @@ def spearman(pred: np.ndarray, ref: np.ndarray) -> float:
 
 
 def mse(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Mean squared error."""
-    return float(np.mean((np.asarray(pred, dtype=np.float64) - np.asarray(ref, dtype=np.float64)) ** 2))
+    """Mean squared error, in the inputs' precision (float32 logits: float32, as bertprune always reported it)."""
+    return float(np.mean((np.asarray(pred) - np.asarray(ref)) ** 2))
 
 
 @dataclass(frozen=True)
