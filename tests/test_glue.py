@@ -285,24 +285,32 @@ def test_prune_stsb_tsv_regression_reports_pearson_and_exports_it(tmp_path):
 
 
 @pytest.mark.integration
-def test_loadgen_accuracy_mode_scores_the_task_metric(tiny_data, tmp_path):
+@pytest.mark.parametrize("kind, metrics", [("classification", ["mcc", "accuracy"]),
+                                           ("regression", ["pearson", "spearman", "mse"])])
+def test_loadgen_accuracy_mode_scores_the_task_metric(tiny_data, tmp_path, kind, metrics):
     import dataclasses
 
-    from conftest import csv_task, write_variant
+    from conftest import csv_task, make_regression_csv, write_variant
 
     from bertprune.jobs.bench import run_bench
     from bertprune.mlperf.scenarios import ScenarioSettings
 
-    task = dataclasses.replace(csv_task(tiny_data), metrics=["mcc", "accuracy"])  # as task.metrics=[mcc,accuracy]
-    write_variant(tmp_path / "sweep" / "dense" / "onnx", "dense", mac_ratio=1.0)
+    task = dataclasses.replace(csv_task(tiny_data), metrics=metrics)  # as task.metrics=[...]
+    if kind == "regression":  # an STS-B-like regression variant
+        task = dataclasses.replace(task, kind=kind, num_labels=1,
+                                   train_file=str(make_regression_csv(tmp_path / "r_train.csv", 32, 0)),
+                                   validation_file=str(make_regression_csv(tmp_path / "r_dev.csv", 24, 1)))
+    write_variant(tmp_path / "sweep" / "dense" / "onnx", "dense", mac_ratio=1.0,
+                  task={"name": "csv", "kind": kind, "max_length": 32, "num_labels": task.num_labels})
     out = tmp_path / "bench"
     summary = run_bench(tmp_path / "sweep", task, [ScenarioSettings(name="offline", min_duration_ms=500,
                                                                     calibration_s=0.3)], mode="accuracy", output_dir=out)
     (row,) = summary.rows
-    assert row.status == "ok" and row.metric == "mcc", row.error
+    primary = metrics[0]
+    assert row.status == "ok" and row.metric == primary, row.error
     assert row.metric_value == row.direct_metric_value and -1 <= row.metric_value <= 1
     result = json.loads((out / "dense" / "Offline" / "accuracy" / "result.json").read_text())
-    assert result["accuracy"]["metric"] == "mcc" and set(result["accuracy"]["loadgen"]) == {"mcc", "accuracy"}
+    assert result["accuracy"]["metric"] == primary and set(result["accuracy"]["loadgen"]) == set(metrics)
     line = (out / "dense" / "Offline" / "accuracy" / "accuracy.txt").read_text().splitlines()[0]
-    assert json.loads(line) == {"mcc": pytest.approx(row.metric_value)}
-    assert "| mcc (LoadGen) |" in (out / "summary.md").read_text()
+    assert json.loads(line) == {primary: pytest.approx(row.metric_value)}
+    assert f"| {primary} (LoadGen) |" in (out / "summary.md").read_text()
