@@ -212,7 +212,8 @@ def test_glue_file_problems_are_one_clear_error(tmp_path):
         load_task_data(glue_task("rte", data_dir=str(d)))
     write(d / "train.tsv", ["index\tsentence1\tsentence2\tlabel", "0\ta\tb\tentailment", "1\tc\td\tnot_entailment"])
     write(d / "dev.tsv", ["index\tsentence1\tsentence2\tlabel", "0\ta\tb\tentailment", "1\tc\td\tneutral"])
-    with pytest.raises(ValueError, match=r"RTE/dev.tsv, data row 2 .*label 'neutral' is a str"):
+    with pytest.raises(ValueError, match=r"RTE/dev.tsv, row 2 \(1-based, header and skipped rows not counted\): "
+                                         r"label 'neutral' is a str"):
         load_task_data(glue_task("rte", data_dir=str(d)))
     write(d / "dev.tsv", ["idx\ts1\ts2\tlabel", "0\ta\tb\tentailment"])
     with pytest.raises(ValueError, match=r"the header lacks columns \['sentence1', 'sentence2'\]"):
@@ -314,3 +315,37 @@ def test_loadgen_accuracy_mode_scores_the_task_metric(tiny_data, tmp_path, kind,
     line = (out / "dense" / "Offline" / "accuracy" / "accuracy.txt").read_text().splitlines()[0]
     assert json.loads(line) == {primary: pytest.approx(row.metric_value)}
     assert f"| {primary} (LoadGen) |" in (out / "summary.md").read_text()
+
+
+HUB_COLUMNS = {"cola": ["sentence"], "sst2": ["sentence"], "mrpc": ["sentence1", "sentence2"],
+               "qqp": ["question1", "question2"], "stsb": ["sentence1", "sentence2"], "mnli": ["premise", "hypothesis"],
+               "qnli": ["question", "sentence"], "rte": ["sentence1", "sentence2"]}
+
+
+@pytest.mark.parametrize("name", GLUE)
+def test_hub_glue_tasks_ask_for_glue_by_name_and_read_its_columns(name, monkeypatch):
+    """The hub's GLUE layout (its column names, MNLI's two validation splits), without a network."""
+    import datasets
+
+    config = "mnli" if name == "mnli_mm" else name
+    n_labels = glue_task(name).num_labels
+
+    def split(tag: str):
+        rows = {c: [f"{tag} {c} {i}" for i in range(6)] for c in HUB_COLUMNS[config]}
+        rows["label"] = [i * 0.8 for i in range(6)] if name == "stsb" else [i % n_labels for i in range(6)]
+        return datasets.Dataset.from_dict({**rows, "idx": list(range(6))})
+
+    asked = []
+
+    def load_dataset(path, cfg=None, **kw):
+        asked.append((path, cfg))
+        splits = (["train", "validation_matched", "validation_mismatched"] if config == "mnli"
+                  else ["train", "validation"])
+        return datasets.DatasetDict({s: split(s) for s in splits})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    dd = load_task_data(glue_task(name))
+    assert asked == [("glue", config)]
+    assert dd["train"].column_names == [*HUB_COLUMNS[config], "label"]
+    expected = {"mnli": "validation_matched", "mnli_mm": "validation_mismatched"}.get(name, "validation")
+    assert dd["validation"][HUB_COLUMNS[config][0]][0].startswith(expected + " ")

@@ -175,7 +175,8 @@ def load_rotten_tomatoes(path: str, validation_fraction: float = 0.2) -> dataset
 # beside a .csv training file): (datasets builder, its options, what the row numbers in messages count).
 READERS = {".csv": ("csv", {}, "data row"), ".tsv": ("csv", {"delimiter": "\t"}, "data row"),
            ".json": ("json", {}, "record"), ".jsonl": ("json", {}, "record")}
-ROW_NOTE = {"data row": "1-based, header not counted", "record": "1-based", "index": "0-based index in the split"}
+ROW_NOTE = {"data row": "1-based, header not counted", "record": "1-based", "index": "0-based index in the split",
+            "row": "1-based, header and skipped rows not counted"}  # row: glue_tsv files
 
 
 def _check_utf8(path: Path, name: str, chunk: int = 1 << 20) -> None:
@@ -323,7 +324,7 @@ def load_task_data(task: Task) -> datasets.DatasetDict:
                                         "(or task.data_dir, a folder with the task's train/dev files)")
         if task.file_format == "glue_tsv":
             dd = datasets.DatasetDict({split: read_glue_tsv(value, task, key) for split, (key, value) in files.items()})
-            rows = {split: (f"task.{key}={value}" if key != "data_dir" else value, "data row")
+            rows = {split: (f"task.{key}={value}" if key != "data_dir" else value, "row")
                     for split, (key, value) in files.items()}
         else:
             dd = datasets.DatasetDict({split: read_data_file(value, split, key) for split, (key, value) in files.items()})
