@@ -2,8 +2,9 @@
 and GLUE's own TSV files: ``file_format: glue_tsv``).
 
 A hub task reads local files instead when ``data_dir`` (a GLUE task folder such as ``glue/CoLA``) or
-``train_file`` / ``validation_file`` is set. Every task yields a ``datasets.DatasetDict`` with ``train`` and ``validation`` splits whose columns
-are the task's text fields plus ``label`` (int for classification, float for regression).
+``train_file`` / ``validation_file`` is set. Every task yields a ``datasets.DatasetDict`` with ``train``
+and ``validation`` splits whose columns are the task's text fields plus ``label`` (int for classification,
+float for regression).
 """
 
 from __future__ import annotations
@@ -225,8 +226,9 @@ def read_data_file(path: str, split: str, key: str = "train_file") -> datasets.D
 
 
 def _glue_label(text: str, task: Task):
-    """A GLUE label field -> its id: a name in ``label_names`` -> its index; a number -> int (classification)
-    or float (regression); anything else stays the string, for ``check_task_data`` to report with its row."""
+    """A GLUE label field -> its id: a name in ``label_names`` -> its index; a number -> int (a kind with
+    integer labels: classification) or float (regression); anything else stays the string, for
+    ``check_task_data`` to report with its row."""
     names = task.label_names or []
     if text in names:
         return names.index(text)
@@ -234,7 +236,7 @@ def _glue_label(text: str, task: Task):
         y = float(text)
     except ValueError:
         return text
-    return int(y) if task.kind == "classification" and y.is_integer() else y
+    return int(y) if np.issubdtype(task.task_kind.label_dtype, np.integer) and y.is_integer() else y
 
 
 def read_glue_tsv(path: str, task: Task, key: str = "train_file") -> datasets.Dataset:
@@ -278,9 +280,7 @@ def read_glue_tsv(path: str, task: Task, key: str = "train_file") -> datasets.Da
         data[task.label_field] = [_glue_label(y, task) for y in data[task.label_field]]
         if any(isinstance(y, str) for y in data[task.label_field]):  # a column of one type for datasets
             data[task.label_field] = [str(y) for y in data[task.label_field]]
-    ds = datasets.Dataset.from_dict(data)
-    ds.info.description = f"{where}: {len(good)} rows, {skipped} skipped"
-    return ds
+    return datasets.Dataset.from_dict(data)
 
 
 def _hub_split(raw, task: Task, split: str) -> datasets.Dataset:
