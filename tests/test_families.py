@@ -298,3 +298,34 @@ def test_prune_job_on_a_tiny_family_teacher_ends_with_an_onnx_export(family, tin
     for sidecar in sidecars:
         meta = json.loads(sidecar.read_text())
         assert meta["inputs"] == ["input_ids", "input_mask", "segment_ids"] and meta["parity_max_abs_diff"] <= TOL
+
+
+@pytest.mark.parametrize("name,hub,shape", [("distilbert_base", "distilbert-base-uncased", (6, 12, 3072)),
+                                            ("roberta_base", "roberta-base", (12, 12, 3072)),
+                                            ("bert_base", "bert-base-uncased", (12, 12, 3072))])
+def test_hub_model_configs_go_through_their_adapter(name, hub, shape, tmp_path):
+    """conf/model/<name>.yaml names the hub checkpoint; its family's default architecture (the base model's)
+    builds on the meta device and its adapter reads layers, heads, FFN width and head size from it."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from conftest import compose_cfg
+
+    cfg = compose_cfg("prune", [f"model={name}"], tmp_path / "run")
+    assert cfg.model.name == name and cfg.model.name_or_path == hub and cfg.model.tokenizer == hub
+    config = AutoConfig.for_model(hub.split("-")[0])
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    (L, H), (_, F) = mask_shapes(model)
+    assert (L, H, F) == shape == adapter_for(model).dense_shape(config)
+    assert MacCost.for_model(model, 128.0).head_size == 64
+
+
+def test_tiny_model_config_builds_any_family(tiny_cfg):
+    from hydra.utils import instantiate
+
+    for family in FAMILIES:
+        cfg = tiny_cfg("train", [f"+model.random_init.family={family}"])
+        model = instantiate(cfg.model.random_init).build("classification", 2, vocab_size=VOCAB)
+        assert adapter_for(model).family == family and model_shape(model) == ([4, 4], [64, 64])
+    with pytest.raises(ValueError, match=r"family='gpt2'; expected one of \['bert', 'distilbert', 'roberta'\]"):
+        tiny_bert("classification", 2, VOCAB, family="gpt2")
