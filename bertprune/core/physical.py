@@ -1,4 +1,5 @@
-"""Physically prune a masked model (any family with an adapter): drop pruned heads/neurons, fold tuned scales into the weights.
+"""Physically prune a masked model (any family with an adapter, ``bertprune.models.adapters``): drop
+pruned heads/neurons, fold tuned scales into the weights.
 
 The result is a genuinely smaller dense model whose config records each layer's head count and
 FFN width (``bertprune_heads_per_layer`` / ``bertprune_ffn_per_layer``); ``bertprune.models.load_model``

@@ -101,7 +101,8 @@ class Adapter:
     model_types: tuple[str, ...] = ("bert",)
     takes_token_types = True
     # config attribute names: layers, heads, hidden size, FFN width
-    layers_key, heads_key, hidden_key, ffn_key = "num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size"
+    layers_key, heads_key = "num_hidden_layers", "num_attention_heads"
+    hidden_key, ffn_key = "hidden_size", "intermediate_size"
 
     # ---- shapes from a config
     def num_layers(self, config) -> int:
@@ -163,7 +164,8 @@ class Adapter:
 
     def layer_shape(self, layer, d_head: int) -> tuple[int, int]:
         """(heads, ffn width) of one (possibly pruned) layer."""
-        heads = 0 if isinstance(layer.attention, AttentionBiasOnly) else layer.attention.self.query.out_features // d_head
+        att = layer.attention
+        heads = 0 if isinstance(att, AttentionBiasOnly) else att.self.query.out_features // d_head
         ffn = 0 if isinstance(layer.output, FeedForwardBiasOnly) else layer.intermediate.dense.out_features
         return heads, ffn
 
@@ -327,5 +329,6 @@ def adapter_for(model_or_config, where: str | None = None) -> Adapter:
             f"{where + ': ' if where else ''}model family {model_type!r} is not supported; bertprune prunes "
             f"{', '.join(sorted(ADAPTERS))} (MiniLM checkpoints are bert). Give a checkpoint of a supported family "
             "(model=minilm, model=bert_base, model=distilbert_base, model=roberta_base, or teacher=<such a folder>), "
-            f"or add an adapter for {model_type!r} to bertprune/models/adapters.py (docs/method.md, \"Model families\").")
+            f"or add an adapter for {model_type!r} to bertprune/models/adapters.py "
+            "(docs/method.md, \"Model families\").")
     return adapter
