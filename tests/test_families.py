@@ -328,3 +328,35 @@ def test_tiny_model_config_builds_any_family(tiny_cfg):
         assert adapter_for(model).family == family and model_shape(model) == ([4, 4], [64, 64])
     with pytest.raises(ValueError, match=r"family='gpt2'; expected one of \['bert', 'distilbert', 'roberta'\]"):
         tiny_bert("classification", 2, VOCAB, family="gpt2")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("family", ("distilbert", "roberta"))
+def test_pruned_family_variant_under_loadgen_accuracy_equals_direct(family, tiny_data, tmp_path):
+    """A pruned DistilBERT / RoBERTa exported in the MLPerf interface runs under LoadGen (accuracy mode,
+    the MLPerf inputs fed by the SUT, segment_ids included) with the metric of direct ONNX evaluation."""
+    from dataclasses import asdict
+
+    from conftest import VOCAB as MINILM_VOCAB
+    from conftest import csv_task, minilm_dir
+
+    from bertprune.mlperf import qsl, runs
+    from bertprune.mlperf.runs import RunSpec
+    from bertprune.mlperf.scenarios import ScenarioSettings
+    from bertprune.onnx import variants
+    from bertprune.onnx.export import export_onnx
+
+    model = make_realistic(tiny_bert("classification", 2, MINILM_VOCAB, family=family)).eval()
+    pruned = prune_physically(model, *_uneven_masks(model)).eval()
+    onnx_path = export_onnx(pruned, tmp_path / f"{family}.onnx", "classification")
+    task = csv_task(tiny_data)
+    variants.check_variant(variants.load_variant(onnx_path), task.kind, 2, task.max_length)
+    sc = ScenarioSettings(name="offline", batch_size=8, min_duration_ms=500, calibration_s=0.3)
+    spec = RunSpec(variant=family, onnx=str(onnx_path), kind="classification", num_labels=2, onnx_seq_len=None,
+                   features=str(qsl.prepare_features(task, minilm_dir())), scenario=asdict(sc), mode="accuracy",
+                   out_dir=str(tmp_path / "acc"))
+    r = runs.run_isolated(spec)
+    assert r["status"] == "ok", r.get("error")
+    acc = r["accuracy"]
+    assert acc["samples"] == 64 and acc["equal"] is True and acc["max_abs_diff"] < 1e-5
+    assert acc["loadgen"]["accuracy"] == acc["direct"]["accuracy"]
