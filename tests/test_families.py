@@ -360,3 +360,18 @@ def test_pruned_family_variant_under_loadgen_accuracy_equals_direct(family, tiny
     acc = r["accuracy"]
     assert acc["samples"] == 64 and acc["equal"] is True and acc["max_abs_diff"] < 1e-5
     assert acc["loadgen"]["accuracy"] == acc["direct"]["accuracy"]
+
+
+@pytest.mark.integration
+def test_prune_job_fine_tunes_and_prunes_a_tiny_distilbert(tiny_cfg):
+    """model=tiny with +model.random_init.family=distilbert: train.py's fine-tune (inputs without token
+    types) and the prune job run on the family end to end."""
+    from bertprune.jobs.prune import prune
+
+    cfg = tiny_cfg("prune", ["+model.random_init.family=distilbert", "constraint=0.5", "num_samples=64",
+                             "batch_size=16", "export=false"])
+    r = prune(cfg)
+    assert abs(r["prune/mac_ratio"] - 0.5) <= 0.01 and r["prune/parity_max_abs_diff"] <= TOL
+    model = load_model(str(Path(cfg.output_dir) / "pruned"), "classification", 2, require_head=True)
+    assert adapter_for(model).family == "distilbert"
+    assert model_shape(model) == (r["prune/heads_per_layer"], r["prune/ffn_per_layer"])
