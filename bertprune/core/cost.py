@@ -1,4 +1,4 @@
-"""Cost model (MACs) of a BERT encoder (docs/method.md, "Cost model").
+"""Cost model (MACs) of a BERT-family encoder (docs/method.md, "Cost model").
 
 Per head: ``4·S·d·d_h + 2·S²·d_h`` (Q, K, V and output projections + the two attention matmuls);
 per FFN neuron: ``2·S·d``. Embeddings, LayerNorms and the classifier are not counted.
@@ -31,5 +31,8 @@ class MacCost:
 
     @classmethod
     def for_model(cls, model, seq_len: float) -> "MacCost":
-        c = model.config
-        return cls(seq_len=float(seq_len), hidden_size=c.hidden_size, head_size=c.hidden_size // c.num_attention_heads)
+        from bertprune.models.adapters import adapter_for
+
+        adapter = adapter_for(model)
+        return cls(seq_len=float(seq_len), hidden_size=adapter.hidden_size(model.config),
+                   head_size=adapter.head_size(model.config))

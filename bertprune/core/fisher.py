@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 
 from bertprune.core.masks import MaskHooks, ones_masks
+from bertprune.models import model_inputs
 from bertprune.tasks.kinds import TaskKind, get_kind
-
-INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class FisherAccumulator:
@@ -36,7 +35,7 @@ class FisherAccumulator:
         self.neuron_mask.requires_grad_(True)
         self.head_mask.grad = self.neuron_mask.grad = None
         with torch.enable_grad(), MaskHooks(self.model, self.head_mask, self.neuron_mask):
-            outputs = self.model(**{k: v for k, v in batch.items() if k in INPUT_KEYS})
+            outputs = self.model(**model_inputs(self.model, batch))
             loss = self.kind.loss(outputs, batch)
             head_g, neuron_g = torch.autograd.grad(loss, (self.head_mask, self.neuron_mask))
         self.head_grads[batch_index] = head_g.detach()

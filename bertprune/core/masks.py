@@ -1,9 +1,11 @@
 """Head and neuron masks applied with forward pre-hooks.
 
 transformers 5 removed the ``head_mask`` argument (and SDPA never supported it), so masks act on the
-inputs of the two output projections of every layer:
-  head mask   ``[L, H]`` scales each head's context vector before ``attention.output.dense``;
-  neuron mask ``[L, F]`` scales each post-activation FFN neuron before ``output.dense``.
+inputs of the two output projections of every layer (named by the family's adapter):
+  head mask   ``[L, H]`` scales each head's context vector before the attention output projection
+              (BERT ``attention.output.dense``, DistilBERT ``attention.out_lin``);
+  neuron mask ``[L, F]`` scales each post-activation FFN neuron before the FFN output projection
+              (BERT ``output.dense``, DistilBERT ``ffn.lin2``).
 Values need not be 0/1: tuned scales are masks too. Lifecycle (as in torch.ao.pruning):
 ``MaskHooks(model, head_mask, neuron_mask)`` attaches; ``.remove()`` detaches;
 ``bertprune.core.physical.prune_physically`` makes a mask permanent.
@@ -13,13 +15,14 @@ from __future__ import annotations
 
 import torch
 
-from bertprune.models import encoder_layers, head_size
+from bertprune.models.adapters import adapter_for
 
 
 def mask_shapes(model) -> tuple[tuple[int, int], tuple[int, int]]:
-    """``([L, H], [L, F])`` of a dense BERT-structured model."""
-    L = len(encoder_layers(model))
-    return (L, model.config.num_attention_heads), (L, model.config.intermediate_size)
+    """``([L, H], [L, F])`` of a dense model of a supported family."""
+    adapter = adapter_for(model)
+    L = len(adapter.layers(model))
+    return (L, adapter.num_heads(model.config)), (L, adapter.ffn_width(model.config))
 
 
 def ones_masks(model, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,11 +43,12 @@ class MaskHooks:
             raise ValueError(f"masks must be [{L}, {H}] and [{L}, {F}], got {list(head_mask.shape)} and "
                              f"{list(neuron_mask.shape)}")
         self.head_mask, self.neuron_mask = head_mask, neuron_mask
-        d_head = head_size(model)
+        adapter = adapter_for(model)
+        d_head = adapter.head_size(model.config)
         self._handles = []
-        for i, layer in enumerate(encoder_layers(model)):
-            self._handles.append(layer.attention.output.dense.register_forward_pre_hook(self._head_hook(i, H, d_head)))
-            self._handles.append(layer.output.dense.register_forward_pre_hook(self._neuron_hook(i)))
+        for i, layer in enumerate(adapter.layers(model)):
+            self._handles.append(adapter.attn_out(layer).register_forward_pre_hook(self._head_hook(i, H, d_head)))
+            self._handles.append(adapter.ffn_out(layer).register_forward_pre_hook(self._neuron_hook(i)))
 
     def _head_hook(self, i: int, H: int, d_head: int):
         def hook(_module, args):

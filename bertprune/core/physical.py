@@ -1,4 +1,5 @@
-"""Physically prune a masked BERT: drop pruned heads/neurons, fold tuned scales into the weights.
+"""Physically prune a masked model (any family with an adapter, ``bertprune.models.adapters``): drop
+pruned heads/neurons, fold tuned scales into the weights.
 
 The result is a genuinely smaller dense model whose config records each layer's head count and
 FFN width (``bertprune_heads_per_layer`` / ``bertprune_ffn_per_layer``); ``bertprune.models.load_model``
@@ -10,8 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bertprune.models import (FFN_KEY, HEADS_KEY, AttentionBiasOnly, FeedForwardBiasOnly, encoder_layers,
-                              head_size)
+from bertprune.models.adapters import FFN_KEY, HEADS_KEY, adapter_for
 
 
 def _like(t: torch.Tensor) -> dict:
@@ -46,39 +46,32 @@ def prune_physically(model, head_mask: torch.Tensor, neuron_mask: torch.Tensor):
     a (tuned) scale folded into the output-projection columns of that head / neuron.
     Returns the model (now with uneven per-layer shapes and the pruned config keys set).
     """
-    layers = encoder_layers(model)
+    adapter = adapter_for(model)
+    layers = adapter.layers(model)
     L = len(layers)
-    H, F = model.config.num_attention_heads, model.config.intermediate_size
+    H, F = adapter.num_heads(model.config), adapter.ffn_width(model.config)
     if tuple(head_mask.shape) != (L, H) or tuple(neuron_mask.shape) != (L, F):
         raise ValueError(f"masks must be [{L}, {H}] and [{L}, {F}], got {list(head_mask.shape)} and "
                          f"{list(neuron_mask.shape)}")
-    d_head, d, eps = head_size(model), model.config.hidden_size, model.config.layer_norm_eps
+    d_head = adapter.head_size(model.config)
     heads_per_layer, ffn_per_layer = [], []
     for layer, hm, nm in zip(layers, head_mask.float().cpu(), neuron_mask.float().cpu()):
         kept_heads = torch.nonzero(hm != 0).flatten()
-        att = layer.attention
+        parts = adapter.parts(layer)
         if len(kept_heads) == 0:
             # No head left: the block adds only the output bias before its LayerNorm.
-            new = AttentionBiasOnly(d, eps, **_like(att.output.dense.bias))
-            new.bias.data = att.output.dense.bias.data.clone()
-            new.LayerNorm.load_state_dict(att.output.LayerNorm.state_dict())
-            layer.attention = new
+            adapter.empty_attention(layer, model.config)
         else:
             rows = (kept_heads[:, None] * d_head + torch.arange(d_head)[None, :]).flatten()
-            sa = att.self
-            sa.query, sa.key, sa.value = (_take_rows(sa.query, rows), _take_rows(sa.key, rows),
-                                          _take_rows(sa.value, rows))
-            sa.num_attention_heads, sa.all_head_size = len(kept_heads), len(rows)
-            att.output.dense = _take_cols(att.output.dense, rows, hm[kept_heads].repeat_interleave(d_head))
+            adapter.set_attention(layer, _take_rows(parts.query, rows), _take_rows(parts.key, rows),
+                                  _take_rows(parts.value, rows),
+                                  _take_cols(parts.attn_out, rows, hm[kept_heads].repeat_interleave(d_head)),
+                                  len(kept_heads))
         kept = torch.nonzero(nm != 0).flatten()
         if len(kept) == 0:
-            new = FeedForwardBiasOnly(d, eps, **_like(layer.output.dense.bias))
-            new.bias.data = layer.output.dense.bias.data.clone()
-            new.LayerNorm.load_state_dict(layer.output.LayerNorm.state_dict())
-            layer.intermediate, layer.output = nn.Identity(), new
+            adapter.empty_ffn(layer, model.config)
         else:
-            layer.intermediate.dense = _take_rows(layer.intermediate.dense, kept)
-            layer.output.dense = _take_cols(layer.output.dense, kept, nm[kept])
+            adapter.set_ffn(layer, _take_rows(parts.ffn_in, kept), _take_cols(parts.ffn_out, kept, nm[kept]))
         heads_per_layer.append(len(kept_heads))
         ffn_per_layer.append(len(kept))
     setattr(model.config, HEADS_KEY, heads_per_layer)

@@ -110,7 +110,8 @@ def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, co
                 options: PruneOptions = PruneOptions(), fisher: FisherSource = None,
                 evaluate: Callable[[torch.Tensor, torch.Tensor, str], float] | None = None,
                 device=None) -> PruneResult:
-    """Prune a dense fine-tuned BERT-structured ``model`` to ``constraint`` of its encoder's cost.
+    """Prune a dense fine-tuned ``model`` of a supported family (``bertprune.models.adapters``) to
+    ``constraint`` of its encoder's cost.
 
     calibration_batches: padded batches (``input_ids`` / ``attention_mask`` [/ ``token_type_ids``] ``[B, T]``
     and the kind's labels, e.g. ``labels [B]``), on any device; ``options.tune_samples`` of them (a prefix)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from bertprune.models import encoder_layers, head_size
+from bertprune.models.adapters import adapter_for
 
 LAST_LAYER_TOKENS = ("cls", "all")
 
@@ -35,7 +35,8 @@ class _Stop(Exception):
 
 def capture_encoder_inputs(model, batch: dict):
     """Hidden states after the embeddings ``[b, s, d]`` and the attention mask the layers receive."""
-    encoder = model.base_model.encoder
+    adapter = adapter_for(model)
+    encoder = adapter.encoder(model)
     captured = {}
 
     def hook(_module, args, kwargs):
@@ -45,7 +46,7 @@ def capture_encoder_inputs(model, batch: dict):
 
     handle = encoder.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        model(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
+        model(**adapter.model_inputs(batch))
     except _Stop:
         pass
     finally:
@@ -95,8 +96,9 @@ def tune_masks(model, head_mask: torch.Tensor, neuron_mask: torch.Tensor, teache
     if last_layer_tokens not in LAST_LAYER_TOKENS:
         raise ValueError(f"last_layer_tokens={last_layer_tokens!r}; expected one of {LAST_LAYER_TOKENS}")
     model.eval()
-    layers = encoder_layers(model)
-    H, d_head = model.config.num_attention_heads, head_size(model)
+    adapter = adapter_for(model)
+    layers = adapter.layers(model)
+    H, d_head = adapter.num_heads(model.config), adapter.head_size(model.config)
     report = TuneReport()
     head_out = head_mask.detach().clone().float().to(device)
     neuron_out = neuron_mask.detach().clone().float().to(device)
@@ -113,10 +115,10 @@ def tune_masks(model, head_mask: torch.Tensor, neuron_mask: torch.Tensor, teache
         state.append({"s": hidden, "t": hidden, "mask": amask, "tok": tok, "cls": first[tok]})  # cls: [T]
 
     for li, layer in enumerate(tqdm(layers, desc="tune", disable=not progress)):
-        att, W_o, b_o = layer.attention, layer.attention.output.dense.weight, layer.attention.output.dense.bias
-        ln_att = layer.attention.output.LayerNorm
-        W_1, b_1, act_fn = layer.intermediate.dense.weight, layer.intermediate.dense.bias, layer.intermediate.intermediate_act_fn
-        W_2, b_2, ln_ffn = layer.output.dense.weight, layer.output.dense.bias, layer.output.LayerNorm
+        parts = adapter.parts(layer)
+        W_o, b_o, ln_att = parts.attn_out.weight, parts.attn_out.bias, parts.ln_att
+        W_1, b_1, act_fn = parts.ffn_in.weight, parts.ffn_in.bias, parts.act
+        W_2, b_2, ln_ffn = parts.ffn_out.weight, parts.ffn_out.bias, parts.ln_ffn
         kept_h = torch.nonzero(head_out[li] != 0).flatten()
         kept_n = torch.nonzero(neuron_out[li] != 0).flatten()
         W_o_heads = W_o.view(W_o.shape[0], H, d_head)[:, kept_h]  # [d, k, d_h]
@@ -127,8 +129,8 @@ def tune_masks(model, head_mask: torch.Tensor, neuron_mask: torch.Tensor, teache
         c = torch.zeros(kh, dtype=torch.float64, device=device)
         for st in state:
             tok = st["tok"]
-            ctx_s = att.self(st["s"], attention_mask=st["mask"])[0][tok]  # [T, H*d_h]
-            ctx_t = att.self(st["t"], attention_mask=st["mask"])[0][tok]
+            ctx_s = adapter.context(layer, st["s"], st["mask"])[tok]  # [T, H*d_h]
+            ctx_t = adapter.context(layer, st["t"], st["mask"])[tok]
             x_s, x_t = st["s"][tok], st["t"][tok]
             t_mask = t_head[li].repeat_interleave(d_head)
             pre_t = x_t + b_o + (ctx_t * t_mask) @ W_o.t()  # teacher pre-LN  [T, d]

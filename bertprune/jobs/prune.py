@@ -27,6 +27,7 @@ from bertprune.io import atomic_write_json
 from bertprune.lightning.hardware import check_hardware
 from bertprune.models import (FFN_KEY, HEADS_KEY, check_prunable, count_parameters, load_model, load_tokenizer,
                               save_checkpoint)
+from bertprune.models.adapters import adapter_for
 from bertprune.tasks.data import Task, average_token_length, load_task_data, make_loader, tokenize
 from bertprune.tasks.evaluate import evaluate, predict_logits
 from bertprune.tasks.metrics import metric_format
@@ -93,7 +94,7 @@ def refuse_pruned(teacher: str) -> None:
 
     config = AutoConfig.from_pretrained(teacher)
     heads, ffn = getattr(config, HEADS_KEY, None), getattr(config, FFN_KEY, None)
-    L, H, F = config.num_hidden_layers, config.num_attention_heads, config.intermediate_size
+    L, H, F = adapter_for(config).dense_shape(config)
     if heads is None or (list(heads) == [H] * L and list(ffn) == [F] * L):
         return
     meta_file = Path(teacher) / "bertprune.json"

@@ -6,13 +6,8 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
-from bertprune.core.fisher import INPUT_KEYS
+from bertprune.models import model_inputs
 from bertprune.tasks.data import Task, make_loader
-
-
-def model_inputs(batch: dict) -> dict:
-    return {k: v for k, v in batch.items() if k in INPUT_KEYS}
-
 
 class TaskDataModule(pl.LightningDataModule):
     """Tokenized train/validation splits of a task, dynamically padded."""
@@ -43,12 +38,12 @@ class FineTuneModule(pl.LightningModule):
         self.model.train()  # from_pretrained returns eval mode; fine-tuning wants dropout on
 
     def training_step(self, batch, _):
-        loss = self.kind.loss(self.model(**model_inputs(batch)), batch)
+        loss = self.kind.loss(self.model(**model_inputs(self.model, batch)), batch)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch, _):
-        outputs = self.model(**model_inputs(batch))
+        outputs = self.model(**model_inputs(self.model, batch))
         self.log("eval/loss", self.kind.loss(outputs, batch), prog_bar=False)
         preds, target = self.kind.fit_metric_inputs(outputs, batch)
         for metric in self.val_metrics.values():

@@ -1,5 +1,6 @@
-"""One loader for every model bertprune touches: a local folder, a hub name, a tiny random BERT, or
-a physically pruned checkpoint (uneven heads / FFN widths per layer, recorded in its config)."""
+"""One loader for every model bertprune touches: a local folder, a hub name, a tiny random model of a
+supported family, or a physically pruned checkpoint (uneven heads / FFN widths per layer, recorded in
+its config). Everything family-specific goes through ``bertprune.models.adapters``."""
 
 from __future__ import annotations
 
@@ -12,11 +13,8 @@ import torch
 from torch import nn
 
 from bertprune.io import atomic_dir, atomic_write_text
+from bertprune.models.adapters import FAMILIES, FFN_KEY, HEADS_KEY, adapter_for
 from bertprune.tasks.kinds import TaskKind, get_kind
-
-# Keys bertprune adds to a Hugging Face config.json for a physically pruned model.
-HEADS_KEY = "bertprune_heads_per_layer"
-FFN_KEY = "bertprune_ffn_per_layer"
 
 def _is_local(name_or_path: str) -> bool:
     """A folder (existing, or written as a path) rather than a hub name ("bert-base-uncased", "org/name")."""
@@ -126,18 +124,20 @@ def load_config(name_or_path: str):
 
 def check_prunable(name_or_path: str, kind: str | TaskKind = "classification", num_labels: int | None = None,
                    require_head: bool = False) -> None:
-    """Refuse a model whose encoder is not BERT-structured (or, with ``require_head``, a checkpoint
-    without a fitting fine-tuned head), from its config alone: the architecture is built on the meta
-    device (no weights read, no memory), before any teacher is fine-tuned."""
+    """Refuse a model of a family without an adapter (``bertprune.models.adapters``) or whose modules do
+    not have its family's layout (or, with ``require_head``, a checkpoint without a fitting fine-tuned
+    head), from its config alone: the architecture is built on the meta device (no weights read, no
+    memory), before any teacher is fine-tuned."""
     config = load_config(name_or_path)
+    adapter = adapter_for(config, where=name_or_path)
     _check_head(name_or_path, config, kind, num_labels, require_head)
     with torch.device("meta"):
         model = get_kind(kind).auto_model_class().from_config(config)
     try:
-        encoder_layers(model)
+        adapter.layers(model)
     except ValueError as e:
-        raise ValueError(f"{name_or_path}: {e} Give a BERT-family checkpoint (e.g. model=minilm or model=bert_base, "
-                         "or teacher=<a fine-tuned BERT folder>).") from None
+        raise ValueError(f"{name_or_path}: {e}. Give a checkpoint saved by transformers for this family "
+                         "(e.g. model=minilm or model=bert_base, or teacher=<a fine-tuned folder>).") from None
 
 
 def _check_head(name_or_path: str, config, kind: str | TaskKind, num_labels: int | None, require_head: bool) -> bool:
@@ -165,26 +165,29 @@ def load_tokenizer(name_or_path: str):
 
 
 def tiny_bert(kind: str | TaskKind, num_labels: int, vocab_size: int, hidden_size: int = 32, num_layers: int = 2,
-              num_heads: int = 4, intermediate_size: int = 64, seed: int = 0):
-    """A tiny randomly initialised BERT (tests and smoke runs)."""
-    from transformers import BertConfig
-
-    config = BertConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
-                        num_attention_heads=num_heads, intermediate_size=intermediate_size,
-                        max_position_embeddings=512, num_labels=num_labels,
-                        hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+              num_heads: int = 4, intermediate_size: int = 64, seed: int = 0, family: str = "bert"):
+    """A tiny randomly initialised model of ``family`` (bert, distilbert, roberta; tests and smoke runs)."""
+    config = _family(family).tiny_config(vocab_size, hidden_size, num_layers, num_heads, intermediate_size, num_labels)
     torch.manual_seed(seed)
     return get_kind(kind).auto_model_class().from_config(config)
 
 
+def _family(family: str):
+    if family not in FAMILIES:
+        raise ValueError(f"family={family!r}; expected one of {sorted(FAMILIES)}")
+    return FAMILIES[family]
+
+
 @dataclass(frozen=True)
 class TinyBert:
-    """The architecture of a tiny randomly initialised BERT (``conf/model/tiny.yaml``'s ``random_init``)."""
+    """The architecture of a tiny randomly initialised model (``conf/model/tiny.yaml``'s ``random_init``);
+    ``family``: bert (default), distilbert or roberta."""
 
     hidden_size: int = 32
     num_layers: int = 2
     num_heads: int = 4
     intermediate_size: int = 64
+    family: str = "bert"
 
     def __post_init__(self) -> None:
         for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
@@ -193,10 +196,12 @@ class TinyBert:
                 raise ValueError(f"{key}={value!r} must be an integer >= 1")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size={self.hidden_size} must be a multiple of num_heads={self.num_heads}")
+        _family(self.family)
 
     def build(self, kind: str | TaskKind, num_labels: int, vocab_size: int, seed: int = 0):
         return tiny_bert(kind, num_labels, vocab_size, hidden_size=self.hidden_size, num_layers=self.num_layers,
-                         num_heads=self.num_heads, intermediate_size=self.intermediate_size, seed=seed)
+                         num_heads=self.num_heads, intermediate_size=self.intermediate_size, seed=seed,
+                         family=self.family)
 
 
 def load_model(name_or_path: str, kind: str | TaskKind = "classification", num_labels: int | None = None,
@@ -231,64 +236,30 @@ def _load_pruned(path: str, config, kind: TaskKind):
 
 
 # ----------------------------------------------------------------------------------------------
-# Structure of BERT-family encoders
+# Structure of an encoder (through its family's adapter)
 
 
 def encoder_layers(model) -> list[nn.Module]:
-    """The transformer layers of a BERT-structured encoder (BERT, RoBERTa, ELECTRA, MiniLM …)."""
-    base = getattr(model, "base_model", model)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if layers is None or not hasattr(layers[0], "attention") or not hasattr(layers[0], "intermediate"):
-        raise ValueError(
-            f"model type {getattr(model.config, 'model_type', '?')!r} does not have a BERT-structured encoder "
-            "(encoder.layer[i].attention.self/query, intermediate, output); bertprune prunes BERT, RoBERTa, "
-            "ELECTRA and MiniLM-style models.")
-    return list(layers)
+    """The transformer layers of a model of a supported family."""
+    return adapter_for(model).layers(model)
 
 
 def head_size(model) -> int:
-    return model.config.hidden_size // model.config.num_attention_heads
+    return adapter_for(model).head_size(model.config)
 
 
-def layer_shape(layer, d_head: int) -> tuple[int, int]:
-    """(heads, ffn width) of one (possibly pruned) layer."""
-    att = layer.attention
-    heads = 0 if isinstance(att, AttentionBiasOnly) else att.self.query.out_features // d_head
-    ffn = 0 if isinstance(layer.output, FeedForwardBiasOnly) else layer.intermediate.dense.out_features
-    return heads, ffn
+def model_inputs(model, batch: dict) -> dict:
+    """The Hugging Face inputs ``model``'s family reads (``input_ids``, ``attention_mask`` [, ``token_type_ids``]
+    ``[b, s]``) out of a batch."""
+    return adapter_for(model).model_inputs(batch)
 
 
 def model_shape(model) -> tuple[list[int], list[int]]:
-    d_head = head_size(model)
-    shapes = [layer_shape(layer, d_head) for layer in encoder_layers(model)]
+    """(heads per layer, FFN width per layer) of a dense or pruned model."""
+    adapter = adapter_for(model)
+    d_head = adapter.head_size(model.config)
+    shapes = [adapter.layer_shape(layer, d_head) for layer in adapter.layers(model)]
     return [h for h, _ in shapes], [f for _, f in shapes]
-
-
-class AttentionBiasOnly(nn.Module):
-    """Replaces a layer's attention block when it keeps 0 heads: only the output bias survives.
-
-    Built on ``device`` / ``dtype`` (those of the layer it replaces: a GPU or float64/float16 model).
-    """
-
-    def __init__(self, hidden_size: int, eps: float, device=None, dtype=None):
-        super().__init__()
-        self.bias = nn.Parameter(torch.zeros(hidden_size, device=device, dtype=dtype))
-        self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps, device=device, dtype=dtype)
-
-    def forward(self, hidden_states, *args, **kwargs):
-        return self.LayerNorm(hidden_states + self.bias), None
-
-
-class FeedForwardBiasOnly(nn.Module):
-    """Replaces a layer's FFN output when it keeps 0 neurons: LayerNorm(input + bias)."""
-
-    def __init__(self, hidden_size: int, eps: float, device=None, dtype=None):
-        super().__init__()
-        self.bias = nn.Parameter(torch.zeros(hidden_size, device=device, dtype=dtype))
-        self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps, device=device, dtype=dtype)
-
-    def forward(self, hidden_states, input_tensor):
-        return self.LayerNorm(input_tensor + self.bias)
 
 
 def resize_layers(model, heads_per_layer: list[int], ffn_per_layer: list[int]) -> None:
@@ -296,28 +267,24 @@ def resize_layers(model, heads_per_layer: list[int], ffn_per_layer: list[int]) -
 
     New modules are built on each layer's own device and dtype.
     """
-    layers = encoder_layers(model)
+    adapter = adapter_for(model)
+    layers = adapter.layers(model)
     if len(heads_per_layer) != len(layers) or len(ffn_per_layer) != len(layers):
         raise ValueError(f"pruned config lists {len(heads_per_layer)} head counts / {len(ffn_per_layer)} FFN widths "
                          f"for {len(layers)} layers")
-    d, d_head, eps = model.config.hidden_size, head_size(model), model.config.layer_norm_eps
+    d, d_head = adapter.hidden_size(model.config), adapter.head_size(model.config)
     for layer, n_heads, width in zip(layers, heads_per_layer, ffn_per_layer):
         ref = next(layer.parameters())
         like = {"device": ref.device, "dtype": ref.dtype}
         if n_heads == 0:
-            layer.attention = AttentionBiasOnly(d, eps, **like)
+            adapter.empty_attention(layer, model.config)
         else:
-            sa = layer.attention.self
-            for name in ("query", "key", "value"):
-                setattr(sa, name, nn.Linear(d, n_heads * d_head, **like))
-            sa.num_attention_heads, sa.all_head_size = n_heads, n_heads * d_head
-            layer.attention.output.dense = nn.Linear(n_heads * d_head, d, **like)
+            adapter.set_attention(layer, *(nn.Linear(d, n_heads * d_head, **like) for _ in range(3)),
+                                  nn.Linear(n_heads * d_head, d, **like), n_heads)
         if width == 0:
-            layer.intermediate = nn.Identity()
-            layer.output = FeedForwardBiasOnly(d, eps, **like)
+            adapter.empty_ffn(layer, model.config)
         else:
-            layer.intermediate.dense = nn.Linear(d, width, **like)
-            layer.output.dense = nn.Linear(width, d, **like)
+            adapter.set_ffn(layer, nn.Linear(d, width, **like), nn.Linear(width, d, **like))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -227,11 +227,11 @@ def _macs(model, meta: dict, heads: list[int], ffn: list[int], seq_len: float) -
         return float(meta["macs"]), float(meta["dense_macs"]), float(meta.get("mac_ratio",
                                                                               meta["macs"] / meta["dense_macs"]))
     from bertprune.core.cost import MacCost
+    from bertprune.models.adapters import adapter_for
 
     cost = MacCost.for_model(model, seq_len)
-    c = model.config
-    macs, dense = cost.encoder(sum(heads), sum(ffn)), cost.encoder(c.num_hidden_layers * c.num_attention_heads,
-                                                                   c.num_hidden_layers * c.intermediate_size)
+    L, H, F = adapter_for(model).dense_shape(model.config)
+    macs, dense = cost.encoder(sum(heads), sum(ffn)), cost.encoder(L * H, L * F)
     return macs, dense, macs / dense
 
 

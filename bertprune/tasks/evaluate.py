@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from bertprune.models import model_inputs
 from bertprune.tasks.kinds import TaskKind, score
 
 
@@ -18,8 +19,7 @@ def predict_logits(model, loader, device="cpu", progress: bool = False, desc: st
     outs, labels = [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
         batch = {k: v.to(device) for k, v in batch.items()}
-        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        outs.append(model(**inputs).logits.float().cpu())
+        outs.append(model(**model_inputs(model, batch)).logits.float().cpu())
         labels.append(batch["labels"].cpu())
     model.train(was_training)
     return torch.cat(outs), torch.cat(labels)
