@@ -245,3 +245,14 @@ def test_file_hashes_are_cached_but_never_stale(tmp_path, monkeypatch):
     monkeypatch.setattr(res, "_HASHES", {})  # a new process: the digest comes from the store, unread file
     monkeypatch.setattr(res, "sha256_file", lambda p: pytest.fail("re-hashed a file whose hash is stored"))
     assert res.sha256_cached(big) == second
+
+
+def test_embedded_default_teacher_key_is_stable(tmp_path):
+    """The cache key of the embedded default (packaged MiniLM on packaged Rotten Tomatoes, default
+    training) is what every existing cache is stored under: a new config field that leaks into the key
+    at its default silently forces every machine to fine-tune the teacher again (12+ minutes). When the
+    key must change (the packaged files or the training change), change it here on purpose."""
+    from conftest import compose_cfg
+
+    for job in ("train", "prune"):
+        assert teacher_key(compose_cfg(job, [], tmp_path / job)) == "56090bebc70a", job

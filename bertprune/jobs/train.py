@@ -64,6 +64,11 @@ def source_fingerprint(value: str, files: tuple[str, ...] = ()) -> str | dict:
     return {**where, "files": {n: sha256_cached(p / n) for n in names}}
 
 
+# Task fields added after the cache key was defined: at their defaults they do not change the data a
+# teacher is trained on, so they stay out of the key (existing caches stay valid); set, they count.
+KEY_NEUTRAL_AT_DEFAULT = ("dir_train_file", "dir_validation_file", "file_header")
+
+
 def teacher_key_data(cfg) -> dict:
     """Everything the teacher depends on, JSON-able: the model (weights/config and tokenizer by content),
     the task (all its fields, data files by content and absolute path) and the training config.
@@ -77,6 +82,10 @@ def teacher_key_data(cfg) -> dict:
         if cfg.model.get(key) is not None:
             model[key] = source_fingerprint(str(cfg.model[key]), files)
     task = dataclasses.asdict(Task.from_config(cfg.task))
+    defaults = {f.name: f.default for f in dataclasses.fields(Task)}
+    for key in KEY_NEUTRAL_AT_DEFAULT:  # later fields: at their default they change nothing trained on
+        if task.get(key) == defaults[key]:
+            task.pop(key)
     for key in ("data_file", "train_file", "validation_file"):
         if task[key] is not None:
             task[key] = source_fingerprint(str(task[key]))
