@@ -482,10 +482,6 @@ def test_targets():
 
 
 # --------------------------------------------------------------------------- training features (answer positions)
-def _answer_tokens(tokenizer, answer: str) -> list[str]:
-    return tokenizer.tokenize(answer)
-
-
 def test_training_positions_point_at_the_answer_inside_the_span_else_cls(examples, tokenizer):
     """Multi-span documents (Tesla: many spans at 64 tokens, stride 16): every span that holds the whole
     answer points at its first/last sub-token; every other span of that question points at [CLS] (0)."""
@@ -495,7 +491,7 @@ def test_training_positions_point_at_the_answer_inside_the_span_else_cls(example
     assert plain.start_positions is None and train.start_positions.dtype == np.int64
     for e_i, ex in enumerate(examples):
         rows = feature_rows(train, e_i)
-        want = _answer_tokens(tokenizer, ex.answers[0])
+        want = tokenizer.tokenize(ex.answers[0])
         inside = 0
         for r in rows:
             s, e = int(train.start_positions[r]), int(train.end_positions[r])
