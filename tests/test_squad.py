@@ -479,3 +479,64 @@ def test_targets():
     assert all(v["met"] for v in target_report(90.783126).values())
     assert not target_report(90.783)["bert-99.9"]["met"]
     assert not any(v["met"] for v in target_report(89.9).values())
+
+
+# --------------------------------------------------------------------------- training features (answer positions)
+def test_training_positions_point_at_the_answer_inside_the_span_else_cls(examples, tokenizer):
+    """Multi-span documents (Tesla: many spans at 64 tokens, stride 16): every span that holds the whole
+    answer points at its first/last sub-token; every other span of that question points at [CLS] (0)."""
+    train = featurize(examples, tokenizer, training=True, **KW)
+    plain = featurize(examples, tokenizer, **KW)
+    np.testing.assert_array_equal(train.input_ids, plain.input_ids)  # positions add to, never change, the inputs
+    assert plain.start_positions is None and train.start_positions.dtype == np.int64
+    for e_i, ex in enumerate(examples):
+        rows = feature_rows(train, e_i)
+        want = tokenizer.tokenize(ex.answers[0])
+        inside = 0
+        for r in rows:
+            s, e = int(train.start_positions[r]), int(train.end_positions[r])
+            toks = train.tokens[r]
+            # the answer lies in this span iff its sub-tokens appear among the span's tokens (from the doc)
+            span_positions = sorted(train.token_to_orig_map[r])
+            if s == 0:
+                assert e == 0
+                continue
+            inside += 1
+            assert span_positions[0] <= s <= e <= span_positions[-1]
+            assert toks[s : e + 1] == want, (ex.qas_id, toks[s : e + 1], want)
+        assert inside >= 1, ex.qas_id
+        if len(rows) > 1 and ex.context is TESLA:
+            assert inside < len(rows)  # the long document has spans without the answer: they point at [CLS]
+
+
+def test_training_positions_answer_cut_by_a_span_edge_is_cls(tokenizer):
+    """An answer crossing a span boundary is in neither span whole: those spans point at [CLS]."""
+    words = [f"w{i}" for i in range(60)]
+    context = " ".join(words)
+    answer = "w20 w21 w22 w23 w24 w25"
+    ex = [squad._make_example("x", "where", context, [(answer, context.index(answer))])]
+    feats = featurize(ex, tokenizer, max_seq_length=24, doc_stride=4, max_query_length=4, progress=False,
+                      training=True)
+    want = tokenizer.tokenize(answer)
+    hits = [r for r in range(len(feats)) if feats.start_positions[r]]
+    assert hits and len(hits) < len(feats)
+    for r in range(len(feats)):
+        doc = [feats.tokens[r][p] for p in sorted(feats.token_to_orig_map[r])]
+        whole = any(doc[i : i + len(want)] == want for i in range(len(doc)))
+        assert bool(feats.start_positions[r]) == whole
+        if whole:
+            s, e = feats.start_positions[r], feats.end_positions[r]
+            assert feats.tokens[r][s : e + 1] == want
+
+
+def test_training_positions_improve_span_and_missing_answer(tokenizer):
+    """The answer "1895" inside the word "(1895-1943)" gets exactly its sub-tokens (Google's
+    _improve_answer_span); an answer not found in the context (start_position None) points at [CLS]."""
+    context = "The painter (1895-1943) lived in Paris."
+    found = squad._make_example("a", "born?", context, [("1895", context.index("1895"))])
+    missing = squad._make_example("b", "born?", context, [("London", 0)])
+    assert missing.start_position is None
+    feats = featurize([found, missing], tokenizer, training=True, **KW)
+    s, e = int(feats.start_positions[0]), int(feats.end_positions[0])
+    assert feats.tokens[0][s : e + 1] == tokenizer.tokenize("1895")
+    assert feats.start_positions[1] == feats.end_positions[1] == 0

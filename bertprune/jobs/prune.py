@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -135,6 +136,74 @@ def run_fisher(model, kind, dataset, batches, collate, hardware, out_path: Path)
     return load_fisher(out_path)
 
 
+@dataclass
+class SquadData:
+    """A qa task's data for pruning: training features with answer positions (rows for Fisher / calibration /
+    tuning) and the dev examples + features the stage metrics decode against."""
+
+    train: list[dict]  # per feature: input_ids / attention_mask / token_type_ids [max_length], start/end_positions []
+    mean_tokens: float  # mean real (unpadded) tokens per training feature: the MAC cost model's sequence length
+    examples: list  # dev SquadExamples
+    features: object  # dev squad.SquadFeatures [N spans, max_length]
+    validation: list[dict]  # dev feature rows (inputs only)
+
+
+def _feature_rows(feats, training: bool) -> list[dict]:
+    cols = {"input_ids": feats.input_ids, "attention_mask": feats.input_mask, "token_type_ids": feats.segment_ids}
+    if training:
+        cols.update(start_positions=feats.start_positions, end_positions=feats.end_positions)
+    tensors = {k: torch.from_numpy(v) for k, v in cols.items()}
+    return [{k: v[i] for k, v in tensors.items()} for i in range(len(feats))]
+
+
+def squad_data(task: Task, tokenizer) -> SquadData:
+    """Training features of ``task.train_file`` (else the hub's SQuAD train split; offline: one error naming
+    ``task.train_file``), featurized with answer positions, and the dev examples/features of ``task.data_file``
+    (``bertprune.tasks.features.squad_validation``), all at ``task.max_length`` / doc stride / query length."""
+    from bertprune.tasks.features import squad_validation
+    from bertprune.tasks.squad import featurize, load_squad, load_squad_hub
+
+    if task.train_file:
+        train_examples = load_squad(task.train_file)
+    else:
+        try:
+            train_examples = load_squad_hub("train")
+        except Exception as err:  # noqa: BLE001 - offline / hub errors: one message with the fix
+            raise ValueError(
+                f"task={task.name}: task.train_file is not set and SQuAD's training split could not be loaded from "
+                f"the hub ({type(err).__name__}: {str(err)[:200]}). Fisher and mask tuning need training features "
+                "with answer positions: give a local SQuAD v1.1 training file, e.g. "
+                "task.train_file=/data/squad/train-v1.1.json") from None
+    train = featurize(train_examples, tokenizer, max_seq_length=task.max_length, doc_stride=task.doc_stride,
+                      max_query_length=task.max_query_length, progress=False, training=True)
+    examples, features = squad_validation(task, tokenizer)
+    return SquadData(train=_feature_rows(train, True), mean_tokens=float(train.input_mask.sum(1).mean()),
+                     examples=examples, features=features, validation=_feature_rows(features, False))
+
+
+def stack_rows(rows: list[dict]) -> dict:
+    """Rows of equal-length tensors -> a batch (each key stacked: ``[b, max_length]`` / ``[b]``)."""
+    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+@torch.no_grad()
+def predict_spans(model, kind, rows: list[dict], batch_size: int, device, desc: str = "eval") -> torch.Tensor:
+    """Start/end logits ``[N, max_length, 2]`` (float32, CPU) of ``model`` over feature ``rows``, in order."""
+    from tqdm.auto import tqdm
+
+    from bertprune.models import model_inputs
+
+    was_training = model.training
+    model.eval()
+    outs = []
+    for i in tqdm(range(0, len(rows), batch_size), desc=desc, leave=False):
+        batch = {k: v.to(device) for k, v in stack_rows(rows[i:i + batch_size]).items()}
+        start, end = kind.graph_outputs(model(**model_inputs(model, batch)))
+        outs.append(torch.stack([start, end], dim=-1).float().cpu())
+    model.train(was_training)
+    return torch.cat(outs)
+
+
 def clear_run_dir(run_dir: Path) -> None:
     """Remove what a previous job left in ``run_dir`` (``RUN_ARTIFACTS``); refuse folders prune.py did not write."""
     import shutil
@@ -185,9 +254,9 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     constraint = check_prune_config(cfg)
     task = Task.from_config(cfg.task)
     kind = task.task_kind
-    if not kind.labelled_text:
-        raise ValueError("prune.py prunes classification/regression tasks here; SQuAD pruning needs SQuAD training "
-                         "features (labels), which the qa task does not provide yet")
+    if not kind.labelled_text and not cfg.teacher:
+        raise ValueError(f"task={task.name} (question answering) needs teacher=<folder of a fine-tuned QA model, e.g. "
+                         "BERT fine-tuned on SQuAD>; prune.py fine-tunes cached teachers for text tasks only")
     device = check_hardware(cfg.hardware)
     if cfg.export or cfg.bench:
         from bertprune.onnx.runtime import choose_providers
@@ -206,38 +275,68 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     elif cfg.model.get("random_init") is None:
         check_prunable(cfg.model.name_or_path, kind)
     tokenizer = load_tokenizer(cfg.teacher or cfg.model.tokenizer)
-    data = load_task_data(task)
-    batches = calibration_batches(len(data["train"]), int(cfg.num_samples), int(cfg.batch_size), int(cfg.seed))
-    tokenized = tokenize(data, task, tokenizer)
+    if kind.labelled_text:
+        data = load_task_data(task)
+        batches = calibration_batches(len(data["train"]), int(cfg.num_samples), int(cfg.batch_size), int(cfg.seed))
+        tokenized = tokenize(data, task, tokenizer)
+        train_rows = tokenized["train"]
+    else:  # SQuAD: training features with answer positions, dev examples + features
+        qa = squad_data(task, tokenizer)
+        batches = calibration_batches(len(qa.train), int(cfg.num_samples), int(cfg.batch_size), int(cfg.seed))
+        train_rows = qa.train
 
     # ---- teacher, cost model (cost: a _target_ building the cost model from the model and S)
     teacher = cfg.teacher or str(ensure_teacher(cfg).folder)
     model = load_model(teacher, kind, task.num_labels, require_head=True).to(device).eval()
-    mac_seq_len = cfg.cost.seq_len or average_token_length(tokenized["train"])
+    # MACs at the real (unpadded) token count: text rows are unpadded, SQuAD features padded (their input_mask)
+    mac_seq_len = cfg.cost.seq_len or (average_token_length(tokenized["train"]) if kind.labelled_text
+                                       else qa.mean_tokens)
     cost = instantiate(cfg.cost, model=model, seq_len=mac_seq_len)
     (L, H), (_, F) = mask_shapes(model)
     check_constraint(constraint, cost, L * H, L * F)
-    val_loader = make_loader(tokenized["validation"], tokenizer, int(cfg.eval_batch_size))
-    collate = val_loader.collate_fn
     metric, metrics = task.primary_metric, task.metrics  # the task's metrics (None: the kind's), the primary first
+    if kind.labelled_text:
+        val_loader = make_loader(tokenized["validation"], tokenizer, int(cfg.eval_batch_size))
+        collate = val_loader.collate_fn
+
+        def predict(m, desc: str):
+            """(logits [N, num_labels], labels [N]) of model ``m`` over the validation split."""
+            return predict_logits(m, val_loader, device, progress=True, desc=desc)
+
+        def scores(outputs, labels) -> dict:
+            return task.score(outputs, labels)
+
+        def eval_metrics(m, desc: str) -> dict:
+            return evaluate(m, val_loader, kind, device, progress=True, desc=desc, metrics=metrics)
+    else:
+        collate = stack_rows
+
+        def predict(m, desc: str):
+            """(start/end logits [N spans, max_length, 2], None) over the dev features, as the harness reads them."""
+            return predict_spans(m, kind, qa.validation, int(cfg.eval_batch_size), device, desc), None
+
+        def scores(outputs, labels) -> dict:  # MLPerf's n-best decoding, then the official SQuAD v1.1 EM/F1
+            return task.score(outputs, examples=qa.examples, squad=qa.features)
+
+        def eval_metrics(m, desc: str) -> dict:
+            return scores(*predict(m, desc))
     timings: dict[str, float] = {}
 
     def masked_eval(head_mask, neuron_mask, stage: str) -> float:
         with MaskHooks(model, head_mask, neuron_mask):
-            return evaluate(model, val_loader, kind, device, progress=True, desc=f"eval {stage}", metrics=metrics)[metric]
+            return eval_metrics(model, f"eval {stage}")[metric]
 
     group = Path(cfg.output_dir).parent.name if cfg.get("sweep_group") is None else cfg.sweep_group
     job_loggers.open(cfg.logger, str(run_dir), name=f"prune-{task.name}-{cfg.model.name}-c{constraint}",
                      group=f"prune-{group}", config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    dense_metrics = timed(timings, "eval_dense", lambda: evaluate(model, val_loader, kind, device, progress=True,
-                                                                   desc="eval dense", metrics=metrics))
+    dense_metrics = timed(timings, "eval_dense", lambda: eval_metrics(model, "eval dense"))
     dense_metric = dense_metrics[metric]
     log.info("dense %s: %.2f", metric, dense_metric)
 
     # ---- Fisher (through Lightning: 1 or more processes) -> search -> rearrange -> tune -> physical
-    calibration = [collate([tokenized["train"][j] for j in b]) for b in batches]
+    calibration = [collate([train_rows[j] for j in b]) for b in batches]
     result = prune_model(model, calibration, kind, cost, constraint, options, device=device, evaluate=masked_eval,
-                         fisher=lambda: run_fisher(model, kind, tokenized["train"], batches, collate, cfg.hardware,
+                         fisher=lambda: run_fisher(model, kind, train_rows, batches, collate, cfg.hardware,
                                                    run_dir / "fisher.safetensors"))
     timings.update(result.timings)
     pruned, head_mask, neuron_mask, stage_metrics = result.model, result.head_mask, result.neuron_mask, result.stage_metrics
@@ -245,14 +344,14 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     # ---- the physically smaller model, checked against the masked one
     def parity_pass():
         with MaskHooks(model, head_mask, neuron_mask):
-            masked, _ = predict_logits(model, val_loader, device, progress=True, desc="parity masked")
-        return masked, *predict_logits(pruned, val_loader, device, progress=True, desc="parity pruned")
+            masked, _ = predict(model, "parity masked")
+        return masked, *predict(pruned, "parity pruned")
 
     masked_logits, pruned_logits, labels = timed(timings, "parity", parity_pass)
     parity = float((pruned_logits - masked_logits).abs().max())
     if parity > 1e-4:
         raise RuntimeError(f"physically pruned model differs from the masked model by {parity:.2e} (> 1e-4)")
-    pruned_metrics = task.score(pruned_logits, labels)
+    pruned_metrics = scores(pruned_logits, labels)
     pruned_metric = pruned_metrics[metric]
     heads, ffn = result.heads_per_layer, result.ffn_per_layer
     final_stage = list(stage_metrics)[-1]

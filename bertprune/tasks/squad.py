@@ -177,6 +177,10 @@ class SquadFeatures:
     token_to_orig_map: list[dict[int, int]]
     token_is_max_context: list[dict[int, bool]]
     tokens: list[list[str]]
+    # training features only (``featurize(..., training=True)``): int64 [N] positions of the answer's first /
+    # last sub-token in the feature, 0 ([CLS]) when the answer is not inside the feature's doc span
+    start_positions: np.ndarray | None = None
+    end_positions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -255,6 +259,17 @@ def _is_max_context(spans: list[tuple[int, int]], span_index: int, position: int
     return span_index == best_index
 
 
+def _improve_answer_span(doc: list[str], start: int, end: int, tokenizer, answer: str) -> tuple[int, int]:
+    """Google BERT's ``_improve_answer_span``: the sub-token span inside ``[start, end]`` that matches the
+    tokenized answer text exactly (e.g. "1895" inside the word "(1895-1943)."), else ``(start, end)``."""
+    target = " ".join(tokenizer.tokenize(answer))
+    for new_start in range(start, end + 1):
+        for new_end in range(end, new_start - 1, -1):
+            if " ".join(doc[new_start : new_end + 1]) == target:
+                return new_start, new_end
+    return start, end
+
+
 def featurize(
     examples: list[SquadExample],
     tokenizer: PreTrainedTokenizerBase,
@@ -262,11 +277,16 @@ def featurize(
     doc_stride: int = 128,
     max_query_length: int = 64,
     progress: bool = True,
+    training: bool = False,
 ) -> SquadFeatures:
-    """Google BERT / MLPerf ``convert_examples_to_features`` (inference mode).
+    """Google BERT / MLPerf ``convert_examples_to_features`` (inference mode; ``training=True`` adds the
+    answer positions as Google's ``run_squad.py`` training mode computes them).
 
     Each example yields one feature per doc span: ``[CLS] query [SEP] span [SEP]`` padded with
-    0 to ``max_seq_length``. Returns ``SquadFeatures`` with int64 arrays of shape [N, max_seq_length].
+    0 to ``max_seq_length``. Returns ``SquadFeatures`` with int64 arrays of shape [N, max_seq_length];
+    with ``training``, ``start_positions`` / ``end_positions`` int64 [N]: the feature positions of the first
+    gold answer's first / last sub-token when both lie in the feature's doc span, else 0 ([CLS]) — also for
+    an example whose answer text was not found in its context (``start_position`` None).
     """
     if max_query_length < 1:
         raise ValueError(f"max_query_length must be >= 1, got {max_query_length}")
@@ -285,6 +305,7 @@ def featurize(
 
     ids_rows, mask_rows, seg_rows, ex_idx = [], [], [], []
     to_orig, max_ctx, all_tokens = [], [], []
+    starts, ends = [], []
     it: Iterable = enumerate(examples)
     if progress:
         from tqdm.auto import tqdm
@@ -297,10 +318,17 @@ def featurize(
             cached_words = ex.doc_tokens
             tok_to_orig: list[int] = []
             doc: list[str] = []
+            orig_to_tok: list[int] = []  # doc word -> its first sub-token (as Google's run_squad)
             for w_i, word in enumerate(ex.doc_tokens):
+                orig_to_tok.append(len(doc))
                 for sub in tokenizer.tokenize(word):
                     tok_to_orig.append(w_i)
                     doc.append(sub)
+        answer_span = None  # (first, last) sub-token of the gold answer in doc
+        if training and ex.start_position is not None:
+            a_start = orig_to_tok[ex.start_position]
+            a_end = orig_to_tok[ex.end_position + 1] - 1 if ex.end_position < len(ex.doc_tokens) - 1 else len(doc) - 1
+            answer_span = _improve_answer_span(doc, a_start, a_end, tokenizer, ex.answers[0])
 
         max_doc = max_seq_length - len(query) - 3
         spans: list[tuple[int, int]] = []  # (start, length) into doc
@@ -321,6 +349,11 @@ def featurize(
                 t2o[len(tokens)] = tok_to_orig[k]
                 tmc[len(tokens)] = _is_max_context(spans, s_i, k)
                 tokens.append(doc[k])
+            if training:
+                inside = answer_span is not None and start <= answer_span[0] and answer_span[1] <= start + length - 1
+                offset = len(query) + 2  # [CLS] query [SEP]
+                starts.append(answer_span[0] - start + offset if inside else 0)
+                ends.append(answer_span[1] - start + offset if inside else 0)
             tokens.append(sep_tok)
             segs += [1] * (length + 1)
             ids = list(tokenizer.convert_tokens_to_ids(tokens))
@@ -340,6 +373,8 @@ def featurize(
         input_ids=arr(ids_rows), input_mask=arr(mask_rows), segment_ids=arr(seg_rows),
         example_index=np.asarray(ex_idx, dtype=np.int64),
         token_to_orig_map=to_orig, token_is_max_context=max_ctx, tokens=all_tokens,
+        start_positions=np.asarray(starts, dtype=np.int64) if training else None,
+        end_positions=np.asarray(ends, dtype=np.int64) if training else None,
     )
 
 
