@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,7 +29,8 @@ from bertprune.models import (FFN_KEY, HEADS_KEY, check_prunable, count_paramete
                               save_checkpoint)
 from bertprune.models.adapters import adapter_for
 from bertprune.tasks.data import Task, average_token_length, load_task_data, make_loader, tokenize
-from bertprune.tasks.evaluate import evaluate, predict_logits
+from bertprune.tasks.evaluate import evaluate, predict_logits, predict_spans
+from bertprune.tasks.features import squad_data, stack_rows
 from bertprune.tasks.metrics import metric_format
 
 log = logging.getLogger(__name__)
@@ -134,74 +134,6 @@ def run_fisher(model, kind, dataset, batches, collate, hardware, out_path: Path)
                          callbacks=[FisherProgressBar()], **trainer_kwargs(hardware))
     trainer.test(module, verbose=False)
     return load_fisher(out_path)
-
-
-@dataclass
-class SquadData:
-    """A qa task's data for pruning: training features with answer positions (rows for Fisher / calibration /
-    tuning) and the dev examples + features the stage metrics decode against."""
-
-    train: list[dict]  # per feature: input_ids / attention_mask / token_type_ids [max_length], start/end_positions []
-    mean_tokens: float  # mean real (unpadded) tokens per training feature: the MAC cost model's sequence length
-    examples: list  # dev SquadExamples
-    features: object  # dev squad.SquadFeatures [N spans, max_length]
-    validation: list[dict]  # dev feature rows (inputs only)
-
-
-def _feature_rows(feats, training: bool) -> list[dict]:
-    cols = {"input_ids": feats.input_ids, "attention_mask": feats.input_mask, "token_type_ids": feats.segment_ids}
-    if training:
-        cols.update(start_positions=feats.start_positions, end_positions=feats.end_positions)
-    tensors = {k: torch.from_numpy(v) for k, v in cols.items()}
-    return [{k: v[i] for k, v in tensors.items()} for i in range(len(feats))]
-
-
-def squad_data(task: Task, tokenizer) -> SquadData:
-    """Training features of ``task.train_file`` (else the hub's SQuAD train split; offline: one error naming
-    ``task.train_file``), featurized with answer positions, and the dev examples/features of ``task.data_file``
-    (``bertprune.tasks.features.squad_validation``), all at ``task.max_length`` / doc stride / query length."""
-    from bertprune.tasks.features import squad_validation
-    from bertprune.tasks.squad import featurize, load_squad, load_squad_hub
-
-    if task.train_file:
-        train_examples = load_squad(task.train_file)
-    else:
-        try:
-            train_examples = load_squad_hub("train")
-        except Exception as err:  # noqa: BLE001 - offline / hub errors: one message with the fix
-            raise ValueError(
-                f"task={task.name}: task.train_file is not set and SQuAD's training split could not be loaded from "
-                f"the hub ({type(err).__name__}: {str(err)[:200]}). Fisher and mask tuning need training features "
-                "with answer positions: give a local SQuAD v1.1 training file, e.g. "
-                "task.train_file=/data/squad/train-v1.1.json") from None
-    train = featurize(train_examples, tokenizer, max_seq_length=task.max_length, doc_stride=task.doc_stride,
-                      max_query_length=task.max_query_length, progress=False, training=True)
-    examples, features = squad_validation(task, tokenizer)
-    return SquadData(train=_feature_rows(train, True), mean_tokens=float(train.input_mask.sum(1).mean()),
-                     examples=examples, features=features, validation=_feature_rows(features, False))
-
-
-def stack_rows(rows: list[dict]) -> dict:
-    """Rows of equal-length tensors -> a batch (each key stacked: ``[b, max_length]`` / ``[b]``)."""
-    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
-
-
-@torch.no_grad()
-def predict_spans(model, kind, rows: list[dict], batch_size: int, device, desc: str = "eval") -> torch.Tensor:
-    """Start/end logits ``[N, max_length, 2]`` (float32, CPU) of ``model`` over feature ``rows``, in order."""
-    from tqdm.auto import tqdm
-
-    from bertprune.models import model_inputs
-
-    was_training = model.training
-    model.eval()
-    outs = []
-    for i in tqdm(range(0, len(rows), batch_size), desc=desc, leave=False):
-        batch = {k: v.to(device) for k, v in stack_rows(rows[i:i + batch_size]).items()}
-        start, end = kind.graph_outputs(model(**model_inputs(model, batch)))
-        outs.append(torch.stack([start, end], dim=-1).float().cpu())
-    model.train(was_training)
-    return torch.cat(outs)
 
 
 def clear_run_dir(run_dir: Path) -> None:

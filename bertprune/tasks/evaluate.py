@@ -31,3 +31,19 @@ def evaluate(model, loader, kind: str | TaskKind, device="cpu", progress: bool =
     a task's ``metric_names``) of ``model`` over ``loader``."""
     logits, labels = predict_logits(model, loader, device, progress, desc)
     return score(kind, logits, labels, metrics)
+
+
+@torch.no_grad()
+def predict_spans(model, kind, rows: list[dict], batch_size: int, device, desc: str = "eval") -> torch.Tensor:
+    """Start/end logits ``[N, max_length, 2]`` (float32, CPU) of ``model`` over feature ``rows``, in order."""
+    from bertprune.tasks.features import stack_rows
+
+    was_training = model.training
+    model.eval()
+    outs = []
+    for i in tqdm(range(0, len(rows), batch_size), desc=desc, leave=False):
+        batch = {k: v.to(device) for k, v in stack_rows(rows[i:i + batch_size]).items()}
+        start, end = kind.graph_outputs(model(**model_inputs(model, batch)))
+        outs.append(torch.stack([start, end], dim=-1).float().cpu())
+    model.train(was_training)
+    return torch.cat(outs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from bertprune.onnx.interface import HF_INPUTS, INPUTS
 from bertprune.tasks.kinds import QuestionAnswering, get_kind
@@ -90,8 +91,6 @@ def pad(tokenizer, rows: list[dict], padding: str = "max_length", max_length: in
 def to_feeds(batch) -> dict[str, np.ndarray]:
     """MLPerf-named, C-contiguous int64 arrays ``[batch, seq]`` from a batch with Hugging Face names (or
     already MLPerf names); missing token_type_ids -> zeros."""
-    import torch
-
     def arr(x):
         return np.ascontiguousarray((x.cpu().numpy() if torch.is_tensor(x) else np.asarray(x)).astype(np.int64))
 
@@ -114,6 +113,56 @@ def squad_validation(task, tokenizer, limit: int | None = None):
     feats = featurize(examples, tokenizer, max_seq_length=task.max_length, doc_stride=task.doc_stride,
                       max_query_length=task.max_query_length, progress=False)
     return examples, feats
+
+
+@dataclass
+class SquadData:
+    """A qa task's data for pruning: training features with answer positions (rows for Fisher / calibration /
+    tuning) and the dev examples + features the stage metrics decode against."""
+
+    train: list[dict]  # per feature: input_ids / attention_mask / token_type_ids [max_length], start/end_positions []
+    mean_tokens: float  # mean real (unpadded) tokens per training feature: the MAC cost model's sequence length
+    examples: list  # dev SquadExamples
+    features: object  # dev squad.SquadFeatures [N spans, max_length]
+    validation: list[dict]  # dev feature rows (inputs only)
+
+
+def feature_rows(feats, training: bool) -> list[dict]:
+    """One dict of tensors per SQuAD feature (Hugging Face input names; ``training``: with answer positions)."""
+    cols = {"input_ids": feats.input_ids, "attention_mask": feats.input_mask, "token_type_ids": feats.segment_ids}
+    if training:
+        cols.update(start_positions=feats.start_positions, end_positions=feats.end_positions)
+    tensors = {k: torch.from_numpy(v) for k, v in cols.items()}
+    return [{k: v[i] for k, v in tensors.items()} for i in range(len(feats))]
+
+
+def squad_data(task, tokenizer) -> SquadData:
+    """Training features of ``task.train_file`` (else the hub's SQuAD train split; offline: one error naming
+    ``task.train_file``), featurized with answer positions, and the dev examples/features of ``task.data_file``
+    (``squad_validation``), all at ``task.max_length`` / doc stride / query length."""
+    from bertprune.tasks.squad import featurize, load_squad, load_squad_hub
+
+    if task.train_file:
+        train_examples = load_squad(task.train_file)
+    else:
+        try:
+            train_examples = load_squad_hub("train")
+        except Exception as err:  # noqa: BLE001 - offline / hub errors: one message with the fix
+            raise ValueError(
+                f"task={task.name}: task.train_file is not set and SQuAD's training split could not be loaded from "
+                f"the hub ({type(err).__name__}: {str(err)[:200]}). Fisher and mask tuning need training features "
+                "with answer positions: give a local SQuAD v1.1 training file, e.g. "
+                "task.train_file=/data/squad/train-v1.1.json") from None
+    train = featurize(train_examples, tokenizer, max_seq_length=task.max_length, doc_stride=task.doc_stride,
+                      max_query_length=task.max_query_length, progress=False, training=True)
+    examples, features = squad_validation(task, tokenizer)
+    return SquadData(train=feature_rows(train, True), mean_tokens=float(train.input_mask.sum(1).mean()),
+                     examples=examples, features=features, validation=feature_rows(features, False))
+
+
+def stack_rows(rows: list[dict]) -> dict:
+    """Rows of equal-length tensors -> a batch (each key stacked: ``[b, max_length]`` / ``[b]``)."""
+    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def sample_qa_rows(tokenizer, n: int, max_length: int) -> list[dict]:
