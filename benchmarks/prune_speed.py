@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
     tok = load_tokenizer(r["teacher"])
     data = tokenize(load_task_data(task), task, tok)
     collate = make_collator(tok)
-    batches = calibration_batches(len(data["train"]), int(cfg.num_samples), int(cfg.batch_size), int(cfg.seed))
+    batches = calibration_batches(len(data["train"]), int(cfg.num_samples), int(r["batch_size"]), int(cfg.seed))
     calib = [collate([data["train"][j] for j in b]) for b in batches]
 
     # floor: one plain forward + backward (weight gradients) over the same calibration samples

@@ -155,7 +155,7 @@ class PruneConfig(TeacherJobConfig):
     teacher: Optional[str] = None  # the fine-tuned model folder to prune; null = the cached teacher
     checkpoint: Optional[str] = None  # renamed to teacher (RENAMED): validate_prune refuses a value, naming the new key
     num_samples: int = MISSING
-    batch_size: int = MISSING
+    batch_size: Optional[int] = None  # calibration batch; null = the paper's (CALIBRATION_BATCH in jobs/prune.py)
     eval_batch_size: int = MISSING
     seed: int = MISSING
     rearrange: bool = MISSING
@@ -363,7 +363,9 @@ def validate_prune(cfg):
                              f"model goes to <output_dir>/pruned): write {new}=...")
     task = validate_train(cfg)
     validate_cost(cfg.cost)
-    _at_least(cfg, ("num_samples", "batch_size", "eval_batch_size"), 1)
+    _at_least(cfg, ("num_samples", "eval_batch_size"), 1)
+    if cfg.batch_size is not None:
+        _at_least(cfg, ("batch_size",), 1, hint=" (or null: the paper's calibration batch size)")
     if cfg.bench_options is not None and not isinstance(cfg.bench_options, (dict, DictConfig)):
         raise ValueError(f"bench_options={cfg.bench_options!r} must be a mapping of LoadgenCallback arguments or null")
     return task

@@ -265,8 +265,13 @@ def test_prune_cola_tsv_reports_mcc(tmp_path):
 
 
 @pytest.mark.integration
-def test_prune_stsb_tsv_regression_reports_pearson_and_exports_it(tmp_path):
+def test_prune_stsb_tsv_regression_exports_benches_and_submits(tmp_path):
+    """STS-B (regression) through the whole chain from GLUE's TSV folder: prune (Pearson per stage) -> export
+    (sidecar metric) -> bench.py accuracy mode under LoadGen (LoadGen's Pearson == the direct one == the
+    export's ONNX Pearson) -> a submission tree with the task's metric in accuracy.txt."""
+    from bertprune.jobs.bench import bench
     from bertprune.jobs.prune import prune
+    from conftest import compose_cfg
 
     d = tmp_path / "STS-B"
     write(d / "train.tsv", _stsb_rows(192, 0))
@@ -283,6 +288,26 @@ def test_prune_stsb_tsv_regression_reports_pearson_and_exports_it(tmp_path):
     # a correlation is continuous: ONNX Runtime's float differences (parity ~1e-6) move it a little
     assert sidecar["metric_value"]["onnx"] == pytest.approx(sidecar["metric_value"]["pytorch"], abs=5e-3)
     assert r["export/onnx_pearson"] == sidecar["metric_value"]["onnx"]
+
+    out = tmp_path / "bench"
+    bcfg = compose_cfg("bench", [f"source={Path(cfg.output_dir) / 'onnx'}", "task=stsb", f"task.data_dir={d}",
+                                 "task.max_length=48", "scenario=[offline]", "scenario.offline.min_duration_ms=500",
+                                 "scenario.offline.calibration_s=0.3", "mode=both", "system_name=testbox"], out)
+    assert bench(bcfg).complete
+    runs = json.loads((out / "summary.json").read_text())["runs"]
+    acc = next(row["accuracy"] for row in runs if row.get("accuracy"))
+    assert acc["metric"] == "pearson" and acc["equal"] is True
+    assert acc["loadgen"]["pearson"] == acc["direct"]["pearson"] == pytest.approx(r["export/onnx_pearson"], abs=1e-9)
+    import csv
+
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [(row["scenario"], row["status"], row["valid"]) for row in rows] == [("Offline", "ok", "VALID")]
+    assert float(rows[0]["metric_value"]) == pytest.approx(r["export/onnx_pearson"], abs=1e-9)
+    variant = next((out / "submission").rglob("Offline"))
+    assert (variant / "accuracy" / "accuracy.txt").read_text().startswith('{"pearson": ')
+    assert (variant / "performance" / "run_1" / "mlperf_log_summary.txt").is_file()
+    sub = next((out / "submission").rglob("model_mapping.json")).parent
+    assert (sub / "systems" / "testbox.json").is_file()
 
 
 @pytest.mark.integration

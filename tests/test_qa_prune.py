@@ -129,7 +129,7 @@ def test_qa_without_train_file_offline_is_one_error_before_any_work(tmp_path, mo
     import bertprune.jobs.prune as prune_mod
     import bertprune.tasks.squad as squad
 
-    def offline(split="validation"):
+    def offline(split="validation", dataset="squad"):
         raise ConnectionError("hub unreachable")
 
     def no_load(*a, **k):

@@ -110,12 +110,28 @@ def refuse_pruned(teacher: str) -> None:
         "instead (constraints are fractions of the dense model's MACs).")
 
 
-def calibration_batches(n_train: int, num_samples: int, batch_size: int, seed: int) -> list[list[int]]:
-    """A seeded sample of the training split cut into a fixed list of batches (identical for any
-    number of processes, so multi-process Fisher equals single-process Fisher)."""
+LARGE_HIDDEN = 1024  # hidden size from which a model counts as "large" (BERT-large, RoBERTa-large)
+
+
+def paper_batch_size(kind, config) -> int:
+    """The paper's calibration batch: the kind's (32; 12 for SQuAD's 384-token features), halved for a large
+    model (hidden size >= 1024), as its code does (``int((12 if squad else 32) * (0.5 if large else 1))``)."""
+    from bertprune.tasks.kinds import get_kind
+
+    hidden = adapter_for(config).hidden_size(config)
+    return int(get_kind(kind).calibration_batch_size * (0.5 if hidden >= LARGE_HIDDEN else 1))
+
+
+def check_num_samples(n_train: int, num_samples: int) -> None:
     if num_samples > n_train:
         raise ValueError(f"num_samples={num_samples} is larger than the training split ({n_train} examples); "
                          f"use num_samples<={n_train}")
+
+
+def calibration_batches(n_train: int, num_samples: int, batch_size: int, seed: int) -> list[list[int]]:
+    """A seeded sample of the training split cut into a fixed list of batches (identical for any
+    number of processes, so multi-process Fisher equals single-process Fisher)."""
+    check_num_samples(n_train, num_samples)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(n_train, generator=g)[:num_samples].tolist()
     return [idx[i:i + batch_size] for i in range(0, num_samples, batch_size)]
@@ -209,17 +225,19 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     tokenizer = load_tokenizer(cfg.teacher or cfg.model.tokenizer)
     if kind.labelled_text:
         data = load_task_data(task)
-        batches = calibration_batches(len(data["train"]), int(cfg.num_samples), int(cfg.batch_size), int(cfg.seed))
+        check_num_samples(len(data["train"]), int(cfg.num_samples))
         tokenized = tokenize(data, task, tokenizer)
         train_rows = tokenized["train"]
     else:  # SQuAD: training features with answer positions, dev examples + features
         qa = squad_data(task, tokenizer)
-        batches = calibration_batches(len(qa.train), int(cfg.num_samples), int(cfg.batch_size), int(cfg.seed))
+        check_num_samples(len(qa.train), int(cfg.num_samples))
         train_rows = qa.train
 
     # ---- teacher, cost model (cost: a _target_ building the cost model from the model and S)
     teacher = cfg.teacher or str(ensure_teacher(cfg).folder)
     model = load_model(teacher, kind, task.num_labels, require_head=True).to(device).eval()
+    batch_size = int(cfg.batch_size) if cfg.batch_size is not None else paper_batch_size(kind, model.config)
+    batches = calibration_batches(len(train_rows), int(cfg.num_samples), batch_size, int(cfg.seed))
     # MACs at the real (unpadded) token count: text rows are unpadded, SQuAD features padded (their input_mask)
     mac_seq_len = cfg.cost.seq_len or (average_token_length(tokenized["train"]) if kind.labelled_text
                                        else qa.mean_tokens)
@@ -310,7 +328,7 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
         "model/file_size": (pruned_dir / "model.safetensors").stat().st_size,
         "tune/fallback_layers": result.tune_report.fallbacks if result.tune_report else 0,
         **{f"time/{k}_s": round(v, 3) for k, v in timings.items()}, "time/prune_s": round(prune_time, 3),
-        "num_samples": int(cfg.num_samples), "seed": int(cfg.seed), "task": task.name, "model": cfg.model.name,
+        "num_samples": int(cfg.num_samples), "batch_size": batch_size, "seed": int(cfg.seed), "task": task.name, "model": cfg.model.name,
         "metric": metric,
         "pruned_dir": str(pruned_dir), "teacher": teacher,
     }

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertprune.tasks.kinds import QuestionAnswering, get_kind
+from bertprune.tasks.kinds import QuestionAnswering, QuestionAnsweringV2, get_kind
 
 _NS_KEYS = {"50.00 percentile latency (ns)": "latency_p50_ms", "90.00 percentile latency (ns)": "latency_p90_ms",
             "95.00 percentile latency (ns)": "latency_p95_ms", "97.00 percentile latency (ns)": "latency_p97_ms",
@@ -167,8 +167,8 @@ def logged_seeds(log_dir) -> dict:
 
 
 # accuracy.txt's keys per kind, in the order the checker's reference scripts print them (default: the
-# kind's primary metric). SQuAD v1.1: {"exact_match": .., "f1": ..}.
-ACCURACY_TXT_KEYS = {QuestionAnswering.name: ("exact_match", "f1")}
+# kind's primary metric). SQuAD v1.1 (and v2.0): {"exact_match": .., "f1": ..}.
+ACCURACY_TXT_KEYS = {QuestionAnswering.name: ("exact_match", "f1"), QuestionAnsweringV2.name: ("exact_match", "f1")}
 
 
 def _full_precision(x: float) -> str:

@@ -4,7 +4,7 @@ developer benchmarks, so all of them see the same tokens in the same order.
 Text kinds (classification, regression): the validation split tokenized by ``tasks.data.tokenize``
 (truncation to ``task.max_length``, no padding), in file order; callers pad as they need (``pad``):
 the QSL to ``max_length``, parity batches both to the longest member and to ``max_length``.
-Question answering: SQuAD v1.1 examples featurized with MLPerf's doc stride (``squad_validation``).
+Question answering: SQuAD v1.1 / v2.0 examples featurized with MLPerf's doc stride (``squad_validation``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from bertprune.onnx.interface import HF_INPUTS, INPUTS
-from bertprune.tasks.kinds import QuestionAnswering, get_kind
+from bertprune.tasks.kinds import KINDS, QuestionAnswering, get_kind
 
 TRAIN_ROWS_FOR_LENGTH = 4096  # training rows whose mean token length is the MAC model's S (export)
 
@@ -102,12 +102,16 @@ def to_feeds(batch) -> dict[str, np.ndarray]:
 
 
 def squad_validation(task, tokenizer, limit: int | None = None):
-    """``(examples, squad.SquadFeatures)`` of a qa task: ``task.data_file`` (else the hub's SQuAD v1.1
-    validation split), the first ``limit`` examples, featurized to ``task.max_length`` with the task's
-    doc stride and query length. Features: int64 ``[N spans, max_length]``."""
+    """``(examples, squad.SquadFeatures)`` of a qa task: ``task.data_file`` (else the hub's validation split
+    of the kind's SQuAD version), the first ``limit`` examples, featurized to ``task.max_length`` with the
+    task's doc stride and query length. Features: int64 ``[N spans, max_length]``. A v2.0 file given to a
+    v1.1 task is one clear error here, before any model work."""
     from bertprune.tasks.squad import featurize, load_squad, load_squad_hub
 
-    examples = load_squad(task.data_file) if task.data_file else load_squad_hub()
+    kind = get_kind(task.kind)
+    examples = load_squad(task.data_file) if task.data_file else load_squad_hub(dataset=kind.hub_dataset)
+    kind.check_examples(examples, f"task.data_file={task.data_file}" if task.data_file
+                        else f"the hub's {kind.hub_dataset} validation split")
     if limit:
         examples = examples[: int(limit)]
     feats = featurize(examples, tokenizer, max_seq_length=task.max_length, doc_stride=task.doc_stride,
@@ -142,20 +146,21 @@ def squad_data(task, tokenizer) -> SquadData:
     (``squad_validation``), all at ``task.max_length`` / doc stride / query length."""
     from bertprune.tasks.squad import featurize, load_squad, load_squad_hub
 
+    examples, features = squad_validation(task, tokenizer)  # first: a wrong dev file fails before train featurizing
+    hub = get_kind(task.kind).hub_dataset
     if task.train_file:
         train_examples = load_squad(task.train_file)
     else:
         try:
-            train_examples = load_squad_hub("train")
+            train_examples = load_squad_hub("train", dataset=hub)
         except Exception as err:  # noqa: BLE001 - offline / hub errors: one message with the fix
             raise ValueError(
                 f"task={task.name}: task.train_file is not set and SQuAD's training split could not be loaded from "
                 f"the hub ({type(err).__name__}: {str(err)[:200]}). Fisher and mask tuning need training features "
-                "with answer positions: give a local SQuAD v1.1 training file, e.g. "
-                "task.train_file=/data/squad/train-v1.1.json") from None
+                "with answer positions: give a local SQuAD training file, e.g. "
+                f"task.train_file=/data/squad/train-{'v2.0' if hub == 'squad_v2' else 'v1.1'}.json") from None
     train = featurize(train_examples, tokenizer, max_seq_length=task.max_length, doc_stride=task.doc_stride,
                       max_query_length=task.max_query_length, progress=False, training=True)
-    examples, features = squad_validation(task, tokenizer)
     return SquadData(train=feature_rows(train, True), mean_tokens=float(train.input_mask.sum(1).mean()),
                      examples=examples, features=features, validation=feature_rows(features, False))
 
@@ -187,7 +192,7 @@ def _squad_features(task, tokenizer) -> Features:
 
 
 # Kinds whose validation inputs are not the text kinds' one row per sample (tasks.kinds could own this).
-VALIDATION_BUILDERS = {QuestionAnswering.name: _squad_features}
+VALIDATION_BUILDERS = {k.name: _squad_features for k in KINDS.values() if isinstance(k, QuestionAnswering)}
 
 
 def validation_features(task, tokenizer) -> Features:

@@ -37,6 +37,8 @@ class TaskKind:
     labelled_text: ClassVar[bool] = True
     # True: the head reads only the first ([CLS]) token of the last layer (tuning may fit it on that token)
     reads_cls: ClassVar[bool] = True
+    # Fisher / calibration batch of the paper's code (halved for large models: bertprune.jobs.prune)
+    calibration_batch_size: ClassVar[int] = 32
 
     @property
     def primary_metric(self) -> str:
@@ -238,6 +240,7 @@ class QuestionAnswering(TaskKind):
     sized_head = False  # start/end logits: the head has 2 outputs whatever num_labels says
     labelled_text = False  # question + context features with answer spans: bertprune.tasks.squad
     reads_cls = False  # start/end logits are read at every token
+    calibration_batch_size = 12  # the paper's SQuAD batch (384-token features)
 
     def loss(self, outputs, batch):
         ce = torch.nn.functional.cross_entropy
@@ -249,26 +252,63 @@ class QuestionAnswering(TaskKind):
     def stack_outputs(self, arrays):
         return np.ascontiguousarray(np.stack(arrays[:2], axis=-1), dtype=np.float32)
 
+    hub_dataset: ClassVar[str] = "squad"  # datasets.load_dataset name of the task's SQuAD version
+    # SQuAD v2.0's rule for predicting no answer (None: v1.1, every question has one)
+    null_score_diff_threshold: ClassVar[float | None] = None
+
+    def check_examples(self, examples, where: str) -> None:
+        """One clear error when ``examples`` (dev questions read from ``where``) do not fit the SQuAD version."""
+        empty = [ex.qas_id for ex in examples if not ex.answers]
+        if empty:
+            raise ValueError(f"{where}: {len(empty)} of {len(examples)} questions have no answer (e.g. {empty[0]!r}): "
+                             "a SQuAD v2.0 file; SQuAD v1.1 (task=squad) needs an answer for every question. "
+                             "Use task=squad_v2 for SQuAD v2.0, or give a v1.1 file.")
+
+    def metric_values(self, predictions, examples) -> dict:
+        from bertprune.tasks.squad import squad_v1_metrics, target_report
+
+        m = squad_v1_metrics(predictions, examples)
+        return {"exact_match": m["exact_match"], "f1": m["f1"], "total": m["total"], "targets": target_report(m["f1"])}
+
     def score(self, outputs, labels=None, examples=None, squad=None, metrics=None):
-        """Official SQuAD v1.1 ``{"exact_match": %, "f1": %, "total": n, "targets": ...}`` after MLPerf's
-        n-best decoding (both metrics, whatever ``metrics`` says); outputs ``[N, seq, 2]`` (start, end logits)
-        for the rows of ``squad``."""
-        from bertprune.tasks.squad import MLPERF_BERT, postprocess, squad_v1_metrics, target_report
+        """Official SQuAD ``{"exact_match": %, "f1": %, "total": n, ...}`` after MLPerf's n-best decoding (both
+        metrics, whatever ``metrics`` says); outputs ``[N, seq, 2]`` (start, end logits) for the rows of ``squad``.
+        v1.1 adds the MLPerf BERT targets; v2.0 its HasAns / NoAns breakdown."""
+        from bertprune.tasks.squad import MLPERF_BERT, postprocess
 
         if examples is None or squad is None:
             raise ValueError("question-answering metrics need the SQuAD examples and the features they made")
         outputs = _np(outputs)
         preds = postprocess(examples, squad, outputs[..., 0], outputs[..., 1],
-                            n_best_size=MLPERF_BERT["n_best_size"], max_answer_length=MLPERF_BERT["max_answer_length"])
-        m = squad_v1_metrics(preds, examples)
-        return {"exact_match": m["exact_match"], "f1": m["f1"], "total": m["total"], "targets": target_report(m["f1"])}
+                            n_best_size=MLPERF_BERT["n_best_size"], max_answer_length=MLPERF_BERT["max_answer_length"],
+                            null_score_diff_threshold=self.null_score_diff_threshold)
+        return self.metric_values(preds, examples)
+
+
+class QuestionAnsweringV2(QuestionAnswering):
+    """SQuAD v2.0: questions may have no answer. The same model, loss (an unanswerable question's positions are
+    [CLS], 0) and features as v1.1; decoding predicts "" when the [CLS] score wins (threshold 0, Google's
+    ``run_squad.py``) and the metric is the official v2.0 one. Not an MLPerf task (no BERT-99 target)."""
+
+    name = "qa_v2"
+    hub_dataset = "squad_v2"
+    null_score_diff_threshold = 0.0
+
+    def check_examples(self, examples, where: str) -> None:
+        return None  # answered and unanswerable questions are both v2.0
+
+    def metric_values(self, predictions, examples) -> dict:
+        from bertprune.tasks.squad import squad_v2_metrics
+
+        return squad_v2_metrics(predictions, examples)
 
 
 def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-KINDS: dict[str, TaskKind] = {k.name: k() for k in (Classification, Regression, QuestionAnswering)}
+KINDS: dict[str, TaskKind] = {k.name: k() for k in (Classification, Regression, QuestionAnswering,
+                                                    QuestionAnsweringV2)}
 
 
 def score(kind: str | TaskKind, outputs, labels=None, metrics=None, **references) -> dict:

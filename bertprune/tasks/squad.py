@@ -1,4 +1,4 @@
-"""SQuAD v1.1 data pipeline and metrics, following MLPerf Inference BERT.
+"""SQuAD v1.1 / v2.0 data pipeline and metrics, following MLPerf Inference BERT.
 
 MLPerf Inference BERT reuses Google BERT's ``run_squad.py`` logic: whitespace word
 splitting, WordPiece sub-tokenization per word, sliding doc spans, the "max context"
@@ -14,6 +14,11 @@ Pipeline::
     start_logits, end_logits = model(...)                           # [N, max_seq_length] each
     preds = postprocess(examples, features, start_logits, end_logits)
     squad_v1_metrics(preds, examples)  # {"exact_match", "f1", "total"}
+
+SQuAD v2.0 (questions without an answer): the same features; ``postprocess(...,
+null_score_diff_threshold=0.0)`` predicts "" when the [CLS] (null) score beats the best span by more
+than the threshold, as Google's ``run_squad.py`` v2 does, and ``squad_v2_metrics`` is the official
+v2.0 evaluation (an unanswerable question is right only with an empty prediction).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ __all__ = [
     "load_squad_hub",
     "postprocess",
     "squad_v1_metrics",
+    "squad_v2_metrics",
     "target_report",
 ]
 
@@ -51,14 +57,15 @@ MLPERF_BERT = dict(max_seq_length=384, doc_stride=128, max_query_length=64, n_be
 REFERENCE_F1 = 90.874  # BERT-large FP32 F1 on SQuAD v1.1 dev, the MLPerf reference
 TARGETS = {"bert-99": 0.99, "bert-99.9": 0.999}
 
-_DATA_HINT = "Give the path to SQuAD dev-v1.1.json with task.data_file=/path/to/dev-v1.1.json"
+_DATA_HINT = "Give the path to SQuAD dev-v1.1.json (or dev-v2.0.json) with task.data_file=/path/to/dev-v1.1.json"
 
 
 # --------------------------------------------------------------------------- examples
 @dataclass
 class SquadExample:
     """One question. ``doc_tokens`` are the whitespace-split context words; ``start_position``
-    / ``end_position`` are word indices of the first gold answer in ``doc_tokens`` (or None)."""
+    / ``end_position`` are word indices of the first gold answer in ``doc_tokens`` (or None).
+    ``answers`` is empty for a SQuAD v2.0 question without an answer (``is_impossible``)."""
 
     qas_id: str
     question: str
@@ -114,7 +121,8 @@ def _make_example(qas_id: str, question: str, context: str, answers: list[tuple[
 
 
 def load_squad(path: str | Path) -> list[SquadExample]:
-    """Read a SQuAD v1.1 json file into one ``SquadExample`` per question (file order)."""
+    """Read a SQuAD v1.1 or v2.0 json file into one ``SquadExample`` per question (file order); a v2.0
+    question marked ``is_impossible`` gets no answers (its ``plausible_answers`` are not gold)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SQuAD file not found: {path}. {_DATA_HINT}")
@@ -124,7 +132,7 @@ def load_squad(path: str | Path) -> list[SquadExample]:
         raise ValueError(f"{path}: not valid SQuAD json ({err})") from err
 
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise ValueError(f"{path}: expected a SQuAD v1.1 object with a 'data' list at the top level")
+        raise ValueError(f"{path}: expected a SQuAD object with a 'data' list at the top level")
     examples: list[SquadExample] = []
     where = "data"
     try:
@@ -134,10 +142,11 @@ def load_squad(path: str | Path) -> list[SquadExample]:
                 context = para["context"]
                 for q, qa in enumerate(para["qas"]):
                     where = f"data[{a}].paragraphs[{p}].qas[{q}]"
-                    answers = [(ans["text"], int(ans["answer_start"])) for ans in qa["answers"]]
+                    gold = [] if qa.get("is_impossible", False) else qa["answers"]
+                    answers = [(ans["text"], int(ans["answer_start"])) for ans in gold]
                     examples.append(_make_example(qa["id"], qa["question"], context, answers))
     except KeyError as err:
-        raise ValueError(f"{path}: missing key {err} at {where}; is this a SQuAD v1.1 file?") from err
+        raise ValueError(f"{path}: missing key {err} at {where}; is this a SQuAD v1.1 / v2.0 file?") from err
     except (TypeError, AttributeError, ValueError) as err:
         raise ValueError(f"{path}: malformed SQuAD entry at {where} ({err})") from err
     if not examples:
@@ -145,11 +154,12 @@ def load_squad(path: str | Path) -> list[SquadExample]:
     return examples
 
 
-def load_squad_hub(split: str = "validation") -> list[SquadExample]:
-    """SQuAD v1.1 from the Hugging Face hub (``datasets.load_dataset("squad")``); needs network."""
+def load_squad_hub(split: str = "validation", dataset: str = "squad") -> list[SquadExample]:
+    """SQuAD from the Hugging Face hub (``datasets.load_dataset(dataset)``: ``squad`` = v1.1, ``squad_v2``:
+    unanswerable questions have empty answer lists); needs network."""
     from datasets import load_dataset  # lazy: optional path for users with network
 
-    rows = load_dataset("squad", split=split)
+    rows = load_dataset(dataset, split=split)
     return [
         _make_example(
             r["id"], r["question"], r["context"],
@@ -486,6 +496,7 @@ def postprocess(
     n_best_size: int = 20,
     max_answer_length: int = 30,
     do_lower_case: bool = True,
+    null_score_diff_threshold: float | None = None,
 ) -> dict[str, str]:
     """Decode the best answer span per example; returns {qas_id: answer text} ("" if none).
 
@@ -493,6 +504,9 @@ def postprocess(
     Candidates are the n_best start x n_best end positions of every feature of the example; a
     candidate must lie inside the doc span, have end >= start, length <= max_answer_length, and
     its start must be max-context in that feature. The highest start+end logit wins.
+    ``null_score_diff_threshold`` (SQuAD v2.0; None = v1.1, always a span): the null score of an example is
+    the smallest ``start[0] + end[0]`` ([CLS]) over its features; the prediction is "" when the null score
+    exceeds the best span's score by more than the threshold (Google ``run_squad.py``, 0.0 by default).
     """
     start_logits = np.asarray(start_logits, dtype=np.float64)
     end_logits = np.asarray(end_logits, dtype=np.float64)
@@ -510,9 +524,12 @@ def postprocess(
     predictions: dict[str, str] = {}
     for e_i, ex in enumerate(examples):
         best = None  # (score, feature, start, end); strict > keeps the first of equal scores
+        null = None  # smallest [CLS] score over the example's features (v2.0)
         for f_i in by_example.get(e_i, []):
             t2o, tmc, n_tok = features.token_to_orig_map[f_i], features.token_is_max_context[f_i], len(features.tokens[f_i])
             s_log, e_log = start_logits[f_i], end_logits[f_i]
+            if null is None or s_log[0] + e_log[0] < null:
+                null = s_log[0] + e_log[0]
             ends = _top_indices(e_log, n_best_size).tolist()
             for s in _top_indices(s_log, n_best_size).tolist():
                 if s >= n_tok or s not in t2o or not tmc.get(s, False):
@@ -523,7 +540,8 @@ def postprocess(
                     score = s_log[s] + e_log[e]
                     if best is None or score > best[0]:
                         best = (score, f_i, s, e)
-        if best is None:
+        if best is None or (null_score_diff_threshold is not None and null is not None
+                            and null - best[0] > null_score_diff_threshold):
             predictions[ex.qas_id] = ""
             continue
         _, f_i, s, e = best
@@ -571,6 +589,40 @@ def squad_v1_metrics(predictions: dict[str, str], examples: list[SquadExample]) 
         f1 += max(_f1(pred, g) for g in ex.answers)
     n = len(examples)
     return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1 / n, "total": n}
+
+
+def _f1_v2(prediction: str, truth: str) -> float:
+    """Official v2.0 F1: an empty answer (no-answer) scores 1 only against an empty prediction."""
+    pred, gold = _normalize_answer(prediction).split(), _normalize_answer(truth).split()
+    if not pred or not gold:
+        return float(pred == gold)
+    return _f1(prediction, truth)
+
+
+def squad_v2_metrics(predictions: dict[str, str], examples: list[SquadExample]) -> dict[str, Any]:
+    """Official SQuAD v2.0 exact match and F1 (percent, max over gold answers; a question without an answer
+    has the one gold answer "", so only an empty prediction is right), overall and split into
+    ``HasAns_*`` / ``NoAns_*`` (the official script's breakdown); missing predictions score 0."""
+    if not examples:
+        raise ValueError("squad_v2_metrics needs at least one example")
+    sums = {"HasAns": [0.0, 0.0, 0], "NoAns": [0.0, 0.0, 0]}
+    for ex in examples:
+        golds = [a for a in ex.answers if _normalize_answer(a)] or [""]
+        part = sums["HasAns" if golds != [""] else "NoAns"]
+        part[2] += 1
+        if ex.qas_id not in predictions:
+            continue
+        pred = predictions[ex.qas_id]
+        part[0] += max(float(_normalize_answer(pred) == _normalize_answer(g)) for g in golds)
+        part[1] += max(_f1_v2(pred, g) for g in golds)
+    n = len(examples)
+    out: dict[str, Any] = {"exact_match": 100.0 * (sums["HasAns"][0] + sums["NoAns"][0]) / n,
+                           "f1": 100.0 * (sums["HasAns"][1] + sums["NoAns"][1]) / n, "total": n}
+    for name, (em, f1, count) in sums.items():
+        if count:
+            out.update({f"{name}_exact_match": 100.0 * em / count, f"{name}_f1": 100.0 * f1 / count,
+                        f"{name}_total": count})
+    return out
 
 
 def target_report(f1: float, reference_f1: float = REFERENCE_F1) -> dict[str, dict[str, Any]]:
