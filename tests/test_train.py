@@ -256,3 +256,23 @@ def test_embedded_default_teacher_key_is_stable(tmp_path):
 
     for job in ("train", "prune"):
         assert teacher_key(compose_cfg(job, [], tmp_path / job)) == "56090bebc70a", job
+
+
+def test_mnli_mm_shares_the_mnli_teacher(tmp_path):
+    """mnli_mm trains on MNLI's training data (teacher_task: mnli): with the same data it finds the teacher task=mnli
+    fine-tuned (same cache folder), another data_dir or training config is another teacher, and a teacher_task
+    that names no task config is one clear error."""
+    from conftest import compose_cfg
+
+    from bertprune.jobs.train import teacher_dir
+
+    def folder(task: str, *extra: str):
+        return teacher_dir(compose_cfg("prune", [f"task={task}", "model=tiny", *extra], tmp_path / task))
+
+    glue = f"task.data_dir={tmp_path / 'MNLI'}"
+    assert folder("mnli_mm", glue) == folder("mnli", glue) and folder("mnli_mm", glue).name.startswith("mnli-tiny-")
+    assert folder("mnli_mm") == folder("mnli") != folder("mnli", glue)
+    assert folder("mnli_mm", glue, "training=fast") != folder("mnli", glue)
+    assert folder("rte") != folder("qnli")  # tasks without teacher_task keep their own teachers
+    with pytest.raises(ValueError, match=r"teacher_task='mnil' is not a task config.*task.teacher_task=null"):
+        folder("mnli_mm", "task.teacher_task=mnil")

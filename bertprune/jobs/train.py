@@ -18,7 +18,7 @@ from bertprune.tasks.evaluate import evaluate
 from bertprune.lightning.hardware import check_hardware, trainer_kwargs
 from bertprune.io import atomic_dir, atomic_write_json, sha256_file
 from bertprune.models import check_source, load_model, load_tokenizer, write_checkpoint
-from bertprune.resources import cache_dir, config_key, packaged_relative, sha256_cached
+from bertprune.resources import CONF_DIR, cache_dir, config_key, packaged_relative, sha256_cached
 
 log = logging.getLogger(__name__)
 COMPLETE = "COMPLETE.json"
@@ -69,6 +69,25 @@ def source_fingerprint(value: str, files: tuple[str, ...] = ()) -> str | dict:
 KEY_NEUTRAL_AT_DEFAULT = ("dir_train_file", "dir_validation_file", "file_header")
 
 
+# What only the dev set depends on: a task with ``teacher_task`` takes these from that task's config, so
+# both find one cached teacher (training never reads the dev set; the teacher's recorded metrics are of the
+# task that fine-tuned it, and prune.py evaluates the dense model on its own dev set anyway).
+VALIDATION_ONLY = ("name", "validation_split", "dir_validation_file", "validation_file")
+
+
+def teacher_task(task: Task) -> Task:
+    """The task a teacher is cached under: ``task`` itself, or, for a task with ``teacher_task``, ``task`` with
+    that task's name and dev-set fields (mnli_mm with its data_dir keys its teacher as mnli with that data_dir)."""
+    if task.teacher_task is None:
+        return task
+    path = CONF_DIR / "task" / f"{task.teacher_task}.yaml"
+    if not path.is_file():
+        raise ValueError(f"task {task.name}: teacher_task={task.teacher_task!r} is not a task config "
+                         f"({path} does not exist); name one of bertprune/conf/task/, or set task.teacher_task=null")
+    other = Task.from_config(OmegaConf.load(path))
+    return dataclasses.replace(task, teacher_task=None, **{k: getattr(other, k) for k in VALIDATION_ONLY})
+
+
 def teacher_key_data(cfg) -> dict:
     """Everything the teacher depends on, JSON-able: the model (weights/config and tokenizer by content),
     the task (all its fields, data files by content and absolute path) and the training config.
@@ -81,7 +100,7 @@ def teacher_key_data(cfg) -> dict:
     for key, files in (("name_or_path", MODEL_FILES), ("tokenizer", TOKENIZER_FILES)):
         if cfg.model.get(key) is not None:
             model[key] = source_fingerprint(str(cfg.model[key]), files)
-    task = dataclasses.asdict(Task.from_config(cfg.task))
+    task = dataclasses.asdict(teacher_task(Task.from_config(cfg.task)))
     defaults = {f.name: f.default for f in dataclasses.fields(Task)}
     for key in KEY_NEUTRAL_AT_DEFAULT:  # later fields: at their default they change nothing trained on
         if task.get(key) == defaults[key]:
@@ -101,7 +120,7 @@ def teacher_key(cfg) -> str:
 
 
 def teacher_dir(cfg) -> Path:
-    return cache_dir() / "teachers" / f"{cfg.task.name}-{cfg.model.name}-{teacher_key(cfg)}"
+    return cache_dir() / "teachers" / f"{teacher_task(Task.from_config(cfg.task)).name}-{cfg.model.name}-{teacher_key(cfg)}"
 
 
 def valid_teacher(path: Path) -> dict | None:

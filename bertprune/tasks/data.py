@@ -58,6 +58,8 @@ class Task:
     validation_fraction: float = 0.2  # rotten_tomatoes: share of examples held out (hash split)
     doc_stride: int = 128  # qa only
     max_query_length: int = 64  # qa only
+    # the task whose cached teacher this one prunes: the same training data, another dev set (mnli_mm: mnli)
+    teacher_task: str | None = None
 
     @classmethod
     def from_config(cls, cfg) -> "Task":
