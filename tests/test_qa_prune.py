@@ -81,7 +81,9 @@ def test_qa_prune_export_bench_submission(tmp_path):
     assert r["metric"] == "f1" and r["prune/parity_max_abs_diff"] <= 1e-4
     for stage in ("dense", "search", "rearrange", "tune", "pruned_model"):
         assert 0 <= r[f"eval/f1_{stage}"] <= 100, stage
-    assert "eval/exact_match_dense" in r and "eval/exact_match_pruned_model" in r
+    for stage in ("dense", "search", "rearrange", "tune", "pruned_model"):  # SQuAD EM at every stage too
+        assert 0 <= r[f"eval/exact_match_{stage}"] <= 100, stage
+    assert r["eval/exact_match_pruned_model"] == pytest.approx(r["eval/exact_match_tune"], abs=1e-9)
     assert r["eval/f1_pruned_model"] == pytest.approx(r["eval/f1_tune"], abs=1e-9)
     # the MAC sequence length is the real token count of the training features, not the padded 64
     assert 20 < r["prune/mac_seq_len"] < 64

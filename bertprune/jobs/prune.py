@@ -272,9 +272,12 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
             return scores(*predict(m, desc))
     timings: dict[str, float] = {}
 
+    stage_values: dict[str, dict] = {}  # every metric of the task at each stage (the pipeline keeps the primary)
+
     def masked_eval(head_mask, neuron_mask, stage: str) -> float:
         with MaskHooks(model, head_mask, neuron_mask):
-            return eval_metrics(model, f"eval {stage}")[metric]
+            stage_values[stage] = eval_metrics(model, f"eval {stage}")
+        return stage_values[stage][metric]
 
     group = Path(cfg.output_dir).parent.name if cfg.get("sweep_group") is None else cfg.sweep_group
     job_loggers.open(cfg.logger, str(run_dir), name=f"prune-{task.name}-{cfg.model.name}-c{constraint}",
@@ -320,9 +323,9 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
         f"eval/{metric}_dense": dense_metric,
         **{f"eval/{metric}_{k}": v for k, v in stage_metrics.items()},
         f"eval/{metric}": stage_metrics[final_stage], f"eval/{metric}_pruned_model": pruned_metric,
-        # the task's other metrics (MRPC's accuracy next to its F1 ...) of the dense and the pruned model
-        **{f"eval/{m}_{which}": v[m] for m in task.metric_names[1:] for which, v in (("dense", dense_metrics),
-                                                                          ("pruned_model", pruned_metrics))},
+        # the task's other metrics (MRPC's accuracy next to its F1, SQuAD's exact match ...) at every stage
+        **{f"eval/{m}_{which}": v[m] for m in task.metric_names[1:]
+           for which, v in (("dense", dense_metrics), *stage_values.items(), ("pruned_model", pruned_metrics))},
         "prune/parity_max_abs_diff": parity,
         "model/parameters": count_parameters(pruned), "model/parameters_dense": count_parameters(model),
         "model/file_size": (pruned_dir / "model.safetensors").stat().st_size,
