@@ -331,35 +331,55 @@ def test_tiny_model_config_builds_any_family(tiny_cfg):
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("family", ("distilbert", "roberta"))
-def test_pruned_family_variant_under_loadgen_accuracy_equals_direct(family, tiny_data, tmp_path):
-    """A pruned DistilBERT / RoBERTa exported in the MLPerf interface runs under LoadGen (accuracy mode,
-    the MLPerf inputs fed by the SUT, segment_ids included) with the metric of direct ONNX evaluation."""
+def test_pruned_family_variant_under_loadgen_accuracy_equals_direct(family, kind, tiny_data, tmp_path):
+    """A pruned DistilBERT / RoBERTa of each task kind, exported in the MLPerf interface, runs under LoadGen
+    (accuracy mode, the MLPerf inputs fed by the SUT, segment_ids included) with the metric of direct ONNX
+    evaluation: accuracy (classification), MSE (regression), SQuAD F1 / exact match at a fixed length (qa)."""
+    import dataclasses
     from dataclasses import asdict
 
     from conftest import VOCAB as MINILM_VOCAB
-    from conftest import csv_task, minilm_dir
+    from conftest import csv_task, make_regression_csv, minilm_dir
+    from test_qa_prune import squad_json
 
     from bertprune.mlperf import qsl, runs
     from bertprune.mlperf.runs import RunSpec
     from bertprune.mlperf.scenarios import ScenarioSettings
     from bertprune.onnx import variants
     from bertprune.onnx.export import export_onnx
+    from bertprune.tasks.data import Task
+    from bertprune.tasks.kinds import get_kind
 
-    model = make_realistic(tiny_bert("classification", 2, MINILM_VOCAB, family=family)).eval()
+    task, seq = csv_task(tiny_data), None
+    if kind == "regression":
+        task = dataclasses.replace(task, kind=kind, num_labels=1,
+                                   train_file=str(make_regression_csv(tmp_path / "r_train.csv", 32, 0)),
+                                   validation_file=str(make_regression_csv(tmp_path / "r_dev.csv", 24, 1)))
+    elif kind == "qa":
+        dev = tmp_path / "dev.json"
+        dev.write_text(json.dumps(squad_json(2, 1)))
+        seq = 64
+        task = Task(name="squad", kind="qa", source="squad", data_file=str(dev), max_length=seq, doc_stride=16,
+                    max_query_length=16, text_fields=["question", "context"])
+    model = make_realistic(tiny_bert(kind, NUM_LABELS[kind], MINILM_VOCAB, family=family)).eval()
     pruned = prune_physically(model, *_uneven_masks(model)).eval()
-    onnx_path = export_onnx(pruned, tmp_path / f"{family}.onnx", "classification")
-    task = csv_task(tiny_data)
-    variants.check_variant(variants.load_variant(onnx_path), task.kind, 2, task.max_length)
+    onnx_path = export_onnx(pruned, tmp_path / f"{family}.onnx", kind, onnx_seq_len=seq)
+    variants.check_variant(variants.load_variant(onnx_path), task.kind, task.num_labels, task.max_length)
     sc = ScenarioSettings(name="offline", batch_size=8, min_duration_ms=500, calibration_s=0.3)
-    spec = RunSpec(variant=family, onnx=str(onnx_path), kind="classification", num_labels=2, onnx_seq_len=None,
-                   features=str(qsl.prepare_features(task, minilm_dir())), scenario=asdict(sc), mode="accuracy",
-                   out_dir=str(tmp_path / "acc"))
+    features = qsl.prepare_features(task, minilm_dir())
+    spec = RunSpec(variant=family, onnx=str(onnx_path), kind=kind, num_labels=task.num_labels, onnx_seq_len=seq,
+                   features=str(features), scenario=asdict(sc), mode="accuracy", out_dir=str(tmp_path / "acc"))
     r = runs.run_isolated(spec)
     assert r["status"] == "ok", r.get("error")
     acc = r["accuracy"]
-    assert acc["samples"] == 64 and acc["equal"] is True and acc["max_abs_diff"] < 1e-5
-    assert acc["loadgen"]["accuracy"] == acc["direct"]["accuracy"]
+    assert acc["equal"] is True and acc["max_abs_diff"] < 1e-5
+    for metric in get_kind(kind).metrics:
+        assert acc["loadgen"][metric] == acc["direct"][metric], metric
+    assert acc["samples"] == {"classification": 64, "regression": 24}.get(kind, acc["samples"])
+    if kind == "qa":  # every dev span of the SQuAD file went through LoadGen
+        assert acc["loadgen"]["total"] == 12 and acc["samples"] > 12
 
 
 @pytest.mark.integration
