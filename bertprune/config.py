@@ -183,6 +183,19 @@ class ExportConfig:
 
 
 @dataclass
+class SystemSchema:
+    """bench.py's ``system``: what no probe reads (bertprune.mlperf.system.SystemConfig checks the values)."""
+
+    cooling: Optional[str] = None
+    cloud_instance: Optional[str] = None
+    cost_per_hour: Optional[float] = None
+    memory_configuration: Optional[str] = None
+    status: str = "available"
+    system_type: str = "edge"
+    description_file: Optional[str] = None
+
+
+@dataclass
 class BenchConfig:
     task: Dict[str, Any] = MISSING
     scenario: Dict[str, Any] = MISSING  # {name: settings}; checked by bertprune.mlperf.scenarios.ScenarioSettings
@@ -193,6 +206,7 @@ class BenchConfig:
     tokenizer: Optional[str] = None
     system_name: Optional[str] = None
     submitter: str = MISSING
+    system: SystemSchema = field(default_factory=SystemSchema)
     run_timeout_s: Optional[float] = None
     output_dir: str = MISSING
 

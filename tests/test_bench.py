@@ -70,6 +70,9 @@ def test_bench_sweep_end_to_end(tiny_data, tmp_path):
     for r in rows:
         assert r["status"] == "ok" and r["valid"] == "VALID", r["error"]
         assert float(r["throughput"]) > 0
+        cores = json.loads((out / "summary.json").read_text())["cores_used"]
+        assert float(r["throughput_per_core"]) == pytest.approx(float(r["throughput"]) / cores, rel=1e-6)
+        assert r["samples_per_dollar"] == ""  # no system.cost_per_hour given
         assert r["metric_value"] == r["direct_metric_value"] and 0 <= float(r["metric_value"]) <= 100
         assert float(r["file_size_mb"]) > 0
     assert {r["precision"] for r in rows} == {"fp32", "int8"}
@@ -289,10 +292,10 @@ def test_swapped_onnx_is_refused_before_any_run(tiny_data, tmp_path, monkeypatch
 def test_system_description_fields_are_strings():
     """The checker reads a number 0 as an empty answer ("accelerators_per_node requires a meaningful
     response"): every field is a non-empty string."""
-    from bertprune.mlperf.submission import system_description
+    from bertprune.mlperf.system import describe
 
     for providers in ({"CPUExecutionProvider"}, set()):
-        d = system_description("box", "lab", providers)
+        d = describe("box", "lab", providers)
         assert d["accelerators_per_node"] == "0" and d["number_of_nodes"] == "1"
         assert all(isinstance(v, str) for v in d.values())
         meaningful = ("division", "submitter", "system_type", "status", "system_name", "number_of_nodes",
@@ -303,6 +306,60 @@ def test_system_description_fields_are_strings():
                       "accelerator_host_interconnect", "accelerator_memory_configuration",
                       "accelerator_interconnect", "cooling", "framework", "operating_system", "other_software_stack")
         assert [k for k in meaningful if not d.get(k)] == []
+
+
+def test_system_description_comes_from_the_machine_and_marks_what_it_cannot_tell(tmp_path):
+    """Detected facts fill the checker's fields (a GPU from the driver when the CUDA provider ran); what no probe
+    reads comes from the system config, else it says "not given" and is listed in not_detected; a description
+    file (mlperf-sysinfo's system_desc.json) wins over detection."""
+    from bertprune.mlperf.system import Machine, SystemConfig, describe, detect
+
+    here = detect(tmp_path)
+    assert here.cpu_model and here.usable_cores >= 1 and here.memory_gb > 0 and here.storage_gb > 0
+    assert here.threads >= here.usable_cores and here.os
+    gpu_box = Machine(cpu_model="AMD EPYC 9575F", sockets=2, cores_per_socket=64, threads=256, usable_threads=256,
+                      threads_per_core=2, max_mhz=5000.0, caches="L3: 512 MiB", numa_nodes=2, memory_gb=1536.0,
+                      storage_type="NVMe SSD", storage_gb=7680,
+                      nics=[{"name": "eth0", "type": "Ethernet", "speed_mbit": 100000}],
+                      gpus=[{"name": "NVIDIA H200", "memory_mb": 143771, "max_sm_mhz": 1980, "pcie": "PCIe Gen5 x16"}] * 8,
+                      gpu_driver="580.65", os="Ubuntu 24.04")
+    d = describe("box", "lab", {"CUDAExecutionProvider"}, machine=gpu_box)
+    assert (d["host_processors_per_node"], d["host_processor_core_count"], d["host_processor_vcpu_count"]) == ("2", "64", "256")
+    assert d["host_processor_frequency"] == "5000 MHz" and d["host_processor_interconnect"] == "2 NUMA nodes"
+    assert (d["accelerators_per_node"], d["accelerator_model_name"], d["accelerator_memory_capacity"]) == (
+        "8", "NVIDIA H200", "140 GB")
+    assert d["accelerator_host_interconnect"] == "PCIe Gen5 x16" and "NVIDIA driver 580.65" in d["other_software_stack"]
+    assert d["host_networking"] == "Ethernet 100000 Mbit/s" and d["host_storage_type"] == "NVMe SSD"
+    assert d["cooling"].startswith("not given (set bench.py system.cooling=")
+    assert d["not_detected"] == "memory_configuration, cooling, cloud_instance, cost_per_hour"
+    assert describe("box", "lab", set(), machine=gpu_box)["accelerators_per_node"] == "0"  # the GPU was not used
+    full = describe("box", "lab", set(), SystemConfig(cooling="air", cloud_instance="a3-highgpu-8g", cost_per_hour=2.5,
+                                                       memory_configuration="24x 64 GB DDR5-6000"), machine=gpu_box)
+    assert (full["cooling"], full["cloud_instance_type"], full["cost_per_hour_usd"]) == ("air", "a3-highgpu-8g", "2.5")
+    assert full["not_detected"] == "none" and "a3-highgpu-8g" in full["system_type_detail"]
+    sysinfo = tmp_path / "system_desc.json"
+    sysinfo.write_text(json.dumps({"cooling": "liquid", "host_memory_configuration": "", "host_storage_type": "SSD"}))
+    merged = describe("box", "lab", set(), SystemConfig(description_file=str(sysinfo)), machine=gpu_box)
+    assert (merged["cooling"], merged["host_storage_type"]) == ("liquid", "SSD")
+    assert merged["not_detected"] == "memory_configuration, cloud_instance, cost_per_hour"  # its empty answer does not count
+    for bad, match in (({"cost_per_hour": 0}, "cost_per_hour=0 must be > 0"), ({"status": "soon"}, "system.status='soon'"),
+                       ({"description_file": str(tmp_path / "none.json")}, "description_file=.*is not a file")):
+        with pytest.raises((ValueError, FileNotFoundError), match=match):
+            SystemConfig(**bad)
+
+
+def test_rows_carry_throughput_per_core_and_samples_per_dollar():
+    from types import SimpleNamespace
+
+    from bertprune.mlperf.report import build_rows
+
+    plan = SimpleNamespace(variant=SimpleNamespace(name="c0.5", precision="fp32", mac_ratio=0.5, file_size=2**20))
+    scen = [SimpleNamespace(loadgen="Offline")]
+    runs = {("c0.5", "Offline", "performance"): {"status": "ok", "summary": {"valid": True, "throughput": 90.0}}}
+    (row,) = build_rows([plan], scen, ["performance"], runs, "classification", cores=2, cost_per_hour=0.36)
+    assert row.throughput_per_core == 45.0 and row.samples_per_dollar == pytest.approx(90 * 3600 / 0.36)
+    (row,) = build_rows([plan], scen, ["performance"], runs, "classification", cores=2)
+    assert row.samples_per_dollar is None  # no cost given: no column value, never a made-up one
 
 
 def _detail_log(folder: Path, seeds: dict) -> Path:

@@ -26,6 +26,7 @@ from bertprune.mlperf.report import BenchSummary, build_rows, csv_table, markdow
 from bertprune.mlperf.runs import RunSpec
 from bertprune.mlperf.scenarios import ScenarioSettings, resolve_modes, resolve_scenarios
 from bertprune.mlperf.submission import mlperf_version, safe_name, write_submission
+from bertprune.mlperf.system import SystemConfig, detect
 from bertprune.onnx import interface, variants
 from bertprune.onnx.variants import Variant
 
@@ -42,10 +43,11 @@ def bench(cfg) -> BenchSummary:
 
     task = Task.from_config(cfg.task)
     scenarios = OmegaConf.to_container(cfg.scenario, resolve=True) if cfg.get("scenario") else None
+    system = SystemConfig(**OmegaConf.to_container(cfg.system, resolve=True)) if cfg.get("system") else None
     return run_bench(cfg.source, task, scenarios, mode=cfg.mode, output_dir=cfg.output_dir,
                      submission=bool(cfg.submission), device=cfg.hardware.runtime_device, tokenizer=cfg.get("tokenizer"),
                      system_name=cfg.get("system_name"), submitter=cfg.get("submitter") or "bertprune",
-                     timeout_s=cfg.get("run_timeout_s"))
+                     timeout_s=cfg.get("run_timeout_s"), system=system)
 
 
 @dataclass
@@ -89,12 +91,15 @@ def plan_bench(source, task, scenarios, mode: str, tokenizer=None, device: str =
 
 def run_bench(source, task, scenarios=("offline", "single_stream"), mode: str = "both", output_dir=".",
               submission: bool = False, device: str = "auto", tokenizer=None, system_name: str | None = None,
-              submitter: str = "bertprune", timeout_s: float | None = None, retries: int = 1) -> BenchSummary:
+              submitter: str = "bertprune", timeout_s: float | None = None, retries: int = 1,
+              system: SystemConfig | None = None) -> BenchSummary:
     """Benchmark every variant under ``source`` (a .onnx, a variant folder, a sweep folder or a list).
 
     task: a ``bertprune.tasks.data.Task``. scenarios: names, a {name: settings} mapping or ScenarioSettings.
-    tokenizer: used for variants whose sidecar names none. Returns the summary (also written to disk).
+    tokenizer: used for variants whose sidecar names none. system: what the machine cannot tell (cooling, cost
+    per hour ...; ``bertprune.mlperf.system``). Returns the summary (also written to disk).
     """
+    system = system or SystemConfig()
     plans, scen, modes = plan_bench(source, task, scenarios, mode, tokenizer, device)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +127,9 @@ def run_bench(source, task, scenarios=("offline", "single_stream"), mode: str = 
         interrupted = True
         log.error("interrupted: unfinished runs are marked 'interrupted' and the summary as incomplete")
 
-    rows = build_rows(plans, scen, modes, runs, task.kind, task.primary_metric)
+    machine = detect(out)
+    rows = build_rows(plans, scen, modes, runs, task.kind, task.primary_metric, cores=machine.usable_cores,
+                      cost_per_hour=system.cost_per_hour)
     complete = not interrupted and all(r.status == "ok" for r in rows)
     version = mlperf_version(runs.values())
     summary = BenchSummary(rows=rows, complete=complete, output_dir=out, runs=list(runs.values()),
@@ -132,10 +139,12 @@ def run_bench(source, task, scenarios=("offline", "single_stream"), mode: str = 
     summary.files["plot"] = plot(rows, out / "bench.png")
     summary.files["submission"] = str(write_submission(out / "submission", plans, scen, runs, task,
                                                        system_name=system_name, submitter=submitter,
-                                                       submission=submission, version=version))
+                                                       submission=submission, version=version,
+                                                       system=system, machine=machine))
     summary.files["json"] = str(atomic_write_text(out / "summary.json", json.dumps(
         {"complete": complete, "interrupted": interrupted, "task": task.name, "modes": modes,
          "scenarios": [s.loadgen for s in scen], "submission": submission, "mlperf_version": version,
+         "machine": asdict(machine), "cores_used": machine.usable_cores, "cost_per_hour": system.cost_per_hour,
          "rows": [asdict(r) for r in rows], "runs": list(runs.values()), "files": summary.files},
         indent=2, default=str)))
     print(summary.to_markdown())

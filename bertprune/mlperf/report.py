@@ -14,8 +14,8 @@ from pathlib import Path
 from bertprune.io import atomic_write_bytes
 from bertprune.tasks.kinds import get_kind
 
-COLUMNS = ["variant", "precision", "mac_ratio", "scenario", "status", "valid", "throughput", "latency_p90_ms",
-           "latency_p99_ms", "metric_value", "direct_metric_value", "metric", "file_size_mb", "onnx_sha256", "error"]
+COLUMNS = ["variant", "precision", "mac_ratio", "scenario", "status", "valid", "throughput", "throughput_per_core",
+           "samples_per_dollar", "latency_p90_ms", "latency_p99_ms", "metric_value", "direct_metric_value", "metric", "file_size_mb", "onnx_sha256", "error"]
 
 
 @dataclass
@@ -29,6 +29,8 @@ class BenchRow:
     status: str = "ok"  # ok | failed | interrupted
     valid: str = ""  # VALID | INVALID | failed | "" (no performance run)
     throughput: float | None = None  # samples/s
+    throughput_per_core: float | None = None  # samples/s per physical core the benchmark could use
+    samples_per_dollar: float | None = None  # throughput x 3600 / system.cost_per_hour (when a cost is given)
     latency_p90_ms: float | None = None
     latency_p99_ms: float | None = None
     metric_value: float | None = None  # LoadGen accuracy mode: the task metric (``metric``: accuracy % / F1 / MSE)
@@ -60,9 +62,11 @@ class BenchSummary:
         return markdown_table(self.rows, self.complete)
 
 
-def build_rows(plans, scenarios, modes, runs: dict, kind, metric: str | None = None) -> list[BenchRow]:
+def build_rows(plans, scenarios, modes, runs: dict, kind, metric: str | None = None, cores: int | None = None,
+               cost_per_hour: float | None = None) -> list[BenchRow]:
     """One row per plan x scenario from the finished ``runs`` ({(variant, Scenario, mode): result}); a run
-    that failed or never ran makes its row ``failed`` / ``interrupted``, never drops it."""
+    that failed or never ran makes its row ``failed`` / ``interrupted``, never drops it. ``cores``: the physical
+    cores the runs could use (throughput per core); ``cost_per_hour`` (USD): samples per dollar."""
     metric = metric or get_kind(kind).primary_metric  # the task's primary metric (Task.primary_metric)
     rows = []
     for p in plans:
@@ -86,6 +90,10 @@ def build_rows(plans, scenarios, modes, runs: dict, kind, metric: str | None = N
                 if m == "performance":
                     row.valid = "VALID" if sm.get("valid") else "INVALID"
                     row.throughput = sm.get("throughput")
+                    if row.throughput is not None and cores:
+                        row.throughput_per_core = row.throughput / cores
+                    if row.throughput is not None and cost_per_hour:
+                        row.samples_per_dollar = row.throughput * 3600 / cost_per_hour
                     row.latency_p90_ms = sm.get("latency_p90_ms")
                     row.latency_p99_ms = sm.get("latency_p99_ms")
                     if not sm.get("valid"):
@@ -121,12 +129,13 @@ def csv_table(rows: list[BenchRow]) -> str:
 
 def markdown_table(rows: list[BenchRow], complete: bool = True) -> str:
     metric = "/".join(dict.fromkeys(r.metric for r in rows if r.metric)) or "metric"
-    head = ["variant", "precision", "mac_ratio", "scenario", "valid", "throughput (samples/s)", "p90 (ms)",
-            "p99 (ms)", f"{metric} (LoadGen)", f"{metric} (direct)", "size (MB)", "status"]
+    head = ["variant", "precision", "mac_ratio", "scenario", "valid", "throughput (samples/s)", "per core",
+            "samples/$", "p90 (ms)", "p99 (ms)", f"{metric} (LoadGen)", f"{metric} (direct)", "size (MB)", "status"]
     lines = [] if complete else ["**INCOMPLETE: some runs failed or never ran (see status/error).**", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r.variant, r.precision, r.mac_ratio, r.scenario, r.valid, r.throughput, r.latency_p90_ms,
+        cells = [r.variant, r.precision, r.mac_ratio, r.scenario, r.valid, r.throughput, r.throughput_per_core,
+                 r.samples_per_dollar, r.latency_p90_ms,
                  r.latency_p99_ms, r.metric_value, r.direct_metric_value, r.file_size_mb, r.status]
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     if rows:

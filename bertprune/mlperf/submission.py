@@ -11,22 +11,19 @@ does (the full logs stay in the run folders).
 from __future__ import annotations
 
 import logging
-import os
-import platform
 import re
 import shutil
-import socket
 from pathlib import Path
 
 from bertprune.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from bertprune.mlperf.logs import logged_seeds
+from bertprune.mlperf.system import DIVISION, Machine, SystemConfig, default_system_name, describe, detect
 from bertprune.onnx.variants import Variant
 from bertprune.tasks.kinds import QuestionAnswering, get_kind
 
 log = logging.getLogger(__name__)
 
 LOADGEN_LOGS = ("mlperf_log_summary.txt", "mlperf_log_detail.txt")
-DIVISION = "open"
 BENCHMARK = "bert-99"  # the closed-division model class every variant maps to in model_mapping.json
 BENCHMARK_KIND = QuestionAnswering  # bert-99's task kind (SQuAD v1.1; exactly: not v2.0); other kinds' trees never pass as bert-99
 # The MLPerf Inference round whose RNG seeds LoadGen logs; the submission checker must be run with this
@@ -40,104 +37,6 @@ ACCURACY_LOG_VIEWABLE = 4096
 def safe_name(name: str) -> str:
     """``name`` with every character a folder name should not hold replaced by ``_``."""
     return re.sub(r"[^A-Za-z0-9._@#-]+", "_", name)
-
-
-def _read_cpuinfo() -> dict:
-    info: dict = {"model": platform.processor() or platform.machine(), "sockets": 1, "cores": os.cpu_count()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    models = re.findall(r"^model name\s*:\s*(.+)$", text, re.M)
-    if models:
-        info["model"] = models[0].strip()
-    sockets = set(re.findall(r"^physical id\s*:\s*(\d+)$", text, re.M))
-    info["sockets"] = max(1, len(sockets))
-    mhz = re.findall(r"^cpu MHz\s*:\s*([\d.]+)$", text, re.M)
-    if mhz:
-        info["mhz"] = float(mhz[0])
-    cache = re.findall(r"^cache size\s*:\s*(.+)$", text, re.M)
-    if cache:
-        info["cache"] = cache[0].strip()
-    return info
-
-
-def _memory_gb() -> float | None:
-    try:
-        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-        return round(kb / 2**20, 1)
-    except (OSError, AttributeError):
-        return None
-
-
-def _os_name() -> str:
-    try:
-        pretty = re.search(r'^PRETTY_NAME="?([^"\n]+)"?', Path("/etc/os-release").read_text(), re.M).group(1)
-        return f"{pretty} (kernel {platform.release()})"
-    except (OSError, AttributeError):
-        return platform.platform()
-
-
-def default_system_name() -> str:
-    cpu = re.sub(r"\(R\)|\(TM\)|CPU|@.*$", "", _read_cpuinfo()["model"]).strip()
-    return safe_name(f"{socket.gethostname()}-{cpu}".replace(" ", "-").lower()).strip("-_")
-
-
-def system_description(system_name: str, submitter: str, providers: set[str]) -> dict:
-    """``systems/<system>.json`` with the fields the MLPerf submission checker asks for, filled from
-    this machine where it can tell (CPU from /proc/cpuinfo, memory, OS, ONNX Runtime version, GPU).
-    Every value is a non-empty string ("accelerators_per_node": "0"), as the checker expects."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    import numpy as np
-    from bertprune.onnx.runtime import onnxruntime
-
-    ort = onnxruntime()
-
-    cpu = _read_cpuinfo()
-    mem = _memory_gb()
-    gpu = "CUDAExecutionProvider" in providers
-    gpu_name, gpu_mem = "N/A", "N/A"
-    if gpu:
-        try:
-            import torch
-
-            props = torch.cuda.get_device_properties(0)
-            gpu_name, gpu_mem = props.name, f"{props.total_memory / 2**30:.0f} GB"
-        except Exception:  # noqa: BLE001 - description only
-            gpu_name = "CUDA GPU"
-    def dist_version(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "?"
-
-    disk = shutil.disk_usage("/").total / 2**30
-    desc = {
-        "division": DIVISION, "submitter": submitter, "status": "available", "system_name": system_name,
-        "system_type": "edge", "system_type_detail": "workstation/server running the bertprune harness",
-        "number_of_nodes": 1, "host_processor_model_name": cpu["model"],
-        "host_processors_per_node": cpu["sockets"], "host_processor_core_count": cpu["cores"],
-        "host_processor_frequency": f"{cpu['mhz']:.0f} MHz" if cpu.get("mhz") else "N/A",
-        "host_processor_caches": cpu.get("cache", "N/A"), "host_processor_interconnect": "N/A",
-        "host_memory_capacity": f"{mem} GB" if mem else "N/A", "host_memory_configuration": "N/A",
-        "host_storage_type": "N/A", "host_storage_capacity": f"{disk:.0f} GB",
-        "host_networking": "N/A", "host_networking_topology": "N/A", "host_network_card_count": "N/A",
-        "accelerators_per_node": 1 if gpu else 0, "accelerator_model_name": gpu_name,
-        "accelerator_frequency": "N/A", "accelerator_host_interconnect": "PCIe" if gpu else "N/A",
-        "accelerator_interconnect": "N/A", "accelerator_interconnect_topology": "N/A",
-        "accelerator_memory_capacity": gpu_mem, "accelerator_memory_configuration": "N/A",
-        "accelerator_on-chip_memories": "N/A", "cooling": "N/A",
-        "hw_notes": "CPU only" if not gpu else "",
-        "framework": f"onnxruntime {ort.__version__}",
-        "operating_system": _os_name(),
-        "other_software_stack": f"Python {platform.python_version()}, mlcommons-loadgen "
-                                f"{dist_version('mlcommons-loadgen')}, numpy {np.__version__}, "
-                                f"bertprune {dist_version('bertprune')}",
-        "sw_notes": f"execution providers: {', '.join(sorted(providers)) or 'CPUExecutionProvider'}",
-    }
-    # the checker wants every field a string: a number 0 ("accelerators_per_node": 0) reads as empty
-    return {k: str(v) for k, v in desc.items()}
 
 
 def measurements(variant: Variant, task, onnx_sha256: str | None = None) -> dict:
@@ -222,19 +121,21 @@ def truncate_accuracy_log(src: Path, dst: Path) -> str:
 
 
 def write_submission(root: Path, plans, scenarios, runs: dict, task, system_name: str | None = None,
-                     submitter: str = "bertprune", submission: bool = False, version: str | None = None) -> Path:
+                     submitter: str = "bertprune", submission: bool = False, version: str | None = None,
+                     system: SystemConfig | None = None, machine: Machine | None = None) -> Path:
     """The open-division tree for every finished run (built in a temp folder, moved into place).
 
     Accuracy: LoadGen's logs, ``mlperf_log_accuracy.json`` truncated and ``accuracy.txt`` (the metric line
     at full precision + ``hash=<sha256 of the full log>``), as MLCommons' truncate_accuracy_log.py leaves them.
     version: the MLPerf round the runs' seeds belong to (``mlperf_version``), named in src/README.md."""
-    system = safe_name(system_name) if system_name else default_system_name()
+    machine = machine or detect(root.parent)
+    system_config, system = system, safe_name(system_name) if system_name else default_system_name(machine)
     base_rel = Path(DIVISION) / safe_name(submitter)
     providers = {r.get("provider") for r in runs.values() if r.get("provider")}
     mapping = {}
     with atomic_dir(root) as tmp:
         base = tmp / base_rel
-        atomic_write_json(base / "systems" / f"{system}.json", system_description(system, submitter, providers))
+        atomic_write_json(base / "systems" / f"{system}.json", describe(system, submitter, providers, system_config, machine))
         atomic_write_text(base / "src" / "README.md", _src_readme(task, submission, version, submitter))
         for p in plans:
             model = submission_model_name(p.variant, task)
