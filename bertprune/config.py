@@ -126,6 +126,12 @@ class TuningConfig:
     last_layer_tokens: LastLayerTokens = LastLayerTokens.all
 
 
+@dataclass
+class GuardConfig:
+    enabled: bool = False  # keep rearrangement / tuning per layer only where they lower a held-out loss
+    samples: int = 256  # calibration samples held out for it (the last batches; used for nothing else)
+
+
 # ----------------------------------------------------------------------------------------------
 # Primary configs (values live in the YAML files; MISSING here = the YAML must set it)
 
@@ -160,6 +166,7 @@ class PruneConfig(TeacherJobConfig):
     seed: int = MISSING
     rearrange: bool = MISSING
     tuning: TuningConfig = field(default_factory=TuningConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     export: bool = MISSING
     quantize: Optional[Quantize] = None
     bench: bool = MISSING
@@ -378,6 +385,10 @@ def validate_prune(cfg):
     task = validate_train(cfg)
     validate_cost(cfg.cost)
     _at_least(cfg, ("num_samples", "eval_batch_size"), 1)
+    _at_least(cfg.guard, ("samples",), 1, "guard.", " (the held-out calibration samples)")
+    if cfg.guard.enabled and cfg.guard.samples >= cfg.num_samples:
+        raise ValueError(f"guard.samples={cfg.guard.samples} must be smaller than num_samples={cfg.num_samples}: "
+                         "the held-out samples are taken from the calibration sample; e.g. guard.samples=256")
     if cfg.batch_size is not None:
         _at_least(cfg, ("batch_size",), 1, hint=" (or null: the paper's calibration batch size)")
     if cfg.bench_options is not None and not isinstance(cfg.bench_options, (dict, DictConfig)):

@@ -28,6 +28,7 @@ import torch
 
 from bertprune.core.cost import MacCost
 from bertprune.core.fisher import check_importance, collect_fisher, freeze
+from bertprune.core.guard import Guard, GuardReport, split_held_out
 from bertprune.core.masks import mask_shapes, ones_masks
 from bertprune.core.physical import prune_physically
 from bertprune.core.rearrange import rearrange_masks
@@ -39,7 +40,7 @@ from bertprune.tasks.kinds import TaskKind, get_kind
 log = logging.getLogger(__name__)
 
 # The steps prune_model times; with the job's "save" they are the pruning time (evaluations are apart).
-STEPS = ("fisher", "search", "rearrange", "tune", "physical")
+STEPS = ("fisher", "search", "rearrange", "guard_rearrange", "tune", "guard_tune", "physical")
 TUNING_TEACHERS = ("sqrt", "dense")
 FISHER_KEYS = ("head_importance", "neuron_importance", "head_grads", "neuron_grads")
 
@@ -55,6 +56,8 @@ class PruneOptions:
     damping: float = 1e-2
     max_scale: float = 10.0
     last_layer_tokens: str = "all"  # cls: the last layer's FFN fitted on [CLS] (kinds that read it)
+    guard: bool = False  # keep each stage after the search per layer only where it lowers a held-out loss
+    guard_samples: int = 256  # calibration samples held out for the guard (the last batches; used for nothing else)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -80,6 +83,7 @@ class PruneResult:
     timings: dict[str, float] = field(default_factory=dict)  # step -> wall seconds, in run order
     stage_metrics: dict[str, float] = field(default_factory=dict)  # stage -> evaluate(...) (when given)
     tune_report: TuneReport | None = None
+    guard_report: GuardReport | None = None  # options.guard: held-out losses and per-layer rollbacks
 
 
 FisherSource = Mapping[str, torch.Tensor] | Callable[[], Mapping[str, torch.Tensor]] | None
@@ -120,6 +124,9 @@ def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, co
     (a mapping with ``FISHER_KEYS``, e.g. the multi-process Lightning run), or a callable returning them
     (called and timed as the ``fisher`` step). evaluate: ``(head_mask [L, H], neuron_mask [L, F], stage)
     -> metric``, called after search, rearrangement and tuning (timed as ``eval_<stage>``).
+    options.guard: the last ``guard_samples`` calibration samples are held out of everything (given Fisher
+    gradients of all batches are cut to the others) and each stage after the search is rolled back per layer
+    where it raises their loss (``bertprune.core.guard``; ``PruneResult.guard_report``).
     The model is frozen (weights need no gradient, eval mode) and left unpruned; the pruned one is a copy.
     """
     kind = get_kind(kind)
@@ -134,9 +141,16 @@ def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, co
         if evaluate is not None:
             stage_metrics[name] = timed(timings, f"eval_{name}", evaluate, head_mask, neuron_mask, name)
 
+    guard = None
+    if options.guard:
+        fit_batches, held_out = split_held_out(calibration_batches, options.guard_samples)
+        guard = Guard(model, kind, held_out, device)
+    else:
+        fit_batches = calibration_batches
+
     # ---- 1. Fisher
     if fisher is None:
-        grads = timed(timings, "fisher", collect_fisher, model, calibration_batches, kind, device,
+        grads = timed(timings, "fisher", collect_fisher, model, fit_batches, kind, device,
                       progress=options.progress)
         fisher = {"head_importance": grads.head_importance, "neuron_importance": grads.neuron_importance,
                   "head_grads": grads.head_grads, "neuron_grads": grads.neuron_grads}
@@ -146,17 +160,34 @@ def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, co
     missing = [k for k in FISHER_KEYS if k not in fisher]
     if missing:
         raise ValueError(f"fisher lacks {missing}; give {FISHER_KEYS} (bertprune.lightning.fisher.load_fisher)")
+    if guard is not None and len(fisher["head_grads"]) != len(fit_batches):  # held-out batches: out of Fisher too
+        if len(fisher["head_grads"]) != len(calibration_batches):
+            raise ValueError(f"fisher holds {len(fisher['head_grads'])} batches' gradients; expected one per "
+                             f"calibration batch ({len(calibration_batches)})")
+        n = len(fit_batches)
+        fisher.update(head_grads=fisher["head_grads"][:n], neuron_grads=fisher["neuron_grads"][:n])
+        fisher.update(head_importance=fisher["head_grads"].pow(2).sum(0),
+                      neuron_importance=fisher["neuron_grads"].pow(2).sum(0))
     head_imp, neuron_imp = fisher["head_importance"].to(device), fisher["neuron_importance"].to(device)
     check_importance(head_imp, neuron_imp)
 
     # ---- 2. search
     head_mask, neuron_mask = timed(timings, "search", search_mac, head_imp, neuron_imp, constraint, cost)
+    if guard is not None:
+        guard.baseline("search", head_mask, neuron_mask)
     stage("search", head_mask, neuron_mask)
+
+    def guarded(name: str, before, after):
+        if guard is None:
+            return after
+        return timed(timings, f"guard_{name}", guard.check, name, before, after)
 
     # ---- 3. rearrangement
     if options.rearrange:
+        before = (head_mask, neuron_mask)
         head_mask, neuron_mask = timed(timings, "rearrange", lambda: (
             rearrange_masks(head_mask, fisher["head_grads"]), rearrange_masks(neuron_mask, fisher["neuron_grads"])))
+        head_mask, neuron_mask = guarded("rearrange", before, (head_mask, neuron_mask))
         stage("rearrange", head_mask, neuron_mask)
 
     # ---- 4. tuning
@@ -166,11 +197,13 @@ def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, co
             t_head, t_neuron = search_mac(head_imp, neuron_imp, math.sqrt(constraint), cost)
         else:
             t_head, t_neuron = ones_masks(model, device)
+        before = (head_mask, neuron_mask)
         head_mask, neuron_mask, report = timed(
             timings, "tune", tune_masks, model, head_mask, neuron_mask, t_head, t_neuron,
-            _tune_prefix(calibration_batches, options.tune_samples), damping=options.damping,
+            _tune_prefix(fit_batches, options.tune_samples), damping=options.damping,
             max_scale=options.max_scale, device=device, progress=options.progress,
             last_layer_tokens=options.last_layer_tokens if kind.reads_cls else "all")
+        head_mask, neuron_mask = guarded("tune", before, (head_mask, neuron_mask))
         stage("tune", head_mask, neuron_mask)
 
     # ---- 5. physically smaller model
@@ -179,4 +212,5 @@ def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, co
     return PruneResult(model=pruned, head_mask=head_mask, neuron_mask=neuron_mask, heads_per_layer=heads,
                        ffn_per_layer=ffn, mac_ratio=mac_ratio(head_mask, neuron_mask, cost),
                        macs=cost.encoder(sum(heads), sum(ffn)), dense_macs=cost.encoder(L * H, L * F),
-                       fisher=fisher, timings=timings, stage_metrics=stage_metrics, tune_report=report)
+                       fisher=fisher, timings=timings, stage_metrics=stage_metrics, tune_report=report,
+                       guard_report=guard.report if guard is not None else None)

@@ -190,7 +190,8 @@ def prune_options(cfg) -> PruneOptions:
     t = cfg.tuning
     return PruneOptions(rearrange=bool(cfg.rearrange), tune=bool(t.enabled), tuning_teacher=str(t.teacher),
                         tune_samples=min(int(t.num_samples), int(cfg.num_samples)), damping=float(t.damping),
-                        max_scale=float(t.max_scale), last_layer_tokens=str(t.last_layer_tokens))
+                        max_scale=float(t.max_scale), last_layer_tokens=str(t.last_layer_tokens),
+                        guard=bool(cfg.guard.enabled), guard_samples=int(cfg.guard.samples))
 
 
 def _prune(cfg, callbacks, job_loggers) -> dict:
@@ -335,6 +336,10 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
         "metric": metric,
         "pruned_dir": str(pruned_dir), "teacher": teacher,
     }
+    if result.guard_report is not None:  # held-out calibration loss per stage and each per-layer rollback
+        g = result.guard_report
+        results.update({f"guard/loss_{k}": v for k, v in g.losses.items()})
+        results.update({"guard/rollbacks": g.rollbacks, "guard/rolled_back_layers": len(g.rollbacks)})
     if result.tune_report:
         atomic_write_json(run_dir / "tuning.json", result.tune_report.entries)
 
