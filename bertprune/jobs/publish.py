@@ -272,6 +272,7 @@ def model_card(run_dir: Path, repo_id: str, license: str | None = None, rows: li
     job = OmegaConf.to_container(OmegaConf.load(hydra_cfg), resolve=False) if hydra_cfg.is_file() else {}
     cost = (job.get("cost") or {}).get("_target_", "bertprune.core.cost.MacCost.for_model")
     tuning = job.get("tuning") or {}
+    seq_len = results.get("prune/mac_seq_len", meta.get("mac_seq_len"))
     teacher_line = (f"fine-tuned by bertprune's `train.py` from `{base or 'random initial weights'}` "
                     f"({', '.join(f'{k} {v}' for k, v in (prov['fine_tuning'] or {}).items() if v is not None)})"
                     if prov["fine_tuned_by_bertprune"] else f"`{results['teacher']}`")
@@ -296,11 +297,11 @@ def model_card(run_dir: Path, repo_id: str, license: str | None = None, rows: li
               f"| method | {METHOD} ([paper]({PAPER})) |",
               f"| teacher | {teacher_line} |",
               f"| constraint (fraction of the dense encoder's MACs kept) | {results['constraint']} |",
-              f"| cost model | `{cost}` at {results['prune/mac_seq_len']:.1f} tokens per sequence |",
+              f"| cost model | `{cost}`" + (f" at {seq_len:.1f} tokens per sequence |" if seq_len else " |"),
               f"| MACs per sequence, pruned / dense | {_fmt(meta.get('macs'), 0)} / {_fmt(meta.get('dense_macs'), 0)} "
               f"({results['prune/mac_ratio']:.3f}) |",
-              f"| calibration | {results.get('num_samples')} training samples, batch {results.get('batch_size')}, "
-              f"seed {results.get('seed')} |",
+              "| calibration | " + ", ".join(f"{label} {results[k]}" for label, k in (
+                  ("training samples", "num_samples"), ("batch", "batch_size"), ("seed", "seed")) if results.get(k) is not None) + " |",
               f"| mask tuning | " + (", ".join(f"{k} {v}" for k, v in tuning.items()) or "see results.json") + " |",
               f"| parameters, pruned / dense | {results['model/parameters']:,} / {results['model/parameters_dense']:,} |",
               f"| size of model.safetensors | {results['model/file_size'] / 1e6:.1f} MB |",
