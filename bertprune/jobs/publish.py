@@ -19,6 +19,7 @@ import os
 import re
 import shlex
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -389,6 +390,7 @@ def stage_variant(run_dir: Path, folder: Path, repo_id: str, name: str, license:
     sources |= {f"hydra/{f}": run_dir / ".hydra" / f for f in HYDRA_FILES if (run_dir / ".hydra" / f).is_file()}
     listed = sorted([CARD, *sources, *([LOADGEN] if rows else [])])
     card = model_card(run_dir, repo_id, license, rows, system, files=listed)
+    start = time.perf_counter()
     _fresh_folder(folder)
     for rel, src in sources.items():
         _place(src, folder / rel)
@@ -397,6 +399,7 @@ def stage_variant(run_dir: Path, folder: Path, repo_id: str, name: str, license:
     card.save(folder / CARD)
     atomic_write_json(folder / MANIFEST, {"run_dir": str(run_dir), "repo_id": repo_id, "files": listed})
     files = [(rel, (folder / rel).stat().st_size) for rel in listed]
+    log.info("staged %s (%d files) in %s in %.1f s", name, len(files), folder, time.perf_counter() - start)
     return VariantRepo(name=name, run_dir=run_dir, repo_id=repo_id, folder=folder, files=files, card=card)
 
 
