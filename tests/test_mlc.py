@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,6 @@ from conftest import make_sentiment_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # mlcflow (the test extra) installs mlc / mlcr beside the project's Python
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,7 @@ def pruned_by_mlcr(mlc_home):
     return proc, env, sweep
 
 
+@pytest.mark.integration
 def test_mlcr_prunes_with_the_projects_python_and_returns_the_variants(pruned_by_mlcr):
     proc, env, sweep = pruned_by_mlcr
     # the project's interpreter (the one running mlcr: python or python3 of this venv) ran this checkout's prune.py
@@ -83,6 +84,7 @@ def test_mlcr_prunes_with_the_projects_python_and_returns_the_variants(pruned_by
     assert Path(env["BERTPRUNE_SUMMARY_CSV"]).read_text().count("\n") == 3  # header + 2 jobs
 
 
+@pytest.mark.integration
 def test_mlcr_bench_runs_loadgen_on_the_sweep_and_returns_the_summary(mlc_home, pruned_by_mlcr):
     _, prune_env, sweep = pruned_by_mlcr
     proc, env = mlcr(mlc_home, "bench,loadgen,bertprune", f"--source={sweep}", "--scenario=offline", "--mode=accuracy",
@@ -100,6 +102,7 @@ def test_mlcr_bench_runs_loadgen_on_the_sweep_and_returns_the_summary(mlc_home, 
     assert list(Path(env["BERTPRUNE_SUBMISSION_DIR"]).glob("systems/*.json"))
 
 
+@pytest.mark.integration
 def test_python_api_runs_the_pruning_script(mlc_home, monkeypatch):
     """``mlc.access`` in this process (its MLC home is read when mlc is first imported: set it before)."""
     tmp = mlc_home["tmp"]
@@ -123,6 +126,7 @@ def test_python_api_runs_the_pruning_script(mlc_home, monkeypatch):
     assert sidecar["constraint"] == 0.5 and sidecar["variant"] == "c0.50"
 
 
+@pytest.mark.integration
 def test_bad_inputs_fail_mlcr_with_bertprunes_own_message(mlc_home):
     tmp = mlc_home["tmp"]
     proc, env = mlcr(mlc_home, "prune,bert,kwon", "--constraint=1.5", f"--output_dir={tmp / 'bad'}",
@@ -134,3 +138,40 @@ def test_bad_inputs_fail_mlcr_with_bertprunes_own_message(mlc_home):
     assert proc.returncode != 0 and "--constraint=0.5 and --sweep=0.4,0.6 both given" in proc.stdout + proc.stderr
     proc, _ = mlcr(mlc_home, "bench,loadgen,bertprune", f"--source={tmp / 'nowhere'}", cwd=tmp / "run-bad3")
     assert proc.returncode != 0 and "no such file or folder" in proc.stdout + proc.stderr
+
+
+def _customize(script: str):
+    """A script's customize.py, loaded as MLC loads it (a file, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"customize_{script}", ROOT / "mlc" / "script" / script / "customize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pruning_inputs_map_to_prune_py_overrides(tmp_path):
+    env = {"BERTPRUNE_CONSTRAINT": "0.5", "BERTPRUNE_MODEL": "bert_base", "BERTPRUNE_TASK": "squad",
+           "BERTPRUNE_CHECKPOINT": "/models/bert squad", "BERTPRUNE_COST": "mac", "BERTPRUNE_OUTPUT_DIR": str(tmp_path),
+           "BERTPRUNE_OVERRIDES": "num_samples=512 'task.data_file=/data/dev v1.1.json'", "BERTPRUNE_PYTHON": sys.executable}
+    assert _customize("prune-bertprune").preprocess({"env": env}) == {"return": 0}
+    assert shlex.split(env["MLC_RUN_CMD"]) == [
+        sys.executable, str(ROOT / "prune.py"), "-m", "constraint=0.5", "model=bert_base", "task=squad",
+        "teacher=/models/bert squad", "cost=mac", f"hydra.sweep.dir={tmp_path}", "num_samples=512",
+        "task.data_file=/data/dev v1.1.json"]
+    sweep = {"BERTPRUNE_SWEEP": ["0.4", "0.5"], "BERTPRUNE_OUTPUT_DIR": str(tmp_path)}  # mlcr may pass a list
+    _customize("prune-bertprune").preprocess({"env": sweep})
+    assert shlex.split(sweep["MLC_RUN_CMD"])[3] == "constraint=0.4,0.5"
+    r = _customize("prune-bertprune").preprocess({"env": {"BERTPRUNE_PYTHON": str(tmp_path / "no-python")}})
+    assert r["return"] == 1 and "is not an executable interpreter" in r["error"]
+
+
+def test_bench_inputs_map_to_bench_py_overrides(tmp_path):
+    env = {"BERTPRUNE_BENCH_SOURCE": str(tmp_path), "BERTPRUNE_SCENARIO": "offline,server", "BERTPRUNE_MODE": "accuracy",
+           "BERTPRUNE_SUBMISSION": "yes", "BERTPRUNE_TASK": "squad"}
+    assert _customize("bench-bertprune").preprocess({"env": env}) == {"return": 0}
+    assert shlex.split(env["MLC_RUN_CMD"])[1:] == [
+        str(ROOT / "bench.py"), f"source={tmp_path}", "scenario=[offline,server]", "mode=accuracy", "submission=true",
+        "task=squad", f"output_dir={tmp_path / 'bench'}"]
+    r = _customize("bench-bertprune").preprocess({"env": {"BERTPRUNE_SWEEP_DIR": str(tmp_path), "BERTPRUNE_SUBMISSION": "maybe"}})
+    assert r["return"] == 1 and "--submission=maybe: expected yes or no" in r["error"]
