@@ -174,6 +174,11 @@ def test_offline_upload_says_so_in_one_line_and_exits_non_zero(benched_sweep, tm
     [line] = [ln for ln in proc.stdout.splitlines() if "no network" in ln]
     assert f"{tmp_path / 'st' / 'c0.60'} is ready to upload with: hf upload ctuning/tiny" in line
     assert "dry_run=false" in line and "Traceback" not in proc.stderr
+    env = {k: v for k, v in env.items() if k != "HF_TOKEN"} | {"HF_HOME": str(tmp_path / "hf-home")}  # no token either
+    proc = subprocess.run([sys.executable, str(ROOT / "publish.py"), f"source={benched_sweep / 'c0.6'}",
+                           "repo_id=ctuning/tiny", "license=apache-2.0", "dry_run=false", f"output_dir={tmp_path / 'st2'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "no network" in proc.stdout and "is ready to upload" in proc.stdout
 
 
 @pytest.mark.integration

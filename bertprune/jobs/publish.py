@@ -473,12 +473,18 @@ def publish(cfg) -> PublishReport:
     if cfg.dry_run:
         print(f"\ndry run: nothing was sent. To upload (token in HF_TOKEN or from `hf auth login`): {command}")
         return report
-    if token is None:
+    from huggingface_hub import constants
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    offline = bool(constants.HF_HUB_OFFLINE)  # HF_HUB_OFFLINE=1: no network, say so before asking for a token
+    if token is None and not offline:
         print(f"publish: no Hugging Face token (set HF_TOKEN or run `hf auth login`); the folders under {out} are ready "
               f"to upload with: {command.replace('<org>/<name>', str(cfg.repo_id))}")
         return PublishReport(ok=False, variants=report.variants)
     for repo in report.variants:
         try:
+            if offline:
+                raise OfflineModeIsEnabled("HF_HUB_OFFLINE is set")
             url = upload(repo, token, bool(cfg.private), cfg.commit_message)
         except Exception as e:  # noqa: BLE001 - only the network's errors are reported as such; others re-raise
             if not _no_network(e):
