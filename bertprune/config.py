@@ -218,11 +218,23 @@ class BenchConfig:
     output_dir: str = MISSING
 
 
+@dataclass
+class PublishConfig:
+    source: str = MISSING            # a prune run folder (results.json) or a sweep of them
+    repo_id: Optional[str] = None    # <org>/<name>; a sweep publishes <repo_id>-<variant> per variant
+    dry_run: bool = MISSING
+    private: bool = MISSING
+    license: Optional[str] = None    # null: the starting weights' own model card's
+    bench_dir: Optional[str] = None  # bench.py output folder; null: <run>/bench and <sweep>/bench
+    commit_message: Optional[str] = None
+    output_dir: str = MISSING        # where each variant's repository folder is staged
+
+
 # Keys that were renamed: old -> new. Set, the old key gets one error naming the new one.
 RENAMED = {"checkpoint": "teacher"}
 
 SCHEMAS = {"train_schema": TrainConfig, "prune_schema": PruneConfig, "export_schema": ExportConfig,
-           "bench_schema": BenchConfig}
+           "bench_schema": BenchConfig, "publish_schema": PublishConfig}
 
 
 def register() -> None:
