@@ -348,3 +348,30 @@ def test_prune_with_latency_cost_end_to_end(tiny_cfg, tmp_path):
     table = json.loads(luts[0].read_text())
     assert table["mha"]["counts"] == [0, 1, 2, 4] and table["ffn"]["counts"] == [0, 1, 32, 64]
     assert table["dense_ms"] > table["skeleton_ms"] > 0
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert", "roberta"])
+@pytest.mark.parametrize("kind", ["classification", "regression", "qa"])
+def test_tables_of_every_family_and_kind_on_pytorch(family, kind):
+    """The sample models (every layer cut alike, skeleton, dense) of every family and task kind, timed on
+    the PyTorch runtime (no export: fast), fit into a LatencyCost."""
+    from bertprune.models import tiny_bert
+
+    model = tiny_bert(kind, 1 if kind == "regression" else 2, 100, family=family).eval()
+    s = lat.LatencySettings(runtime="torch", batch_size=2, seq_len=12, points=2, min_time_s=0.01, rounds=1)
+    table = lat.measure_table(model, kind, s, progress=False)
+    assert table["runtime"].startswith("torch ") and table["provider"] == "cpu"
+    assert table["mha"]["counts"] == [0, 1, 4] and table["ffn"]["counts"] == [0, 1, 64]
+    assert min(table["mha"]["ms"] + table["ffn"]["ms"]) > 0 and table["dense_ms"] > 0
+    assert table["mha"]["ms"][0] == table["ffn"]["ms"][0] == table["skeleton_ms"]  # count 0 = the skeleton
+    cost = LatencyCost.from_table(table)  # (tiny timings are noise: the search on them is tested apart)
+    assert cost.fixed == table["skeleton_ms"] and cost.num_layers == 2
+    assert lat.time_served(model, kind, s, dense=model)["ms"] > 0
+
+
+def test_qa_is_served_at_its_fixed_length():
+    from bertprune.tasks.data import Task
+
+    with pytest.raises(ValueError, match=r"cost.served_seq_len=128: expected null or task.max_length=384"):
+        lat.settings_for(Task(name="squad", kind="qa", max_length=384), 128, "single_stream", None, None,
+                         "onnxruntime", "cpu", 9)

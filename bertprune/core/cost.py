@@ -173,17 +173,19 @@ class LatencyCost:
     def from_table(cls, table: dict, mac: MacCost | None = None) -> "LatencyCost":
         """Fit a measured table (``bertprune.onnx.latency.measure_table``'s plain data) into the cost model.
 
-        The table holds median times (ms) of one-layer models: ``mha`` = {counts, ms} with the FFN pruned
-        away, ``ffn`` = {counts, ms} with the attention pruned away (both include the one-layer model's
-        own embeddings, head and empty block), and two whole models, ``skeleton_ms`` (every unit pruned)
-        and ``dense_ms``. The increments over the empty one-layer model are scaled by one factor so that
-        the dense prediction equals the measured dense model (the blocks run a little differently inside
-        the whole model than alone); ``fixed`` is the skeleton."""
+        The table holds median times (ms) of models whose ``sample_layers`` layers (default 1) all keep the
+        same width: ``mha`` = {counts, ms} with the FFN pruned away, ``ffn`` = {counts, ms} with the
+        attention pruned away (count 0: nothing kept), and two whole models, ``skeleton_ms`` (every unit
+        pruned) and ``dense_ms``. A layer's block costs its increment over count 0, divided by
+        ``sample_layers``; the increments are scaled by one factor so that the dense prediction equals the
+        measured dense model (the two blocks together run a little differently than each alone), and
+        ``fixed`` is the skeleton."""
         L = int(table["geometry"]["num_layers"])
+        per = int(table.get("sample_layers", 1))
         mha = PiecewiseLinear.fit(table["mha"]["counts"], table["mha"]["ms"])
         ffn = PiecewiseLinear.fit(table["ffn"]["counts"], table["ffn"]["ms"])
-        d_mha = [v - mha.values[0] for v in mha.values]
-        d_ffn = [v - ffn.values[0] for v in ffn.values]
+        d_mha = [(v - mha.values[0]) / per for v in mha.values]
+        d_ffn = [(v - ffn.values[0]) / per for v in ffn.values]
         fixed, dense = float(table["skeleton_ms"]), float(table["dense_ms"])
         per_layer = d_mha[-1] + d_ffn[-1]
         scale = (dense - fixed) / (L * per_layer) if per_layer > 0 and dense > fixed else 1.0

@@ -3,10 +3,11 @@
 ``measure_table(model, kind, settings)`` times, on ONNX Runtime (the provider of ``settings.device``) or
 PyTorch, at the scenario's batch size, the served sequence length and the benchmark's thread count:
 
-* one-layer models cut from ``model`` (its first layer, its embeddings and its head) keeping h of the
-  H heads with the FFN pruned away (``mha``), and n of the F neurons with the attention pruned away
-  (``ffn``), at ``settings.points`` sample counts each (every head count when H + 1 <= points);
-* the whole model with every head and neuron pruned (``skeleton_ms``) and the dense model (``dense_ms``).
+* copies of ``model`` whose every layer keeps h of the H heads with the FFN pruned away (``mha``), and n
+  of the F neurons with the attention pruned away (``ffn``), at the sample counts of ``sample_counts``;
+  whole models, so their weights stream through the caches as the served model's do;
+* the model with every head and neuron pruned (``skeleton_ms``, the count 0 of both blocks) and the
+  dense model (``dense_ms``).
 
 Each sample is exported exactly as the served model is (``bertprune.onnx.export.export_onnx``) and all
 samples are timed interleaved (round-robin, median of every call), so a noisy neighbour slows them
@@ -37,7 +38,7 @@ from bertprune.tasks.kinds import get_kind
 
 log = logging.getLogger(__name__)
 
-FORMAT = "bertprune.latency.lut/1"
+FORMAT = "bertprune.latency.lut/2"
 RUNTIMES = ("onnxruntime", "torch")
 SCENARIO_NAMES = ("single_stream", "offline", "multi_stream", "server")
 
@@ -204,13 +205,14 @@ def _shrunk(model, num_layers: int, heads: list[int], neurons: list[int]):
 
 
 def sample_models(model, kind, s: LatencySettings) -> list[tuple[str, int, object]]:
-    """(block, count, model) of every sample: ``mha``/``ffn`` one-layer models, ``skeleton`` and ``dense``."""
+    """(block, count, model builder) of every sample: ``mha``/``ffn`` (every layer alike, counts > 0),
+    ``skeleton`` (count 0 of both) and ``dense``."""
     from bertprune.models.adapters import adapter_for
 
     a = adapter_for(model)
     L, H, F = a.dense_shape(model.config)
-    out = [("mha", h, lambda h=h: _shrunk(model, 1, [h], [0])) for h in sample_counts(H, s.points)]
-    out += [("ffn", n, lambda n=n: _shrunk(model, 1, [0], [n])) for n in sample_counts(F, s.points)]
+    out = [("mha", h, lambda h=h: _shrunk(model, L, [h] * L, [0] * L)) for h in sample_counts(H, s.points) if h]
+    out += [("ffn", n, lambda n=n: _shrunk(model, L, [0] * L, [n] * L)) for n in sample_counts(F, s.points) if n]
     out += [("skeleton", 0, lambda: _shrunk(model, L, [0] * L, [0] * L)),
             ("dense", 0, lambda: copy.deepcopy(model).cpu().eval())]
     return out
@@ -300,7 +302,8 @@ def time_interleaved(runners: list[Runner], s: LatencySettings, progress: bool =
 
 def measure_table(model, kind, s: LatencySettings, progress: bool = True) -> dict:
     """Measure the lookup table of ``model`` (plain data; see the module docstring). Exports and times
-    ``2·points + 2`` models (fewer heads when H + 1 < points); the measuring time is in ``measure_s``."""
+    ``2·points + 2`` models (fewer when H <= points); the measuring time is in ``measure_s``. ``mha`` /
+    ``ffn`` hold whole-model times (``sample_layers`` = L layers alike), the count 0 = the skeleton."""
     from tqdm.auto import tqdm
 
     from bertprune.onnx.runtime import quiet
@@ -319,13 +322,17 @@ def measure_table(model, kind, s: LatencySettings, progress: bool = True) -> dic
         ms = time_interleaved(runners, s, progress, desc="latency LUT timing")
         del runners
     table: dict = {"key": table_key(geo, rt, s), "geometry": geo, **rt, "settings": asdict(s),
-                   "mha": {"counts": [], "ms": []}, "ffn": {"counts": [], "ms": []}}
+                   "sample_layers": geo["num_layers"], "mha": {"counts": [], "ms": []}, "ffn": {"counts": [], "ms": []}}
+    for (block, count, _), t in zip(samples, ms):
+        if block not in ("mha", "ffn"):
+            table[f"{block}_ms"] = t
     for (block, count, _), t in zip(samples, ms):
         if block in ("mha", "ffn"):
+            if not table[block]["counts"]:
+                table[block]["counts"].append(0)
+                table[block]["ms"].append(table["skeleton_ms"])
             table[block]["counts"].append(count)
             table[block]["ms"].append(t)
-        else:
-            table[f"{block}_ms"] = t
     table["build_s"] = round(build_s, 3)
     table["measure_s"] = round(time.perf_counter() - t0, 3)
     log.info("latency LUT measured in %.1f s (%d samples; dense %.3f ms, skeleton %.3f ms)", table["measure_s"],
@@ -408,6 +415,9 @@ def settings_for(task, served_seq_len, scenario, batch_size, threads, runtime, d
     seq = served_seq_len if served_seq_len is not None else (int(task.max_length) if task is not None else None)
     if seq is None:
         _fail("served_seq_len", seq, "an integer >= 1 (null needs the task's max_length)")
+    if task is not None and get_kind(task.kind).fixed_seq_len and seq != int(task.max_length):
+        _fail("served_seq_len", seq, f"null or task.max_length={task.max_length}: a {task.kind} model is exported "
+                                     "and served at exactly that length")
     return LatencySettings(runtime=str(runtime), device=str(device), batch_size=batch_size if batch_size is not None else sc_batch, seq_len=seq,
                            threads=threads if threads is not None else sc_threads, points=points,
                            min_time_s=min_time_s, rounds=rounds, scenario=scenario)
