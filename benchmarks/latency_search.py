@@ -44,10 +44,12 @@ def points_study(model, kind, s, ffn_points: int = 13) -> dict:
 
     L, H, F = adapter_for(model).dense_shape(model.config)
     full = {"mha": list(range(H + 1)), "ffn": lat.sample_counts(F, ffn_points)}
+    from tqdm.auto import tqdm
+
     runners, index = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for block, counts in full.items():
-            for c in counts:
+            for c in tqdm(counts, desc=f"points study: {block} samples"):
                 with quiet():
                     m = lat._shrunk(model, L, [c] * L, [0] * L) if block == "mha" else lat._shrunk(model, L, [0] * L, [c] * L)
                     runners.append(lat.Runner(m, kind, s, Path(tmp)))
