@@ -13,7 +13,7 @@ LOCK   := requirements.lock
 LOCK_VENV ?= /tmp/bertprune-lock-venv
 OTHER_ORT := $(if $(filter gpu,$(ORT)),onnxruntime,onnxruntime-gpu)
 
-.PHONY: setup lock check-env demo test test-unit test-integration test-slow bench-prune bench-export bench-harness clean
+.PHONY: setup lock check-env demo test test-unit test-integration test-slow bench-prune bench-export bench-harness bench-latency clean
 
 $(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -63,6 +63,9 @@ bench-export: $(STAMP)
 
 bench-harness: $(STAMP)
 	$(PY) -m benchmarks.harness_overhead
+
+bench-latency: $(STAMP)
+	$(PY) -m benchmarks.latency_search --points-study
 
 clean:
 	rm -rf outputs multirun

@@ -7,7 +7,7 @@ Each primary config names its schema first in its defaults list (``conf/prune.ya
 * wrong types (``num_samples=abc``, ``constraint=abc``),
 * values outside a fixed choice (``quantize=int4``, ``hardware.runtime_device=tpu``,
   ``hardware.accelerator=tpu``, ``tuning.teacher=x``, ``bench.yaml``'s ``mode``) and group options that do
-  not exist (``logger=bogus``, ``cost=latency``). Choices are ``StrEnum`` members: they compare equal to
+  not exist (``logger=bogus``, ``cost=energy``). Choices are ``StrEnum`` members: they compare equal to
   their strings (``accelerator == "cpu"``).
 
 Components are data: the ``cost`` group, the ``logger`` group and a model's ``random_init`` name the
@@ -50,6 +50,20 @@ class RuntimeDevice(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+
+
+class LatencyRuntime(StrEnum):
+    """What cost=latency measures its lookup table on (the runtime the model is served on)."""
+    onnxruntime = "onnxruntime"
+    torch = "torch"
+
+
+class Scenario(StrEnum):
+    """LoadGen scenarios (conf/scenario/): cost=latency reads the batch size and threads of one."""
+    single_stream = "single_stream"
+    offline = "offline"
+    multi_stream = "multi_stream"
+    server = "server"
 
 
 class Accelerator(StrEnum):
@@ -103,6 +117,22 @@ class TrainingConfig:
 class CostConfig:
     _target_: str = MISSING  # builds the cost model from (model, seq_len): bertprune.core.cost.MacCost.for_model
     seq_len: Optional[float] = None  # S of the cost model; null = the task's average token length
+
+
+@dataclass
+class LatencyCostConfig(CostConfig):
+    """conf/cost/latency.yaml (its defaults list names this schema: cost/latency_schema). seq_len: S of the
+    MAC figures reported next to latency; the rest: how the latency lookup table is measured."""
+    served_seq_len: Optional[int] = None  # null = task.max_length (what the LoadGen QSL pads to)
+    scenario: Scenario = Scenario.single_stream  # batch and threads from conf/scenario/<scenario>.yaml
+    batch_size: Optional[int] = None  # null = the scenario's batch_size (single_stream 1, offline 32)
+    threads: Optional[int] = None  # null = the scenario's intra_op_threads (null there: the runtime's default)
+    runtime: LatencyRuntime = LatencyRuntime.onnxruntime
+    device: RuntimeDevice = RuntimeDevice.cpu  # ONNX Runtime's provider: cpu, cuda, auto (CUDA if usable)
+    points: int = 9  # sample counts per block (MHA: every head count when H + 1 <= points)
+    min_time_s: float = 0.3  # timing per sample, split over `rounds` interleaved rounds
+    rounds: int = 5
+    cache: bool = True  # <cache>/latency/<key>.json
 
 
 @dataclass
@@ -230,6 +260,9 @@ class PublishConfig:
     output_dir: str = MISSING        # where each variant's repository folder is staged
 
 
+# What prune.py passes a cost factory itself (task: only to a factory that takes it, e.g. latency_cost).
+COST_RUNTIME_ARGS = ("model", "task")
+
 # Keys that were renamed: old -> new. Set, the old key gets one error naming the new one.
 RENAMED = {"checkpoint": "teacher"}
 
@@ -247,6 +280,7 @@ def register() -> None:
     cs = ConfigStore.instance()
     for name, node in SCHEMAS.items():
         cs.store(name=name, node=node)
+    cs.store(group="cost", name="latency_schema", node=LatencyCostConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -373,9 +407,21 @@ def validate_logger(lg) -> None:
 
 
 def validate_cost(cost) -> None:
-    check_target(cost, "cost", ("model",))
+    check_target(cost, "cost", COST_RUNTIME_ARGS)
     if cost.seq_len is not None and not cost.seq_len > 0:
         raise ValueError(f"cost.seq_len={cost.seq_len} must be > 0 (or null for the task's average token length)")
+    if OmegaConf.get_type(cost) is LatencyCostConfig:
+        for key, low, null in (("served_seq_len", 1, "the task's max_length"), ("batch_size", 1, "the scenario's"),
+                               ("threads", 1, "the scenario's intra_op_threads"), ("points", 2, None),
+                               ("rounds", 1, None)):
+            value = cost.get(key)
+            if value is None and null:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"cost.{key}={value!r} must be an integer >= {low}" + (f" (or null for {null})"
+                                                                                        if null else ""))
+        if not cost.min_time_s > 0:
+            raise ValueError(f"cost.min_time_s={cost.min_time_s} must be > 0 (seconds of timing per sample)")
 
 
 def validate_train(cfg):

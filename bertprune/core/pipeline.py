@@ -5,7 +5,7 @@ calibration batches, the task kind, a cost model and the constraint. It is what 
 (``bertprune.jobs.prune`` adds the checks, the teacher, the data, the multi-process Fisher, the files
 and the callbacks around it) and what a notebook calls::
 
-    from bertprune.core.cost import MacCost
+    from bertprune.core.cost import LatencyCost, MacCost, mac_model
     from bertprune.core.pipeline import PruneOptions, prune_model
 
     result = prune_model(model, batches, "classification", MacCost.for_model(model, seq_len=40.0), 0.5)
@@ -26,13 +26,13 @@ from typing import Callable, Mapping
 
 import torch
 
-from bertprune.core.cost import MacCost
+from bertprune.core.cost import LatencyCost, MacCost, mac_model
 from bertprune.core.fisher import check_importance, collect_fisher, freeze
 from bertprune.core.guard import Guard, GuardReport, split_held_out
 from bertprune.core.masks import mask_shapes, ones_masks
 from bertprune.core.physical import prune_physically
 from bertprune.core.rearrange import rearrange_masks
-from bertprune.core.search import check_constraint, mac_ratio, search_mac
+from bertprune.core.search import check_constraint, cost_ratio, mac_ratio, search_masks
 from bertprune.core.tuning import LAST_LAYER_TOKENS, TuneReport, tune_masks
 from bertprune.models import model_shape
 from bertprune.tasks.kinds import TaskKind, get_kind
@@ -76,7 +76,7 @@ class PruneResult:
     neuron_mask: torch.Tensor  # [L, F]
     heads_per_layer: list[int]
     ffn_per_layer: list[int]
-    mac_ratio: float  # MACs of the pruned encoder / MACs of the dense one (<= constraint)
+    mac_ratio: float  # MACs of the pruned encoder / MACs of the dense one (<= constraint for cost=mac)
     macs: float
     dense_macs: float
     fisher: dict[str, torch.Tensor]  # head/neuron_importance [L, H]/[L, F], head/neuron_grads [N, L, H]/[N, L, F]
@@ -84,6 +84,11 @@ class PruneResult:
     stage_metrics: dict[str, float] = field(default_factory=dict)  # stage -> evaluate(...) (when given)
     tune_report: TuneReport | None = None
     guard_report: GuardReport | None = None  # options.guard: held-out losses and per-layer rollbacks
+    # the search's own cost model (for MACs the same as mac_ratio / macs / dense_macs; for latency, ms)
+    cost_name: str = "mac"
+    cost_ratio: float = math.nan
+    cost_total: float = math.nan
+    dense_cost_total: float = math.nan
 
 
 FisherSource = Mapping[str, torch.Tensor] | Callable[[], Mapping[str, torch.Tensor]] | None
@@ -110,7 +115,8 @@ def _tune_prefix(batches: list[dict], num_samples: int) -> list[dict]:
     return out
 
 
-def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, cost: MacCost, constraint: float,
+def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, cost: MacCost | LatencyCost,
+                constraint: float,
                 options: PruneOptions = PruneOptions(), fisher: FisherSource = None,
                 evaluate: Callable[[torch.Tensor, torch.Tensor, str], float] | None = None,
                 device=None) -> PruneResult:
@@ -119,7 +125,8 @@ def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, co
 
     calibration_batches: padded batches (``input_ids`` / ``attention_mask`` [/ ``token_type_ids``] ``[B, T]``
     and the kind's labels, e.g. ``labels [B]``), on any device; ``options.tune_samples`` of them (a prefix)
-    also feed the tuning. cost: the cost model (``MacCost``: ``head``, ``neuron``, ``encoder``).
+    also feed the tuning. cost: the cost model the search budgets (``MacCost``: MACs of the encoder;
+    ``LatencyCost``: predicted latency of the whole model, its ``mac`` model gives the MAC figures).
     fisher: None = computed here, in-process (``collect_fisher``); else the mask gradients already computed
     (a mapping with ``FISHER_KEYS``, e.g. the multi-process Lightning run), or a callable returning them
     (called and timed as the ``fisher`` step). evaluate: ``(head_mask [L, H], neuron_mask [L, F], stage)
@@ -172,7 +179,7 @@ def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, co
     check_importance(head_imp, neuron_imp)
 
     # ---- 2. search
-    head_mask, neuron_mask = timed(timings, "search", search_mac, head_imp, neuron_imp, constraint, cost)
+    head_mask, neuron_mask = timed(timings, "search", search_masks, head_imp, neuron_imp, constraint, cost)
     if guard is not None:
         guard.baseline("search", head_mask, neuron_mask)
     stage("search", head_mask, neuron_mask)
@@ -194,7 +201,7 @@ def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, co
     report = None
     if options.tune:
         if options.tuning_teacher == "sqrt":
-            t_head, t_neuron = search_mac(head_imp, neuron_imp, math.sqrt(constraint), cost)
+            t_head, t_neuron = search_masks(head_imp, neuron_imp, math.sqrt(constraint), cost)
         else:
             t_head, t_neuron = ones_masks(model, device)
         before = (head_mask, neuron_mask)
@@ -209,8 +216,12 @@ def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, co
     # ---- 5. physically smaller model
     pruned = timed(timings, "physical", lambda: prune_physically(copy.deepcopy(model), head_mask, neuron_mask).eval())
     heads, ffn = model_shape(pruned)
+    mac = mac_model(cost)
+    macs = (mac_ratio(head_mask, neuron_mask, mac), mac.encoder(sum(heads), sum(ffn)), mac.encoder(L * H, L * F)) \
+        if mac is not None else (math.nan,) * 3
     return PruneResult(model=pruned, head_mask=head_mask, neuron_mask=neuron_mask, heads_per_layer=heads,
-                       ffn_per_layer=ffn, mac_ratio=mac_ratio(head_mask, neuron_mask, cost),
-                       macs=cost.encoder(sum(heads), sum(ffn)), dense_macs=cost.encoder(L * H, L * F),
+                       ffn_per_layer=ffn, mac_ratio=macs[0], macs=macs[1], dense_macs=macs[2],
                        fisher=fisher, timings=timings, stage_metrics=stage_metrics, tune_report=report,
+                       cost_name=cost.name, cost_ratio=cost_ratio(head_mask, neuron_mask, cost),
+                       cost_total=cost.total(heads, ffn), dense_cost_total=cost.total([H] * L, [F] * L),
                        guard_report=guard.report if guard is not None else None)

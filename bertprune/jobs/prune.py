@@ -207,6 +207,9 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
         raise ValueError(f"task={task.name} (question answering) needs teacher=<folder of a fine-tuned QA model, e.g. "
                          "BERT fine-tuned on SQuAD>; prune.py fine-tunes cached teachers for text tasks only")
     device = check_hardware(cfg.hardware)
+    from bertprune.onnx.latency import check_cost
+
+    latency_settings = check_cost(cfg.cost, task)  # cost=latency: its runtime / provider, before any work
     if cfg.export or cfg.bench:
         from bertprune.onnx.runtime import choose_providers
 
@@ -242,7 +245,9 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     # MACs at the real (unpadded) token count: text rows are unpadded, SQuAD features padded (their input_mask)
     mac_seq_len = cfg.cost.seq_len or (average_token_length(tokenized["train"]) if kind.labelled_text
                                        else qa.mean_tokens)
-    cost = instantiate(cfg.cost, model=model, seq_len=mac_seq_len)
+    t_cost = time.perf_counter()
+    cost = instantiate(cfg.cost, model=model, seq_len=mac_seq_len, **cost_runtime_args(cfg.cost, task))
+    cost_s = time.perf_counter() - t_cost
     (L, H), (_, F) = mask_shapes(model)
     check_constraint(constraint, cost, L * H, L * F)
     metric, metrics = task.primary_metric, task.metrics  # the task's metrics (None: the kind's), the primary first
@@ -342,9 +347,13 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
         results.update({"guard/rollbacks": g.rollbacks, "guard/rolled_back_layers": len(g.rollbacks)})
     if result.tune_report:
         atomic_write_json(run_dir / "tuning.json", result.tune_report.entries)
+    if latency_settings is not None:
+        results.update(latency_results(cost, result, latency_settings, cost_s))
 
     for cb in callbacks if callbacks is not None else default_callbacks(cfg):
         results.update(cb.on_variant_saved(run_dir, pruned_dir, task, results) or {})
+    if latency_settings is not None:
+        results.update(measured_latency(run_dir, pruned, model, kind, latency_settings, results))
     results["time/total_s"] = round(time.perf_counter() - t_start, 3)
 
     job_loggers.log(results)
@@ -353,6 +362,57 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     del model, pruned, result
     gc.collect()
     return results
+
+
+def cost_runtime_args(cost_cfg, task) -> dict:
+    """What the job passes a cost factory besides ``model`` and ``seq_len``: ``task`` when it takes one."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    params = inspect.signature(get_object(str(cost_cfg._target_))).parameters
+    return {"task": task} if "task" in params else {}
+
+
+def latency_results(cost, result, settings, cost_s: float) -> dict:
+    """results.json's ``latency/*`` entries of a latency-searched job (predicted, the table's settings)."""
+    table = cost.table
+    return {
+        "prune/cost": cost.name, "prune/latency_ratio": result.cost_ratio,
+        "latency/predicted_ms": result.cost_total, "latency/dense_predicted_ms": result.dense_cost_total,
+        "latency/runtime": table["runtime"], "latency/provider": table["provider"],
+        "latency/device_name": table["device_name"], "latency/threads": settings.threads,
+        "latency/scenario": settings.scenario, "latency/batch_size": settings.batch_size,
+        "latency/seq_len": settings.seq_len, "latency/lut_points": settings.points,
+        "latency/lut_cached": bool(table.get("cached")), "latency/lut_measure_s": table.get("measure_s"),
+        "latency/lut_scale": table.get("scale"), "time/latency_lut_s": round(cost_s, 3),
+    }
+
+
+def measured_latency(run_dir: Path, pruned, dense, kind, settings, results: dict) -> dict:
+    """The latency of what is served, measured with the table's settings: the exported ``onnx/model.onnx``
+    (onnxruntime; not measured without export=true) or the pruned PyTorch model (torch), interleaved with
+    the dense model."""
+    from bertprune.onnx.latency import time_served
+    from bertprune.onnx.variants import MODEL_FILE
+
+    if settings.runtime == "onnxruntime":
+        served = run_dir / "onnx" / MODEL_FILE
+        if not served.is_file():
+            return {"latency/measured_ms": None, "latency/dense_measured_ms": None,
+                    "latency/measured_on": "not measured: the latency is timed on the exported ONNX model and "
+                                           "this job exported none (export=false)"}
+        on = str(served)
+    else:
+        served, on = pruned, "the pruned PyTorch model"
+    log.info("timing the served model (%s, batch %d, seq %d) ...", settings.runtime, settings.batch_size,
+             settings.seq_len)
+    t = time.perf_counter()
+    ms = time_served(served, kind, settings, dense=dense)
+    return {"latency/measured_ms": ms["ms"], "latency/dense_measured_ms": ms["dense_ms"],
+            "latency/measured_ratio": ms["ms"] / ms["dense_ms"],
+            "latency/predicted_over_measured": results["latency/predicted_ms"] / ms["ms"],
+            "latency/measured_on": on, "time/latency_measure_s": round(time.perf_counter() - t, 3)}
 
 
 def default_callbacks(cfg) -> list:
@@ -377,6 +437,12 @@ def format_result(r: dict, metric: str) -> str:
               and k.split(f"eval/{metric}_")[1] in ("dense", "search", "rearrange", "tune")]
     fmt = metric_format(metric)  # accuracy/f1 in % with 2 decimals, correlations with 4 digits
     accs = "  ".join(f"{s} {fmt.format(r[f'eval/{metric}_{s}'])}" for s in stages)
+    if r.get("latency/predicted_ms") is not None:
+        measured = (f"measured {r['latency/measured_ms']:.3f} ms (ratio {r['latency/measured_ratio']:.3f})"
+                    if r.get("latency/measured_ms") is not None else "not measured (export=false)")
+        accs += (f"\n  latency ratio {r['prune/latency_ratio']:.3f}: predicted {r['latency/predicted_ms']:.3f} ms "
+                 f"of {r['latency/dense_predicted_ms']:.3f} ms, {measured} ({r['latency/runtime']}, "
+                 f"{r['latency/provider']}, batch {r['latency/batch_size']}, seq {r['latency/seq_len']})")
     return (f"constraint {r['constraint']:.2f}: MAC ratio {r['prune/mac_ratio']:.3f}, heads {r['prune/heads_per_layer']}, "
             f"FFN {r['prune/ffn_per_layer']}\n  {metric}: {accs}\n  prune time {r['time/prune_s']:.1f}s, "
             f"params {r['model/parameters'] / 1e6:.2f}M (dense {r['model/parameters_dense'] / 1e6:.2f}M) -> {r['pruned_dir']}")
