@@ -180,3 +180,16 @@ def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, co
                        ffn_per_layer=ffn, mac_ratio=mac_ratio(head_mask, neuron_mask, cost),
                        macs=cost.encoder(sum(heads), sum(ffn)), dense_macs=cost.encoder(L * H, L * F),
                        fisher=fisher, timings=timings, stage_metrics=stage_metrics, tune_report=report)
+
+
+def unpruned_result(model, cost: MacCost) -> PruneResult:
+    """The ``PruneResult`` of no structured pruning: a frozen copy of ``model``, all-ones masks, MAC ratio 1
+    (what an unstructured-only run, ``structured=false``, starts from)."""
+    freeze(model)
+    head_mask, neuron_mask = ones_masks(model)
+    (L, H), (_, F) = mask_shapes(model)
+    heads, ffn = model_shape(model)
+    dense = cost.encoder(L * H, L * F)
+    return PruneResult(model=copy.deepcopy(model).eval(), head_mask=head_mask, neuron_mask=neuron_mask,
+                       heads_per_layer=heads, ffn_per_layer=ffn, mac_ratio=1.0, macs=dense, dense_macs=dense,
+                       fisher={})
