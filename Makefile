@@ -10,7 +10,7 @@ ORT    ?= $(shell cat $(VENV)/.ort 2>/dev/null || echo cpu)
 STAMP  := $(VENV)/.bertprune-installed-$(ORT)
 OTHER_ORT := $(if $(filter gpu,$(ORT)),onnxruntime,onnxruntime-gpu)
 
-.PHONY: setup demo test test-unit test-integration test-slow bench-prune bench-export bench-harness clean
+.PHONY: setup demo test test-unit test-integration test-slow bench-prune bench-export bench-harness bench-obs clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -50,6 +50,9 @@ bench-export: $(STAMP)
 
 bench-harness: $(STAMP)
 	$(PY) -m benchmarks.harness_overhead
+
+bench-obs: $(STAMP)
+	$(PY) -m benchmarks.obs_oneshot
 
 clean:
 	rm -rf outputs multirun
