@@ -458,3 +458,23 @@ def test_sweep_summary_has_the_unstructured_columns_and_the_best_job_per_sparsit
     assert "| b | 0.50 | 1.000 | obs | unstructured | 0.500 | 512 | 1e-07 | 32 | 4 | 90.00 | 87.50 |" in md
     assert "* best at sparsity 0.5: b (accuracy 87.50, m 512, damp 1e-07, B 32, recomp. 4)" in md
     assert "best at sparsity 0.8" not in md  # a single job is no choice
+
+
+def test_inverse_of_a_rank_deficient_block_with_tiny_damping_is_still_computed():
+    """m < B gradients of size ~1 with λ = 1e-8, summed in float32 (the grid's m = 4, damp = 1e-8 failed
+    the Cholesky): such blocks are inverted from their eigenvalues clamped at 0, the same matrix."""
+    g = torch.Generator().manual_seed(0)
+    grads = torch.randn(4, 64, 8, generator=g) * 3  # 4 gradients, 64 blocks of 8
+    sums = torch.einsum("mnb,mnc->nbc", grads, grads)
+    G = sums.double() / 4
+    eye = torch.eye(8, dtype=torch.float64)
+    assert (torch.linalg.cholesky_ex(G + 1e-8 * eye).info != 0).any()  # the case the fallback is for
+    finv = inverse_blocks(sums, 4, 1e-8)
+    assert torch.isfinite(finv).all()
+    e, V = torch.linalg.eigh((G + G.transpose(1, 2)) / 2)
+    ref = (V / (e.clamp(min=0) + 1e-8)[:, None, :]) @ V.transpose(1, 2)
+    assert torch.allclose(finv.double(), ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max()))
+    w = torch.randn(64, 8, generator=g)
+    prune = torch.rand(64, 8, generator=g) < 0.5
+    new = obs_update(w, finv, prune)
+    assert torch.isfinite(new).all() and (new[prune] == 0).all()

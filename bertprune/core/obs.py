@@ -209,13 +209,24 @@ class GradientAccumulator:
 
 
 def inverse_blocks(block_sums: torch.Tensor, num_grads: int, damp: float) -> torch.Tensor:
-    """``[nb, B, B]`` Σ g gᵀ -> ``[nb, B, B]`` (λI + Σ g gᵀ / m)⁻¹ (Cholesky, float64 in chunks, float32 out)."""
+    """``[nb, B, B]`` Σ g gᵀ -> ``[nb, B, B]`` (λI + Σ g gᵀ / m)⁻¹ (Cholesky, float64 in chunks, float32 out).
+
+    Σ g gᵀ is positive semi-definite, but summed in float32 its rank-deficient part (m < B, or a small λ)
+    can come out slightly indefinite: blocks whose Cholesky fails are inverted from their eigenvalues
+    clamped at 0 (``(λI + V max(E, 0) Vᵀ)⁻¹``), the nearest positive semi-definite sum."""
     nb, B, _ = block_sums.shape
     out = torch.empty_like(block_sums)
     eye = torch.eye(B, dtype=torch.float64, device=block_sums.device)
     for s in range(0, nb, CHUNK):
-        F = block_sums[s:s + CHUNK].double() / num_grads + damp * eye
-        out[s:s + CHUNK] = torch.cholesky_inverse(torch.linalg.cholesky(F)).float()
+        G = block_sums[s:s + CHUNK].double() / num_grads
+        G = (G + G.transpose(1, 2)) / 2
+        L, info = torch.linalg.cholesky_ex(G + damp * eye)
+        inv = torch.cholesky_inverse(L)
+        bad = info != 0
+        if bad.any():
+            e, V = torch.linalg.eigh(G[bad])
+            inv[bad] = (V / (e.clamp(min=0) + damp)[:, None, :]) @ V.transpose(1, 2)
+        out[s:s + CHUNK] = inv.float()
     return out
 
 
@@ -239,7 +250,7 @@ def set_saliency(w: torch.Tensor, finv: torch.Tensor, idx: torch.Tensor) -> torc
     for s in range(0, w.shape[0], CHUNK):
         sub = _sub(finv[s:s + CHUNK].double(), idx)  # [c, G, k, k]
         wq = w[s:s + CHUNK].double()[:, idx]  # [c, G, k]
-        x = torch.cholesky_solve(wq.unsqueeze(-1), torch.linalg.cholesky(sub)).squeeze(-1)
+        x = torch.linalg.solve(sub, wq)  # LU: F⁻¹_QQ in float32 need not factor as exactly positive definite
         out[s:s + CHUNK] = (0.5 * (wq * x).sum(-1)).to(w.dtype)
     return out
 
@@ -257,7 +268,7 @@ def obs_update(w: torch.Tensor, finv: torch.Tensor, prune: torch.Tensor) -> torc
         r = rows[s:s + CHUNK]
         f, p = finv[r].double(), prune[r].double()
         M = f * p[:, :, None] * p[:, None, :] + torch.diag_embed(1 - p)
-        x = torch.cholesky_solve((p * w[r].double()).unsqueeze(-1), torch.linalg.cholesky(M))
+        x = torch.linalg.solve(M, p * w[r].double()).unsqueeze(-1)
         out[r] = (w[r].double() - (f @ x).squeeze(-1)).to(w.dtype)
     out[prune] = 0
     return out
