@@ -229,7 +229,8 @@ def format_markdown(rows, compound, dense_score, metric, sparsities, sweep, sett
 
         lines += ["", f"Compound chain, one job: `python prune.py constraint={r['constraint']} unstructured=obs "
                       f"unstructured.sparsity={r['unstructured/target_sparsity']} unstructured.num_grads="
-                      f"{r['unstructured/num_grads']} unstructured.num_recomputations="
+                      f"{r['unstructured/num_grads']} unstructured.fisher_block_size="
+                      f"{r['unstructured/fisher_block_size']} unstructured.num_recomputations="
                       f"{r['unstructured/num_recomputations']} quantize=int8` (ONNX Runtime CPU, batch-1 latency / "
                       "batch-32 throughput, round-robin with the dense export; sizes: file / gzip):", "",
                   f"| step | {m} | params (non-zero) | size | ONNX Runtime speed |", "|---|---|---|---|---|",
