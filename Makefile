@@ -13,7 +13,7 @@ LOCK   := requirements.lock
 LOCK_VENV ?= /tmp/bertprune-lock-venv
 OTHER_ORT := $(if $(filter gpu,$(ORT)),onnxruntime,onnxruntime-gpu)
 
-.PHONY: setup lock check-env demo test test-unit test-integration test-slow bench-prune bench-export bench-harness bench-latency clean
+.PHONY: setup lock check-env demo test test-unit test-integration test-slow bench-prune bench-export bench-harness bench-latency bench-obs clean
 
 $(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -66,6 +66,9 @@ bench-harness: $(STAMP)
 
 bench-latency: $(STAMP)
 	$(PY) -m benchmarks.latency_search --points-study
+
+bench-obs: $(STAMP)
+	$(PY) -m benchmarks.obs_oneshot
 
 clean:
 	rm -rf outputs multirun

@@ -81,6 +81,23 @@ class LastLayerTokens(StrEnum):
     all = "all"  # on every token
 
 
+class UnstructuredMethod(StrEnum):
+    none = "none"  # no unstructured step (the default: the Kwon pipeline alone)
+    obs = "obs"  # the Optimal BERT Surgeon (block Fisher inverse, saliency, optimal update)
+    magnitude = "magnitude"  # global |w| (the baseline)
+
+
+class SparsityPattern(StrEnum):
+    unstructured = "unstructured"  # single weights
+    block4 = "block4"  # groups of 4 consecutive input weights (VNNI)
+    nm_2_4 = "nm_2_4"  # 2 zeros in every 4 consecutive weights (N:M 2:4)
+
+
+class SparsitySchedule(StrEnum):
+    cubic = "cubic"
+    linear = "linear"
+
+
 class BenchMode(StrEnum):
     performance = "performance"
     accuracy = "accuracy"
@@ -162,6 +179,22 @@ class GuardConfig:
     samples: int = 256  # calibration samples held out for it (the last batches; used for nothing else)
 
 
+@dataclass
+class UnstructuredConfig:
+    """The unstructured step after the structured one (``conf/unstructured/``: none, obs, magnitude)."""
+
+    method: UnstructuredMethod = UnstructuredMethod.none
+    sparsity: float = 0.5  # fraction of the encoder's linear weights set to 0, in (0, 1)
+    pattern: SparsityPattern = SparsityPattern.unstructured
+    num_grads: int = 256  # m: gradients for each Fisher estimate (one per calibration batch)
+    grad_batch_size: int = 1  # samples per gradient (1 = per-sample gradients, the empirical Fisher)
+    fisher_block_size: int = 32  # B: Fisher block size (1 = diagonal Fisher)
+    damp: float = 1e-7  # λ of F = λI + Σ g gᵀ / m
+    num_recomputations: int = 1  # Fisher-inverse estimates while pruning to the target
+    schedule: SparsitySchedule = SparsitySchedule.cubic  # sparsity between recomputations
+    max_memory_gb: Optional[float] = None  # limit for the Fisher state; null = the device's free memory
+
+
 # ----------------------------------------------------------------------------------------------
 # Primary configs (values live in the YAML files; MISSING here = the YAML must set it)
 
@@ -202,6 +235,8 @@ class PruneConfig(TeacherJobConfig):
     bench: bool = MISSING
     bench_options: Optional[Dict[str, Any]] = None
     sweep_group: Optional[str] = None
+    structured: bool = True  # false: skip the Kwon search (Fisher, masks, tuning); needs an unstructured step
+    unstructured: UnstructuredConfig = field(default_factory=UnstructuredConfig)
 
 
 @dataclass
@@ -451,7 +486,28 @@ def validate_prune(cfg):
         _at_least(cfg, ("batch_size",), 1, hint=" (or null: the paper's calibration batch size)")
     if cfg.bench_options is not None and not isinstance(cfg.bench_options, (dict, DictConfig)):
         raise ValueError(f"bench_options={cfg.bench_options!r} must be a mapping of LoadgenCallback arguments or null")
+    validate_unstructured(cfg)
     return task
+
+
+def validate_unstructured(cfg) -> None:
+    """The unstructured step's values (``bertprune.core.obs.check_options``) and how it combines with ``structured``."""
+    u = cfg.get("unstructured")
+    if u is None or u.method == UnstructuredMethod.none:
+        if not cfg.get("structured", True):
+            raise ValueError("structured=false with unstructured=none prunes nothing; choose unstructured=obs or "
+                             "unstructured=magnitude (or structured=true)")
+        return
+    from types import SimpleNamespace
+
+    from bertprune.core.obs import check_options
+
+    check_options(SimpleNamespace(sparsity=float(u.sparsity), method=str(u.method), pattern=str(u.pattern),
+                                  fisher_block_size=u.fisher_block_size, damp=float(u.damp),
+                                  num_recomputations=u.num_recomputations, schedule=str(u.schedule)), "unstructured.")
+    _at_least(u, ("num_grads", "grad_batch_size"), 1, "unstructured.")
+    if u.max_memory_gb is not None and not u.max_memory_gb > 0:
+        raise ValueError(f"unstructured.max_memory_gb={u.max_memory_gb} must be > 0 (or null for the free memory)")
 
 
 def validate_export(cfg):

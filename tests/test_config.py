@@ -17,7 +17,7 @@ from bertprune.config import validate_export, validate_prune, validate_train
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = {"train": ("model", "task", "training", "logger", "hardware"),
-          "prune": ("model", "task", "training", "cost", "hardware", "logger"),
+          "prune": ("model", "task", "training", "cost", "hardware", "logger", "unstructured"),
           "export": ("task", "hardware"), "bench": ("task", "scenario")}
 REQUIRED = {"export": ["source=x"], "bench": ["source=x"]}
 VALIDATE = {"train": validate_train, "prune": validate_prune, "export": validate_export}

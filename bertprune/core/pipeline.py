@@ -225,3 +225,16 @@ def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, co
                        cost_name=cost.name, cost_ratio=cost_ratio(head_mask, neuron_mask, cost),
                        cost_total=cost.total(heads, ffn), dense_cost_total=cost.total([H] * L, [F] * L),
                        guard_report=guard.report if guard is not None else None)
+
+
+def unpruned_result(model, cost: MacCost) -> PruneResult:
+    """The ``PruneResult`` of no structured pruning: a frozen copy of ``model``, all-ones masks, MAC ratio 1
+    (what an unstructured-only run, ``structured=false``, starts from)."""
+    freeze(model)
+    head_mask, neuron_mask = ones_masks(model)
+    (L, H), (_, F) = mask_shapes(model)
+    heads, ffn = model_shape(model)
+    dense = cost.encoder(L * H, L * F)
+    return PruneResult(model=copy.deepcopy(model).eval(), head_mask=head_mask, neuron_mask=neuron_mask,
+                       heads_per_layer=heads, ffn_per_layer=ffn, mac_ratio=1.0, macs=dense, dense_macs=dense,
+                       fisher={})

@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from bertprune.core.masks import MaskHooks, mask_shapes
-from bertprune.core.pipeline import STEPS, TUNING_TEACHERS, PruneOptions, prune_model, timed
+from bertprune.core.pipeline import STEPS, TUNING_TEACHERS, PruneOptions, prune_model, timed, unpruned_result
 from bertprune.core.search import check_constraint
 from bertprune.core.tuning import LAST_LAYER_TOKENS
 from bertprune.io import atomic_write_json
@@ -37,9 +37,12 @@ log = logging.getLogger(__name__)
 RESULTS = "results.json"
 # The steps whose wall time is the pruning time (time/prune_s); evaluation passes are reported apart.
 PRUNE_STEPS = (*STEPS, "save")
+UNSTRUCTURED_STEP = "unstructured"  # part of the pruning time too, when the job has that step
 # What a prune job writes into its folder. A rerun into the same folder removes them first, so nothing
 # of the previous run (an ONNX export of another model beside the new pruned/ …) can pass for this one's.
-RUN_ARTIFACTS = (RESULTS, "pruned", "onnx", "onnx_int8", "bench", "csv", "tuning.json", "fisher.safetensors")
+RUN_ARTIFACTS = (RESULTS, "pruned", "onnx", "onnx_int8", "bench", "csv", "tuning.json", "fisher.safetensors",
+                 "obs_gradients.safetensors")
+DENSE_RUNTIME = "dense runtime"  # what ONNX Runtime does with zeros in dense weights: multiplies them
 
 
 _EXAMPLES = {"num_samples": 2048, "batch_size": 32, "tuning.num_samples": 512, "tuning.damping": 0.01,
@@ -137,19 +140,91 @@ def calibration_batches(n_train: int, num_samples: int, batch_size: int, seed: i
     return [idx[i:i + batch_size] for i in range(0, num_samples, batch_size)]
 
 
-def run_fisher(model, kind, dataset, batches, collate, hardware, out_path: Path):
-    """Fisher through Lightning (1 or more processes); returns the tensors written by rank 0."""
+def gradient_batches(n_train: int, num_grads: int, grad_batch_size: int, seed: int) -> list[list[int]]:
+    """OBS's ``num_grads`` batches of ``grad_batch_size`` samples from the same seeded sample of the training
+    split as ``calibration_batches`` (its first pass is ``calibration_batches(.., seed)``; when one pass over
+    the split is not enough, the next ones are drawn with seed+1, seed+2, ...)."""
+    if grad_batch_size > n_train:
+        raise ValueError(f"unstructured.grad_batch_size={grad_batch_size} is larger than the training split "
+                         f"({n_train} examples); use unstructured.grad_batch_size<={n_train}")
+    per_pass = (n_train // grad_batch_size) * grad_batch_size
+    out: list[list[int]] = []
+    while len(out) < num_grads:
+        n = min(per_pass, (num_grads - len(out)) * grad_batch_size)
+        out += calibration_batches(n_train, n, grad_batch_size, seed + len(out) // (per_pass // grad_batch_size))
+    return out
+
+
+def _run_calibration(module, hardware, description: str) -> None:
+    """``trainer.test`` of a calibration module (Fisher, OBS gradients) on 1 or more processes."""
     import pytorch_lightning as pl
 
-    from bertprune.lightning.fisher import FisherModule, FisherProgressBar, load_fisher
+    from bertprune.lightning.fisher import FisherProgressBar
     from bertprune.lightning.hardware import trainer_kwargs
 
-    module = FisherModule(model, kind, dataset, batches, collate, out_path)
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, inference_mode=False,
                          use_distributed_sampler=False, enable_model_summary=False,
-                         callbacks=[FisherProgressBar()], **trainer_kwargs(hardware))
+                         callbacks=[FisherProgressBar(description)], **trainer_kwargs(hardware))
     trainer.test(module, verbose=False)
+
+
+def run_fisher(model, kind, dataset, batches, collate, hardware, out_path: Path):
+    """Fisher through Lightning (1 or more processes); returns the tensors written by rank 0."""
+    from bertprune.lightning.fisher import FisherModule, load_fisher
+
+    _run_calibration(FisherModule(model, kind, dataset, batches, collate, out_path), hardware, "fisher")
     return load_fisher(out_path)
+
+
+def run_obs_gradients(model, kind, dataset, batches, collate, hardware, linears: list[str], masks, block_size: int,
+                      out_path: Path) -> tuple[list[torch.Tensor], int]:
+    """OBS's Fisher block sums (``[nb_i, B, B]`` per linear named in ``linears``, alive ``masks`` ``[out, in]``)
+    through Lightning (1 or more processes, per-rank sums SUM-reduced, as ``run_fisher``); returns them and m."""
+    from bertprune.lightning.fisher import OBSGradientModule, load_fisher
+
+    module = OBSGradientModule(model, kind, dataset, batches, collate, out_path, linears, masks, block_size)
+    _run_calibration(module, hardware, "obs gradients")
+    saved = load_fisher(out_path)
+    return [saved[f"blocks.{i}"] for i in range(len(linears))], len(batches)
+
+
+def unstructured_options(cfg):
+    """``OBSOptions`` of ``cfg.unstructured`` (checked by ``validate_prune``), or None for unstructured=none."""
+    from bertprune.core.obs import OBSOptions
+
+    u = cfg.unstructured
+    if u.method == "none":
+        return None
+    return OBSOptions(sparsity=float(u.sparsity), method=str(u.method), pattern=str(u.pattern),
+                      fisher_block_size=int(u.fisher_block_size), damp=float(u.damp),
+                      num_recomputations=int(u.num_recomputations), schedule=str(u.schedule))
+
+
+def memory_limit(cfg, device) -> int:
+    from bertprune.core.obs import available_memory_bytes
+
+    gb = cfg.unstructured.max_memory_gb
+    return int(gb * 1e9) if gb is not None else available_memory_bytes(device)
+
+
+def compressed_size(path: str | Path) -> int:
+    """Bytes of ``path`` gzip-compressed (level 6): what the zeros of a sparse model save on disk or over the wire."""
+    import gzip
+    import shutil
+
+    class _Count:
+        n = 0
+
+        def write(self, b):
+            self.n += len(b)
+
+        def flush(self):
+            pass
+
+    sink = _Count()
+    with open(path, "rb") as f, gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=6, mtime=0) as z:
+        shutil.copyfileobj(f, z, 1 << 20)
+    return sink.n
 
 
 def clear_run_dir(run_dir: Path) -> None:
@@ -215,6 +290,7 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
 
         choose_providers(str(cfg.hardware.runtime_device))  # the ONNX checks' provider, before any work
     options = prune_options(cfg)
+    unstructured = unstructured_options(cfg)
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     clear_run_dir(run_dir)  # rerun into the same folder: nothing of the previous run may look current
@@ -236,12 +312,16 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
         qa = squad_data(task, tokenizer)
         check_num_samples(len(qa.train), int(cfg.num_samples))
         train_rows = qa.train
+    if unstructured is not None and unstructured.method == "obs":
+        grad_batches = gradient_batches(len(train_rows), int(cfg.unstructured.num_grads),
+                                        int(cfg.unstructured.grad_batch_size), int(cfg.seed))
 
     # ---- teacher, cost model (cost: a _target_ building the cost model from the model and S)
     teacher = cfg.teacher or str(ensure_teacher(cfg).folder)
     model = load_model(teacher, kind, task.num_labels, require_head=True).to(device).eval()
     batch_size = int(cfg.batch_size) if cfg.batch_size is not None else paper_batch_size(kind, model.config)
-    batches = calibration_batches(len(train_rows), int(cfg.num_samples), batch_size, int(cfg.seed))
+    batches = (calibration_batches(len(train_rows), int(cfg.num_samples), batch_size, int(cfg.seed))
+               if cfg.structured else None)  # structured=false: no Fisher of the masks
     # MACs at the real (unpadded) token count: text rows are unpadded, SQuAD features padded (their input_mask)
     mac_seq_len = cfg.cost.seq_len or (average_token_length(tokenized["train"]) if kind.labelled_text
                                        else qa.mean_tokens)
@@ -250,6 +330,12 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     cost_s = time.perf_counter() - t_cost
     (L, H), (_, F) = mask_shapes(model)
     check_constraint(constraint, cost, L * H, L * F)
+    if unstructured is not None and unstructured.method == "obs":
+        from bertprune.core.obs import check_memory, prunable_linears
+
+        # exact without the structured step; else an upper bound (the structured step only removes weights)
+        check_memory([m.weight.numel() for _, m in prunable_linears(model)], unstructured.fisher_block_size,
+                     memory_limit(cfg, device), "" if not cfg.structured else " (at most: on the dense encoder)")
     metric, metrics = task.primary_metric, task.metrics  # the task's metrics (None: the kind's), the primary first
     if kind.labelled_text:
         val_loader = make_loader(tokenized["validation"], tokenizer, int(cfg.eval_batch_size))
@@ -292,25 +378,38 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     dense_metric = dense_metrics[metric]
     log.info("dense %s: %.2f", metric, dense_metric)
 
-    # ---- Fisher (through Lightning: 1 or more processes) -> search -> rearrange -> tune -> physical
-    calibration = [collate([train_rows[j] for j in b]) for b in batches]
-    result = prune_model(model, calibration, kind, cost, constraint, options, device=device, evaluate=masked_eval,
-                         fisher=lambda: run_fisher(model, kind, train_rows, batches, collate, cfg.hardware,
-                                                   run_dir / "fisher.safetensors"))
-    timings.update(result.timings)
-    pruned, head_mask, neuron_mask, stage_metrics = result.model, result.head_mask, result.neuron_mask, result.stage_metrics
+    if cfg.structured:
+        # ---- Fisher (through Lightning: 1 or more processes) -> search -> rearrange -> tune -> physical
+        calibration = [collate([train_rows[j] for j in b]) for b in batches]
+        result = prune_model(model, calibration, kind, cost, constraint, options, device=device, evaluate=masked_eval,
+                             fisher=lambda: run_fisher(model, kind, train_rows, batches, collate, cfg.hardware,
+                                                       run_dir / "fisher.safetensors"))
+        timings.update(result.timings)
+        pruned, head_mask, neuron_mask, stage_metrics = (result.model, result.head_mask, result.neuron_mask,
+                                                         result.stage_metrics)
 
-    # ---- the physically smaller model, checked against the masked one
-    def parity_pass():
-        with MaskHooks(model, head_mask, neuron_mask):
-            masked, _ = predict(model, "parity masked")
-        return masked, *predict(pruned, "parity pruned")
+        # ---- the physically smaller model, checked against the masked one
+        def parity_pass():
+            with MaskHooks(model, head_mask, neuron_mask):
+                masked, _ = predict(model, "parity masked")
+            return masked, *predict(pruned, "parity pruned")
 
-    masked_logits, pruned_logits, labels = timed(timings, "parity", parity_pass)
-    parity = float((pruned_logits - masked_logits).abs().max())
-    if parity > 1e-4:
-        raise RuntimeError(f"physically pruned model differs from the masked model by {parity:.2e} (> 1e-4)")
-    pruned_metrics = scores(pruned_logits, labels)
+        masked_logits, pruned_logits, labels = timed(timings, "parity", parity_pass)
+        parity = float((pruned_logits - masked_logits).abs().max())
+        if parity > 1e-4:
+            raise RuntimeError(f"physically pruned model differs from the masked model by {parity:.2e} (> 1e-4)")
+        pruned_metrics = scores(pruned_logits, labels) if unstructured is None else None
+    else:  # structured=false: the unstructured step prunes the dense teacher (a copy)
+        result = unpruned_result(model, cost)
+        pruned, stage_metrics, parity, pruned_metrics = result.model, result.stage_metrics, None, None
+
+    # ---- unstructured step (obs / magnitude) on the encoder linears of what is left
+    u_results: dict = {}
+    if unstructured is not None:
+        u_results = timed(timings, UNSTRUCTURED_STEP, run_unstructured, pruned, unstructured, cfg, kind, train_rows,
+                          grad_batches if unstructured.method == "obs" else None, collate, device, run_dir)
+        pruned_metrics = timed(timings, "eval_unstructured", lambda: eval_metrics(pruned, "eval unstructured"))
+        stage_metrics["unstructured"] = pruned_metrics[metric]
     pruned_metric = pruned_metrics[metric]
     heads, ffn = result.heads_per_layer, result.ffn_per_layer
     final_stage = list(stage_metrics)[-1]
@@ -318,9 +417,11 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
             "dense_macs": result.dense_macs, "mac_seq_len": mac_seq_len, "heads_per_layer": heads,
             "ffn_per_layer": ffn, "stage_metrics": {"dense": dense_metric, **stage_metrics}, "metric": metric,
             "task": OmegaConf.to_container(cfg.task, resolve=True), "teacher": teacher}
+    if unstructured is not None:
+        meta["unstructured"] = {k.split("/", 1)[1]: v for k, v in u_results.items() if k.startswith("unstructured/")}
     pruned_dir = timed(timings, "save", save_checkpoint, pruned, tokenizer, run_dir / "pruned", metadata=meta)
     # Pruning time proper: the evaluation passes (eval_*, parity) are timed apart and not counted.
-    prune_time = sum(timings.get(k, 0.0) for k in PRUNE_STEPS)
+    prune_time = sum(timings.get(k, 0.0) for k in (*PRUNE_STEPS, UNSTRUCTURED_STEP))
 
     results = {
         "constraint": constraint, "prune/mac_ratio": result.mac_ratio, "prune/mac_seq_len": mac_seq_len,
@@ -332,7 +433,7 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
         # the task's other metrics (MRPC's accuracy next to its F1, SQuAD's exact match ...) at every stage
         **{f"eval/{m}_{which}": v[m] for m in task.metric_names[1:]
            for which, v in (("dense", dense_metrics), *stage_values.items(), ("pruned_model", pruned_metrics))},
-        "prune/parity_max_abs_diff": parity,
+        **({"prune/parity_max_abs_diff": parity} if parity is not None else {}),
         "model/parameters": count_parameters(pruned), "model/parameters_dense": count_parameters(model),
         "model/file_size": (pruned_dir / "model.safetensors").stat().st_size,
         "tune/fallback_layers": result.tune_report.fallbacks if result.tune_report else 0,
@@ -345,6 +446,9 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
         g = result.guard_report
         results.update({f"guard/loss_{k}": v for k, v in g.losses.items()})
         results.update({"guard/rollbacks": g.rollbacks, "guard/rolled_back_layers": len(g.rollbacks)})
+    if unstructured is not None:
+        results.update({"structured": bool(cfg.structured), **u_results,
+                        "model/nonzero_parameters": count_parameters(pruned) - u_results["unstructured/pruned_weights"]})
     if result.tune_report:
         atomic_write_json(run_dir / "tuning.json", result.tune_report.entries)
     if latency_settings is not None:
@@ -354,6 +458,14 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
         results.update(cb.on_variant_saved(run_dir, pruned_dir, task, results) or {})
     if latency_settings is not None:
         results.update(measured_latency(run_dir, pruned, model, kind, latency_settings, results))
+    if unstructured is not None:
+        # zeros in dense weights: smaller once compressed, not faster under ONNX Runtime (dense kernels)
+        results["model/gzip_size"] = compressed_size(pruned_dir / "model.safetensors")
+        for key in ("onnx", "int8"):
+            if results.get(f"export/{key}_path"):
+                results[f"export/{key}_gzip_size"] = compressed_size(results[f"export/{key}_path"])
+        if results.get("export/onnx_path"):
+            results["export/runtime"] = DENSE_RUNTIME
     results["time/total_s"] = round(time.perf_counter() - t_start, 3)
 
     job_loggers.log(results)
@@ -415,6 +527,39 @@ def measured_latency(run_dir: Path, pruned, dense, kind, settings, results: dict
             "latency/measured_on": on, "time/latency_measure_s": round(time.perf_counter() - t, 3)}
 
 
+def run_unstructured(pruned, options, cfg, kind, train_rows, grad_batches, collate, device, run_dir: Path) -> dict:
+    """The unstructured step on ``pruned``'s encoder linears, in place; returns its ``unstructured/*`` results.
+
+    obs: each recomputation collects the Fisher block sums at the current weights through Lightning
+    (``run_obs_gradients``: the job's hardware, 1 or more processes)."""
+    from bertprune.core.obs import check_memory, prunable_linears, prune_unstructured
+
+    named = prunable_linears(pruned)
+    names, linears = [n for n, _ in named], [m for _, m in named]
+    memory = 0
+    gradients = None
+    if options.method == "obs":
+        memory = check_memory([m.weight.numel() for m in linears], options.fisher_block_size,
+                              memory_limit(cfg, device))
+        out = run_dir / "obs_gradients.safetensors"
+
+        def gradients(masks):
+            return run_obs_gradients(pruned, kind, train_rows, grad_batches, collate, cfg.hardware, names, masks,
+                                     options.fisher_block_size, out)
+
+    report = prune_unstructured(pruned, options, gradients, linears)
+    (run_dir / "obs_gradients.safetensors").unlink(missing_ok=True)  # B x the model's size: not kept
+    u = cfg.unstructured
+    return {"unstructured/method": options.method, "unstructured/pattern": options.pattern,
+            "unstructured/target_sparsity": options.sparsity, "unstructured/sparsity": report.sparsity,
+            "unstructured/pruned_weights": report.pruned, "unstructured/linear_weights": report.total,
+            **({"unstructured/num_grads": int(u.num_grads), "unstructured/grad_batch_size": int(u.grad_batch_size),
+                "unstructured/fisher_block_size": options.fisher_block_size, "unstructured/damp": options.damp,
+                "unstructured/num_recomputations": options.num_recomputations,
+                "unstructured/schedule": options.schedule, "unstructured/memory_bytes": memory,
+                "unstructured/steps": report.steps} if options.method == "obs" else {})}
+
+
 def default_callbacks(cfg) -> list:
     """Export / LoadGen callbacks switched on by ``export=true`` / ``bench=true``."""
     cbs = []
@@ -434,7 +579,7 @@ def default_callbacks(cfg) -> list:
 
 def format_result(r: dict, metric: str) -> str:
     stages = [k.split(f"eval/{metric}_")[1] for k in r if k.startswith(f"eval/{metric}_")
-              and k.split(f"eval/{metric}_")[1] in ("dense", "search", "rearrange", "tune")]
+              and k.split(f"eval/{metric}_")[1] in ("dense", "search", "rearrange", "tune", "unstructured")]
     fmt = metric_format(metric)  # accuracy/f1 in % with 2 decimals, correlations with 4 digits
     accs = "  ".join(f"{s} {fmt.format(r[f'eval/{metric}_{s}'])}" for s in stages)
     if r.get("latency/predicted_ms") is not None:
@@ -443,6 +588,17 @@ def format_result(r: dict, metric: str) -> str:
         accs += (f"\n  latency ratio {r['prune/latency_ratio']:.3f}: predicted {r['latency/predicted_ms']:.3f} ms "
                  f"of {r['latency/dense_predicted_ms']:.3f} ms, {measured} ({r['latency/runtime']}, "
                  f"{r['latency/provider']}, batch {r['latency/batch_size']}, seq {r['latency/seq_len']})")
+    if "unstructured/sparsity" in r:
+        head = (f"constraint {r['constraint']:.2f}: MAC ratio {r['prune/mac_ratio']:.3f}, heads "
+                f"{r['prune/heads_per_layer']}, FFN {r['prune/ffn_per_layer']}" if r["structured"]
+                else "no structured step (structured=false)")
+        sizes = "".join(f", {k} {r[f'export/{k}_gzip_size'] / 1e6:.1f} MB gzipped" for k in ("onnx", "int8")
+                        if f"export/{k}_gzip_size" in r)
+        return (f"{head}\n  {r['unstructured/method']} {r['unstructured/pattern']}: sparsity "
+                f"{r['unstructured/sparsity']:.4f} of {r['unstructured/linear_weights']:,} linear weights{sizes}"
+                f"{' (ONNX Runtime: ' + r['export/runtime'] + ')' if 'export/runtime' in r else ''}\n"
+                f"  {metric}: {accs}\n  prune time {r['time/prune_s']:.1f}s, params {r['model/parameters'] / 1e6:.2f}M, "
+                f"non-zero {r['model/nonzero_parameters'] / 1e6:.2f}M -> {r['pruned_dir']}")
     return (f"constraint {r['constraint']:.2f}: MAC ratio {r['prune/mac_ratio']:.3f}, heads {r['prune/heads_per_layer']}, "
             f"FFN {r['prune/ffn_per_layer']}\n  {metric}: {accs}\n  prune time {r['time/prune_s']:.1f}s, "
             f"params {r['model/parameters'] / 1e6:.2f}M (dense {r['model/parameters_dense'] / 1e6:.2f}M) -> {r['pruned_dir']}")

@@ -16,6 +16,7 @@ import atexit
 import csv
 import io
 import json
+import math
 import re
 import sys
 import time
@@ -29,8 +30,13 @@ from bertprune.tasks.metrics import metric_format
 RESULTS = "results.json"
 STATUS = "status.json"
 OK, FAILED, INTERRUPTED, UNFINISHED = "ok", "failed", "interrupted", "unfinished"
-STAGES = ("dense", "search", "rearrange", "tune")
+STAGES = ("dense", "search", "rearrange", "tune", "unstructured")
 HEAD = [("constraint", "constraint", "{:.2f}"), ("prune/mac_ratio", "MAC ratio", "{:.3f}")]
+# the unstructured step's settings (unstructured=obs / magnitude jobs only: absent keys give no column)
+UNSTRUCTURED = [("unstructured/method", "method", "{}"), ("unstructured/pattern", "pattern", "{}"),
+                ("unstructured/sparsity", "sparsity", "{:.3f}"), ("unstructured/num_grads", "m", "{}"),
+                ("unstructured/damp", "damp", "{:g}"), ("unstructured/fisher_block_size", "B", "{}"),
+                ("unstructured/num_recomputations", "recomp.", "{}")]
 TAIL = [("prune/kept_heads", "heads", "{}"), ("prune/kept_neurons", "neurons", "{}"),
         ("model/parameters", "params", "{:,}"), ("time/prune_s", "prune s", "{:.1f}")]
 SHORT = {"accuracy": "acc"}
@@ -53,7 +59,24 @@ def columns(rows: list[dict]) -> list[tuple[str, str, str]]:
         quality += [(f"eval/{m}_{s}", f"dense {short}" if s == "dense" else s if len(metrics) == 1 else f"{s} {short}",
                      fmt) for s in STAGES]
     onnx = [(f"export/onnx_{m}", f"ONNX {SHORT.get(m, m)}", metric_format(m)) for m in metrics]
-    return [c for c in HEAD + quality + TAIL + onnx if any(c[0] in r for r in rows)]
+    return [c for c in HEAD + UNSTRUCTURED + quality + TAIL + onnx if any(c[0] in r for r in rows)]
+
+
+def best_per_sparsity(rows: list[dict]) -> list[str]:
+    """For a grid of unstructured jobs (the damp / num_grads sweep): the best job at each target sparsity
+    that more than one finished job ran."""
+    done = [r for r in rows if r["status"] == OK and "unstructured/target_sparsity" in r and metric_of(r)]
+    lines = []
+    for s in sorted({r["unstructured/target_sparsity"] for r in done}):
+        at = [r for r in done if r["unstructured/target_sparsity"] == s]
+        if len(at) < 2:
+            continue
+        m = metric_of(at[0])
+        lower = m == "mse"  # the one metric where less is better
+        best = (min if lower else max)(at, key=lambda r: r.get(f"eval/{m}", math.nan))
+        lines.append(f"* best at sparsity {s:g}: {best['job']} ({m} {metric_format(m).format(best[f'eval/{m}'])}"
+                     + "".join(f", {h} {_cell(best, k, f)}" for k, h, f in UNSTRUCTURED[3:] if k in best) + ")")
+    return lines
 
 
 def _read_json(path: Path) -> dict | None:
@@ -121,6 +144,9 @@ def write_summary(sweep_dir: str | Path) -> str:
     for r in rows:
         status = r["status"] if r["status"] == OK else f"**{r['status'].upper()}**"
         lines.append(f"| {r['job']} | " + " | ".join(_cell(r, k, fmt) for k, _, fmt in cols) + f" | {status} |")
+    best = best_per_sparsity(rows)
+    if best:
+        lines += [""] + best
     if bad:
         lines += [""] + [f"* {r['job']}: {r['status']}" + (f": {r['error']}" if r["error"] else
                                                            " (started, never ended: interrupted, killed or running)"

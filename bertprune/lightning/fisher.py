@@ -59,7 +59,11 @@ class FisherModule(pl.LightningModule):
         self.acc: FisherAccumulator | None = None
 
     def setup(self, stage: str) -> None:
-        self.acc = FisherAccumulator(self.model, self.kind, len(self.batches), device=self.device)
+        self.acc = self.accumulator()
+
+    def accumulator(self):
+        """What ``test_step`` feeds (``add_batch(batch, global batch index)``); subclasses accumulate other gradients."""
+        return FisherAccumulator(self.model, self.kind, len(self.batches), device=self.device)
 
     def test_dataloader(self):
         rank, world = self.trainer.global_rank, self.trainer.world_size
@@ -68,7 +72,7 @@ class FisherModule(pl.LightningModule):
                                            batch_size=None, shuffle=False)
 
     def on_test_start(self) -> None:
-        self.acc = FisherAccumulator(self.model, self.kind, len(self.batches), device=self.device)
+        self.acc = self.accumulator()
         self.batch_rank = torch.zeros(len(self.batches), device=self.device)
 
     def test_step(self, item, _):
@@ -105,12 +109,57 @@ class FisherModule(pl.LightningModule):
                 "batch_rank": batch_rank.long().cpu(), "process_ranks": process_ranks.long().cpu()}))
 
 
+class OBSGradientModule(FisherModule):
+    """The same calibration loop (rank shares, empty-share no-op, SUM all-reduce) accumulating, for OBS,
+    the Fisher block sums Σ g gᵀ of the encoder's linear weights (``bertprune.core.obs.GradientAccumulator``).
+
+    ``linears``: names of the ``nn.Linear`` modules in ``model``; ``masks``: their ``[out, in]`` alive masks.
+    Rank 0 writes ``out_path`` (safetensors: ``blocks.<i>`` [nb_i, B, B] for linear i, ``batch_rank``,
+    ``process_ranks``, as ``FisherModule``).
+    """
+
+    def __init__(self, model, kind, dataset, batches, collate, out_path, linears: list[str],
+                 masks: list[torch.Tensor], block_size: int):
+        super().__init__(model, kind, dataset, batches, collate, out_path)
+        self.linear_names, self.masks, self.block_size = list(linears), [m.cpu() for m in masks], int(block_size)
+
+    def accumulator(self):
+        from bertprune.core.obs import GradientAccumulator
+
+        modules = dict(self.model.named_modules())
+        return GradientAccumulator(self.model, self.kind, [modules[n] for n in self.linear_names], self.masks,
+                                   self.block_size, len(self.batches), device=self.device)
+
+    def on_test_epoch_end(self) -> None:
+        acc = self.acc
+        acc.flush()
+        reduce = self.trainer.strategy.reduce
+        blocks = [reduce(b, reduce_op="sum") for b in acc.blocks]
+        seen = reduce(acc.seen, reduce_op="sum")
+        batch_rank = reduce(self.batch_rank, reduce_op="sum")
+        present = torch.zeros(self.trainer.world_size, device=self.device)
+        present[self.trainer.global_rank] = 1
+        process_ranks = reduce(present, reduce_op="sum")
+        if not torch.all(seen == 1):
+            raise RuntimeError(f"OBS gradients: every calibration batch must be seen exactly once, got {seen.tolist()}")
+        if self.trainer.is_global_zero:
+            from safetensors.torch import save
+
+            atomic_write_bytes(self.out_path, save({
+                **{f"blocks.{i}": b.cpu().contiguous() for i, b in enumerate(blocks)},
+                "batch_rank": batch_rank.long().cpu(), "process_ranks": process_ranks.long().cpu()}))
+
+
 class FisherProgressBar(TQDMProgressBar):
     """Lightning's bar, named for what runs: Fisher runs under ``Trainer.test``, which would say "Testing"."""
 
+    def __init__(self, description: str = "fisher", **kwargs):
+        super().__init__(**kwargs)
+        self.description = description
+
     @property
     def test_description(self) -> str:
-        return "fisher"
+        return self.description
 
 
 def load_fisher(path: str | Path) -> dict[str, torch.Tensor]:

@@ -1,0 +1,260 @@
+"""One-shot unstructured pruning benchmark (README): ``python -m benchmarks.obs_oneshot [options] [overrides...]``.
+
+On the embedded default (the cached MiniLM teacher, loaded as prune.py does; Rotten Tomatoes), in one run:
+  1. one-shot global sparsity 50 / 70 / 80 % of the encoder's linear weights: global magnitude, diagonal
+     Fisher (B = 1), OBS with B = --block-size at 1 Fisher estimate and at --recomputations estimates;
+  2. accuracy at the highest sparsity vs the number of recomputations (--recomputation-sweep, default 1, 2, 4);
+  3. the compound chain as one prune.py job: structured 0.5 -> OBS 50 % -> INT8 (each step's accuracy,
+     size and ONNX Runtime speed, measured round-robin against the dense export).
+
+Every run starts from the same teacher and the same gradients (per-sample, --num-grads of them from the
+job's seeded calibration sample); the first Fisher estimate is computed once on the dense weights and
+shared (B = 1 takes its diagonal: the same gradients, block size 1). Accuracies are on the first
+--eval-samples validation examples (all with 0). Writes ``<out>/obs_benchmark.md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("benchmarks.obs_oneshot")
+
+
+def main(argv=None) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+    from tqdm.auto import tqdm
+
+    from bertprune.config import register
+    from bertprune.core.obs import GradientAccumulator, OBSOptions, prunable_linears, prune_unstructured
+    from bertprune.io import atomic_write_json, atomic_write_text
+    from bertprune.jobs.prune import gradient_batches
+    from bertprune.jobs.train import ensure_teacher
+    from bertprune.models import load_model, load_tokenizer
+    from bertprune.resources import CONF_DIR
+    from bertprune.tasks.data import Task, load_task_data, make_loader, tokenize
+    from bertprune.tasks.evaluate import evaluate
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sparsities", default="0.5,0.7,0.8")
+    ap.add_argument("--num-grads", type=int, default=32, help="m: per-sample gradients per Fisher estimate")
+    ap.add_argument("--block-size", type=int, default=16, help="B of OBS (>= 16)")
+    ap.add_argument("--damp", type=float, default=1e-7)
+    ap.add_argument("--recomputations", type=int, default=4, help="Fisher estimates of the OBS rows of table 1")
+    ap.add_argument("--recomputation-sweep", default="1,2,4", help="estimates compared at the highest sparsity")
+    ap.add_argument("--recomputed-at", default=None,
+                    help="sparsities of table 1's recomputation row (default: the highest only; each costs "
+                         "--recomputations - 1 gradient passes)")
+    ap.add_argument("--eval-samples", type=int, default=500, help="validation examples evaluated (0 = all)")
+    ap.add_argument("--compound-sparsity", type=float, default=0.5)
+    ap.add_argument("--compound-constraint", type=float, default=0.5)
+    ap.add_argument("--compound-recomputations", type=int, default=2)
+    ap.add_argument("--no-compound", action="store_true", help="skip the compound chain")
+    ap.add_argument("--out", type=Path, default=None, help="output folder (default: a new temp folder)")
+    ap.add_argument("overrides", nargs="*", help="prune config overrides for the teacher/task, e.g. task=sst2")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    sparsities = [float(s) for s in args.sparsities.split(",")]
+    sweep = [int(k) for k in args.recomputation_sweep.split(",")]
+    recomputed_at = ([float(s) for s in args.recomputed_at.split(",")] if args.recomputed_at else [max(sparsities)])
+    out = args.out or Path(tempfile.mkdtemp(prefix="obs_benchmark-"))
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("prune", ["logger=none", *args.overrides])
+    with open_dict(cfg):
+        cfg.output_dir = str(out / "compound")
+    task = Task.from_config(cfg.task)
+    kind = task.task_kind
+    teacher = cfg.teacher or str(ensure_teacher(cfg).folder)  # as prune.py: the cached fine-tuned teacher
+    tokenizer = load_tokenizer(teacher)
+    data = tokenize(load_task_data(task), task, tokenizer)
+    val = data["validation"]
+    if args.eval_samples:
+        val = val.select(range(min(args.eval_samples, len(val))))
+    val_loader = make_loader(val, tokenizer, int(cfg.eval_batch_size))
+    collate = val_loader.collate_fn
+    train_rows = data["train"]
+    metric = task.primary_metric
+    dense = load_model(teacher, kind, task.num_labels, require_head=True).eval()
+    for p in dense.parameters():
+        p.requires_grad_(False)
+
+    def score(m, desc) -> float:
+        return evaluate(m, val_loader, kind, "cpu", progress=False, desc=desc)[metric]
+
+    grad_batches = gradient_batches(len(train_rows), args.num_grads, 1, int(cfg.seed))
+
+    def collect(model, masks, B):
+        linears = [m for _, m in prunable_linears(model)]
+        acc = GradientAccumulator(model, kind, linears, masks, B, len(grad_batches))
+        for i, b in enumerate(tqdm(grad_batches, desc=f"gradients B={B}", leave=False)):
+            acc.add_batch(collate([train_rows[j] for j in b]), i)
+        acc.flush()
+        return acc.blocks, len(grad_batches)
+
+    B = args.block_size
+    t = time.perf_counter()
+    dense_mask = [torch.ones_like(m.weight, dtype=torch.bool) for _, m in prunable_linears(dense)]
+    dense_sums, m = collect(dense, dense_mask, B)
+    grad_s = time.perf_counter() - t
+    numels = [l.weight.numel() for _, l in prunable_linears(dense)]
+    # B = 1 from the same gradients: the diagonals of the B-blocks, in weight order, as [n, 1, 1]
+    diag_sums = [s.diagonal(dim1=1, dim2=2).reshape(-1)[:n].view(-1, 1, 1).clone() for s, n in zip(dense_sums, numels)]
+    log.info("dense Fisher blocks: %d gradients in %.1f s", m, grad_s)
+    dense_score = score(dense, "dense")
+    rows: list[dict] = []
+    calls = {"estimates": 1}
+
+    def run(name, method, sparsity, block=B, k=1):
+        model = copy.deepcopy(dense)
+        first = {"done": False}
+
+        def gradients(masks):
+            if not first["done"]:  # the first estimate is at the dense weights: shared by every run
+                first["done"] = True
+                return (dense_sums if block == B else diag_sums), m
+            calls["estimates"] += 1
+            return collect(model, masks, block)
+
+        t = time.perf_counter()
+        report = prune_unstructured(model, OBSOptions(sparsity=sparsity, method=method, fisher_block_size=block,
+                                                      damp=args.damp, num_recomputations=k),
+                                    gradients if method == "obs" else None)
+        secs = time.perf_counter() - t
+        row = {"method": name, "sparsity": sparsity, "achieved": report.sparsity, "fisher_block_size": block,
+               "recomputations": k if method == "obs" else 0, metric: score(model, name), "prune_s": round(secs, 1)}
+        log.info("%s", row)
+        rows.append(row)
+        return row
+
+    for s in sparsities:
+        run("magnitude", "magnitude", s)
+        run("diagonal Fisher (B=1)", "obs", s, block=1)
+        run(f"OBS B={B}, 1 estimate", "obs", s)
+        if s in recomputed_at:
+            run(f"OBS B={B}, {args.recomputations} recomputations", "obs", s, k=args.recomputations)
+    top = max(sparsities)
+    for k in sweep:
+        if k not in (1, args.recomputations):
+            run(f"OBS B={B}, {k} recomputations", "obs", top, k=k)
+
+    compound = None
+    if not args.no_compound:
+        compound = run_compound(cfg, args, out)
+
+    settings = {"num_grads": m, "grad_batch_size": 1, "fisher_block_size": B, "damp": args.damp,
+                "eval_samples": len(val), "seed": int(cfg.seed), "teacher": teacher,
+                "gradient_s_per_estimate": round(grad_s, 1), "estimates": calls["estimates"],
+                "total_s": round(time.perf_counter() - t_start, 1), "versions": _versions()}
+    md = format_markdown(rows, compound, dense_score, metric, sparsities, sweep, settings, args)
+    atomic_write_text(out / "obs_benchmark.md", md)
+    atomic_write_json(out / "obs_benchmark.json", {"rows": rows, "compound": compound, "dense": dense_score,
+                                                   "settings": settings})
+    print(md)
+    print(f"written to {out}/obs_benchmark.md")
+    return {"rows": rows, "compound": compound, "dense": dense_score, "settings": settings}
+
+
+def run_compound(cfg, args, out: Path) -> dict:
+    """structured ``--compound-constraint`` -> OBS ``--compound-sparsity`` -> INT8 as one prune.py job, then
+    the ONNX Runtime speed of its exports against the dense teacher's (round-robin, ``benchmarks.export_speed``)."""
+    from omegaconf import open_dict
+
+    from benchmarks.export_speed import benchmark
+    from bertprune.jobs.prune import prune
+
+    with open_dict(cfg):
+        cfg.constraint = args.compound_constraint
+        cfg.export, cfg.quantize = True, "int8"
+        cfg.unstructured.method = "obs"
+        cfg.unstructured.sparsity = args.compound_sparsity
+        cfg.unstructured.num_grads = args.num_grads
+        cfg.unstructured.fisher_block_size = args.block_size
+        cfg.unstructured.damp = args.damp
+        cfg.unstructured.num_recomputations = args.compound_recomputations
+    r = prune(cfg)
+    speed = benchmark(out, iters=5, latency_samples=16, throughput_batches=2, write=False)
+    return {"results": r, "speed": speed}
+
+
+def _versions() -> dict:
+    import onnxruntime
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "onnxruntime": onnxruntime.__version__}
+
+
+def format_markdown(rows, compound, dense_score, metric, sparsities, sweep, settings, args) -> str:
+    B = settings["fisher_block_size"]
+    lines = [f"One-shot unstructured pruning of the encoder's linear weights ({metric} on {settings['eval_samples']} "
+             f"validation examples; dense {dense_score:.2f}). m = {settings['num_grads']} per-sample gradients per "
+             f"Fisher estimate, damp {settings['damp']:g}, cubic schedule; no fine-tuning.", "",
+             "| method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |", "|---|" + "---|" * len(sparsities)]
+    names = list(dict.fromkeys(r["method"] for r in rows if r["sparsity"] in sparsities))
+    for name in names:
+        cells = []
+        for s in sparsities:
+            r = next((r for r in rows if r["method"] == name and r["sparsity"] == s), None)
+            cells.append(f"{r[metric]:.2f}" if r else "–")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    top = max(sparsities)
+    lines += ["", f"Accuracy at {top:.0%} vs Fisher-inverse recomputations (B = {B}):", "",
+              "| recomputations | " + " | ".join(str(k) for k in sweep) + " |", "|---|" + "---|" * len(sweep)]
+    cells = []
+    for k in sweep:
+        r = next((r for r in rows if r["sparsity"] == top and r["recomputations"] == k and r["fisher_block_size"] == B),
+                 None)
+        cells.append(f"{r[metric]:.2f}" if r else "–")
+    lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    if compound:
+        r, speed = compound["results"], compound["speed"]
+        m = r["metric"]
+        by = {(v["variant"].startswith("dense"), v["precision"]): v for v in speed}
+        d, f, i = by.get((True, "fp32")), by.get((False, "fp32")), by.get((False, "int8"))
+
+        def sp(v):
+            return (f"{v['latency_ms']:.2f} ms / {v['throughput']:.0f}/s" if v else "–")
+
+        lines += ["", f"Compound chain, one job: `python prune.py constraint={r['constraint']} unstructured=obs "
+                      f"unstructured.sparsity={r['unstructured/target_sparsity']} unstructured.num_grads="
+                      f"{r['unstructured/num_grads']} unstructured.fisher_block_size="
+                      f"{r['unstructured/fisher_block_size']} unstructured.num_recomputations="
+                      f"{r['unstructured/num_recomputations']} quantize=int8` (ONNX Runtime CPU, batch-1 latency / "
+                      "batch-32 throughput, round-robin with the dense export; sizes: file / gzip):", "",
+                  f"| step | {m} | params (non-zero) | size | ONNX Runtime speed |", "|---|---|---|---|---|",
+                  f"| dense | {r[f'eval/{m}_dense']:.2f} | {r['model/parameters_dense'] / 1e6:.2f} M | "
+                  f"{d['file_size'] / 1e6:.1f} MB | {sp(d)} |" if d else "| dense | – | – | – | – |",
+                  f"| structured {r['constraint']} (MAC ratio {r['prune/mac_ratio']:.3f}) | {r[f'eval/{m}_tune']:.2f} | "
+                  f"{r['model/parameters'] / 1e6:.2f} M | = next row's file | = next row (same shapes) |",
+                  f"| + OBS {r['unstructured/sparsity']:.0%} of the linears | {r[f'eval/{m}_unstructured']:.2f} | "
+                  f"{r['model/parameters'] / 1e6:.2f} M ({r['model/nonzero_parameters'] / 1e6:.2f} M) | "
+                  f"{r['export/onnx_file_size'] / 1e6:.1f} / {r['export/onnx_gzip_size'] / 1e6:.1f} MB | "
+                  f"{sp(f)} ({r['export/runtime']}) |",
+                  f"| + INT8 (ONNX Runtime dynamic) | {r[f'export/int8_{m}']:.2f} | same | "
+                  f"{r['export/int8_file_size'] / 1e6:.1f} / {r['export/int8_gzip_size'] / 1e6:.1f} MB | {sp(i)} |"]
+        if d and f and i:
+            lines += ["", f"Speedups vs dense fp32 (latency / throughput): structured+OBS "
+                          f"{d['latency_ms'] / f['latency_ms']:.2f}× / {f['throughput'] / d['throughput']:.2f}×, "
+                          f"+INT8 {d['latency_ms'] / i['latency_ms']:.2f}× / {i['throughput'] / d['throughput']:.2f}× "
+                          "(all from the structured shrinking and INT8: the runtime multiplies the zeros)."]
+    v = settings["versions"]
+    lines += ["", f"{settings['estimates']} Fisher estimates ({settings['gradient_s_per_estimate']} s of gradients "
+                  f"each); total {settings['total_s'] / 60:.1f} min; torch {v['torch']}, transformers "
+                  f"{v['transformers']}, onnxruntime {v['onnxruntime']}."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

