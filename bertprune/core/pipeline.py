@@ -40,7 +40,8 @@ from bertprune.tasks.kinds import TaskKind, get_kind
 log = logging.getLogger(__name__)
 
 # The steps prune_model times; with the job's "save" they are the pruning time (evaluations are apart).
-STEPS = ("fisher", "search", "rearrange", "guard_rearrange", "tune", "guard_tune", "physical")
+STEPS = ("fisher", "search", "rearrange", "tune", "physical")
+GUARD_STEPS = ("guard_rearrange", "guard_tune")  # with options.guard: part of the pruning time too
 TUNING_TEACHERS = ("sqrt", "dense")
 FISHER_KEYS = ("head_importance", "neuron_importance", "head_grads", "neuron_grads")
 

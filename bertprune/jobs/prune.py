@@ -20,7 +20,8 @@ import torch
 from omegaconf import OmegaConf
 
 from bertprune.core.masks import MaskHooks, mask_shapes
-from bertprune.core.pipeline import STEPS, TUNING_TEACHERS, PruneOptions, prune_model, timed, unpruned_result
+from bertprune.core.pipeline import (GUARD_STEPS, STEPS, TUNING_TEACHERS, PruneOptions, prune_model, timed,
+                                     unpruned_result)
 from bertprune.core.search import check_constraint
 from bertprune.core.tuning import LAST_LAYER_TOKENS
 from bertprune.io import atomic_write_json
@@ -305,12 +306,14 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     tokenizer = load_tokenizer(cfg.teacher or cfg.model.tokenizer)
     if kind.labelled_text:
         data = load_task_data(task)
-        check_num_samples(len(data["train"]), int(cfg.num_samples))
+        if cfg.structured:  # structured=false draws no calibration batches
+            check_num_samples(len(data["train"]), int(cfg.num_samples))
         tokenized = tokenize(data, task, tokenizer)
         train_rows = tokenized["train"]
     else:  # SQuAD: training features with answer positions, dev examples + features
         qa = squad_data(task, tokenizer)
-        check_num_samples(len(qa.train), int(cfg.num_samples))
+        if cfg.structured:
+            check_num_samples(len(qa.train), int(cfg.num_samples))
         train_rows = qa.train
     if unstructured is not None and unstructured.method == "obs":
         grad_batches = gradient_batches(len(train_rows), int(cfg.unstructured.num_grads),
@@ -421,7 +424,7 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
         meta["unstructured"] = {k.split("/", 1)[1]: v for k, v in u_results.items() if k.startswith("unstructured/")}
     pruned_dir = timed(timings, "save", save_checkpoint, pruned, tokenizer, run_dir / "pruned", metadata=meta)
     # Pruning time proper: the evaluation passes (eval_*, parity) are timed apart and not counted.
-    prune_time = sum(timings.get(k, 0.0) for k in (*PRUNE_STEPS, UNSTRUCTURED_STEP))
+    prune_time = sum(timings.get(k, 0.0) for k in (*PRUNE_STEPS, *GUARD_STEPS, UNSTRUCTURED_STEP))
 
     results = {
         "constraint": constraint, "prune/mac_ratio": result.mac_ratio, "prune/mac_seq_len": mac_seq_len,
