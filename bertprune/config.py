@@ -506,6 +506,11 @@ def validate_unstructured(cfg) -> None:
                                   fisher_block_size=u.fisher_block_size, damp=float(u.damp),
                                   num_recomputations=u.num_recomputations, schedule=str(u.schedule)), "unstructured.")
     _at_least(u, ("num_grads", "grad_batch_size"), 1, "unstructured.")
+    target = str(cfg.get("cost", {}).get("_target_", ""))
+    if not cfg.get("structured", True) and not target.endswith("MacCost.for_model"):
+        raise ValueError(f"structured=false with cost={target.rsplit('.', 1)[-1]}: no head or neuron is pruned, so "
+                         "there is no cost to budget (a latency table would be measured for nothing); drop the cost "
+                         "override or set structured=true")
     if u.max_memory_gb is not None and not u.max_memory_gb > 0:
         raise ValueError(f"unstructured.max_memory_gb={u.max_memory_gb} must be > 0 (or null for the free memory)")
 

@@ -478,3 +478,14 @@ def test_inverse_of_a_rank_deficient_block_with_tiny_damping_is_still_computed()
     prune = torch.rand(64, 8, generator=g) < 0.5
     new = obs_update(w, finv, prune)
     assert torch.isfinite(new).all() and (new[prune] == 0).all()
+
+
+def test_structured_false_refuses_a_latency_cost_before_work(tmp_path):
+    from conftest import compose_cfg
+
+    from bertprune.jobs.prune import check_prune_config
+
+    cfg = compose_cfg("prune", ["structured=false", "unstructured=magnitude", "cost=latency"], tmp_path)
+    with pytest.raises(ValueError, match=r"structured=false with cost=latency_cost: no head or neuron is pruned"):
+        check_prune_config(cfg)
+    check_prune_config(compose_cfg("prune", ["structured=false", "unstructured=magnitude"], tmp_path))  # mac: fine
