@@ -97,7 +97,7 @@ def main(argv=None) -> dict:
     from bertprune.core.cost import LatencyCost, MacCost
     from bertprune.core.fisher import collect_fisher
     from bertprune.core.pipeline import prune_model
-    from bertprune.jobs.prune import calibration_batches, prune_options
+    from bertprune.jobs.prune import calibration_batches, paper_batch_size, prune_options
     from bertprune.jobs.train import ensure_teacher
     from bertprune.models import load_model, load_tokenizer
     from bertprune.onnx import latency as lat
@@ -136,7 +136,8 @@ def main(argv=None) -> dict:
     tokenized = tokenize(load_task_data(task), task, tok)
     S = average_token_length(tokenized["train"])
     val_loader = make_loader(tokenized["validation"], tok, int(cfg0.eval_batch_size))
-    batches = calibration_batches(len(tokenized["train"]), int(cfg0.num_samples), int(cfg0.batch_size), int(cfg0.seed))
+    batch_size = int(cfg0.batch_size) if cfg0.batch_size is not None else paper_batch_size(kind, teacher.config)
+    batches = calibration_batches(len(tokenized["train"]), int(cfg0.num_samples), batch_size, int(cfg0.seed))
     calib = [val_loader.collate_fn([tokenized["train"][j] for j in b]) for b in batches]
     metric = task.primary_metric
 
