@@ -13,7 +13,7 @@ LOCK   := requirements.lock
 LOCK_VENV ?= /tmp/bertprune-lock-venv
 OTHER_ORT := $(if $(filter gpu,$(ORT)),onnxruntime,onnxruntime-gpu)
 
-.PHONY: setup lock check-env demo test test-unit test-integration test-slow bench-prune bench-export bench-harness bench-latency bench-obs clean
+.PHONY: setup lock check-env demo test test-unit test-integration test-slow bench-prune bench-export bench-harness bench-latency bench-obs bench-accuracy clean
 
 $(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -69,6 +69,9 @@ bench-latency: $(STAMP)
 
 bench-obs: $(STAMP)
 	$(PY) -m benchmarks.obs_oneshot
+
+bench-accuracy: $(STAMP)
+	$(PY) -m benchmarks.accuracy
 
 clean:
 	rm -rf outputs multirun

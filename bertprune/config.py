@@ -76,6 +76,16 @@ class TuningTeacher(StrEnum):
     dense = "dense"  # the unpruned model
 
 
+class Method(StrEnum):
+    kwon = "kwon"  # one-shot: Fisher -> search -> rearrange -> tune (the paper)
+    iterative = "iterative"  # sub-layer by sub-layer, importance re-measured, projections refitted (core/iterative.py)
+
+
+class TuningMethod(StrEnum):
+    scales = "scales"  # one scale per kept head / neuron (the paper's mask tuning)
+    projection = "projection"  # the whole attention / FFN output projections refitted by ridge least squares
+
+
 class LastLayerTokens(StrEnum):
     cls = "cls"  # the last layer's FFN is fitted on the CLS token only (the only one a classifier reads)
     all = "all"  # on every token
@@ -171,6 +181,13 @@ class TuningConfig:
     damping: float = MISSING
     max_scale: float = MISSING
     last_layer_tokens: LastLayerTokens = LastLayerTokens.all
+    method: TuningMethod = TuningMethod.scales
+    refit_damping: float = 1e-2  # projection refits: ridge toward the dense weights (relative to mean xᵀx)
+
+
+@dataclass
+class IterativeConfig:
+    importance_samples: int = 512  # calibration samples of each re-measured importance (a prefix of the fit ones)
 
 
 @dataclass
@@ -227,8 +244,10 @@ class PruneConfig(TeacherJobConfig):
     batch_size: Optional[int] = None  # calibration batch; null = the paper's (CALIBRATION_BATCH in jobs/prune.py)
     eval_batch_size: int = MISSING
     seed: int = MISSING
+    method: Method = Method.kwon
     rearrange: bool = MISSING
     tuning: TuningConfig = field(default_factory=TuningConfig)
+    iterative: IterativeConfig = field(default_factory=IterativeConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     export: bool = MISSING
     quantize: Optional[Quantize] = None
@@ -479,9 +498,13 @@ def validate_prune(cfg):
     validate_cost(cfg.cost)
     _at_least(cfg, ("num_samples", "eval_batch_size"), 1)
     _at_least(cfg.guard, ("samples",), 1, "guard.", " (the held-out calibration samples)")
-    if cfg.guard.enabled and cfg.guard.samples >= cfg.num_samples:
+    refits = cfg.get("method") == Method.iterative or cfg.tuning.get("method") == TuningMethod.projection
+    if (cfg.guard.enabled or refits) and cfg.guard.samples >= cfg.num_samples:
+        why = "the guard" if cfg.guard.enabled else ("method=iterative" if cfg.get("method") == Method.iterative
+                                                    else "tuning.method=projection")
         raise ValueError(f"guard.samples={cfg.guard.samples} must be smaller than num_samples={cfg.num_samples}: "
-                         "the held-out samples are taken from the calibration sample; e.g. guard.samples=256")
+                         f"{why} holds these samples out of the calibration sample to check its fits; "
+                         "e.g. guard.samples=256")
     if cfg.batch_size is not None:
         _at_least(cfg, ("batch_size",), 1, hint=" (or null: the paper's calibration batch size)")
     if cfg.bench_options is not None and not isinstance(cfg.bench_options, (dict, DictConfig)):

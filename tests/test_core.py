@@ -389,7 +389,7 @@ for i in range(6):
 cost = MacCost.for_model(model, seq_len=10.0)
 stages = []
 result = prune_model(model, batches, "classification", cost, 0.5, PruneOptions(tune_samples=24, progress=False),
-                     evaluate=lambda hm, nm, stage: stages.append(stage) or float(hm.sum()))
+                     evaluate=lambda m, hm, nm, stage: stages.append(stage) or float(hm.sum()))
 diff = 0.0
 with torch.no_grad():
     for b in batches:

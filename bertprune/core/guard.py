@@ -58,15 +58,31 @@ class Guard:
         return self.last
 
     @torch.no_grad()
-    def loss(self, head_mask: torch.Tensor, neuron_mask: torch.Tensor) -> float:
+    def loss(self, head_mask: torch.Tensor, neuron_mask: torch.Tensor, model=None) -> float:
+        """Held-out loss of ``model`` (default: the guarded one) with the masks."""
+        model = self.model if model is None else model
         total, n = 0.0, 0
-        with MaskHooks(self.model, head_mask, neuron_mask):
+        with MaskHooks(model, head_mask, neuron_mask):
             for batch in self.batches:
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 b = len(batch["input_ids"])
-                total += float(self.kind.loss(self.model(**model_inputs(self.model, batch)), batch)) * b
+                total += float(self.kind.loss(model(**model_inputs(model, batch)), batch)) * b
                 n += b
         return total / n
+
+    def check_model(self, stage: str, work, after: tuple[torch.Tensor, torch.Tensor],
+                    before: tuple[torch.Tensor, torch.Tensor]) -> bool:
+        """A stage that changed weights (``work``, a refitted copy, with the masks ``after``): kept (True) only if
+        its held-out loss is lower than ``before``'s on the guarded model; a rollback is of the whole stage."""
+        current = self.loss(*after, model=work)
+        base = self.loss(*before) if self.last is None else self.last
+        if current > base:
+            self.report.rollbacks.append({"stage": stage, "layer": "all", "loss_with_stage": current,
+                                          "loss_rolled_back": base})
+            self.last = self.report.losses[stage] = base
+            return False
+        self.last = self.report.losses[stage] = current
+        return True
 
     def check(self, stage: str, before: tuple[torch.Tensor, torch.Tensor], after: tuple[torch.Tensor, torch.Tensor]
               ) -> tuple[torch.Tensor, torch.Tensor]:

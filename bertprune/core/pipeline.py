@@ -29,9 +29,11 @@ import torch
 from bertprune.core.cost import LatencyCost, MacCost, mac_model
 from bertprune.core.fisher import check_importance, collect_fisher, freeze
 from bertprune.core.guard import Guard, GuardReport, split_held_out
+from bertprune.core.iterative import IterativeReport, prune_iterative
 from bertprune.core.masks import mask_shapes, ones_masks
 from bertprune.core.physical import prune_physically
 from bertprune.core.rearrange import rearrange_masks
+from bertprune.core.reconstruct import ReconstructionReport, reconstruct
 from bertprune.core.search import check_constraint, cost_ratio, mac_ratio, search_masks
 from bertprune.core.tuning import LAST_LAYER_TOKENS, TuneReport, tune_masks
 from bertprune.models import model_shape
@@ -40,9 +42,11 @@ from bertprune.tasks.kinds import TaskKind, get_kind
 log = logging.getLogger(__name__)
 
 # The steps prune_model times; with the job's "save" they are the pruning time (evaluations are apart).
-STEPS = ("fisher", "search", "rearrange", "tune", "physical")
+STEPS = ("fisher", "search", "rearrange", "tune", "iterative", "physical")
 GUARD_STEPS = ("guard_rearrange", "guard_tune")  # with options.guard: part of the pruning time too
 TUNING_TEACHERS = ("sqrt", "dense")
+METHODS = ("kwon", "iterative")  # one-shot search -> rearrange -> tune | sub-layer by sub-layer (core/iterative.py)
+TUNING_METHODS = ("scales", "projection")  # per-unit scales (the paper) | whole output projections refitted
 FISHER_KEYS = ("head_importance", "neuron_importance", "head_grads", "neuron_grads")
 
 
@@ -50,8 +54,12 @@ FISHER_KEYS = ("head_importance", "neuron_importance", "head_grads", "neuron_gra
 class PruneOptions:
     """How the pipeline runs (the defaults are the paper's and ``conf/prune.yaml``'s)."""
 
+    method: str = "kwon"  # kwon: Fisher -> search -> rearrange -> tune; iterative: core/iterative.py
     rearrange: bool = True
     tune: bool = True
+    tuning_method: str = "scales"  # scales: mask tuning (the paper); projection: core/reconstruct.py
+    refit_damping: float = 1e-2  # ridge of the projection refits toward the dense weights (relative to mean xᵀx)
+    importance_samples: int = 512  # method=iterative: calibration samples of each re-measured importance
     tuning_teacher: str = "sqrt"  # sqrt: the search mask at constraint √C; dense: the unpruned model
     tune_samples: int = 512  # calibration samples (a prefix of the calibration batches) for the fits
     damping: float = 1e-2
@@ -62,6 +70,10 @@ class PruneOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r}; expected one of {METHODS}")
+        if self.tuning_method not in TUNING_METHODS:
+            raise ValueError(f"tuning_method={self.tuning_method!r}; expected one of {TUNING_METHODS}")
         if self.tuning_teacher not in TUNING_TEACHERS:
             raise ValueError(f"tuning_teacher={self.tuning_teacher!r}; expected one of {TUNING_TEACHERS}")
         if self.last_layer_tokens not in LAST_LAYER_TOKENS:
@@ -84,6 +96,10 @@ class PruneResult:
     timings: dict[str, float] = field(default_factory=dict)  # step -> wall seconds, in run order
     stage_metrics: dict[str, float] = field(default_factory=dict)  # stage -> evaluate(...) (when given)
     tune_report: TuneReport | None = None
+    reconstruction_report: ReconstructionReport | None = None  # tuning_method=projection / method=iterative
+    iterative_report: IterativeReport | None = None  # method=iterative: each sub-layer's step
+    # the model the masks apply to: the input model, or a copy with refitted output projections
+    masked_model: torch.nn.Module | None = None
     guard_report: GuardReport | None = None  # options.guard: held-out losses and per-layer rollbacks
     # the search's own cost model (for MACs the same as mac_ratio / macs / dense_macs; for latency, ms)
     cost_name: str = "mac"
@@ -130,8 +146,13 @@ def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, co
     ``LatencyCost``: predicted latency of the whole model, its ``mac`` model gives the MAC figures).
     fisher: None = computed here, in-process (``collect_fisher``); else the mask gradients already computed
     (a mapping with ``FISHER_KEYS``, e.g. the multi-process Lightning run), or a callable returning them
-    (called and timed as the ``fisher`` step). evaluate: ``(head_mask [L, H], neuron_mask [L, F], stage)
-    -> metric``, called after search, rearrangement and tuning (timed as ``eval_<stage>``).
+    (called and timed as the ``fisher`` step). evaluate: ``(masked_model, head_mask [L, H], neuron_mask [L, F],
+    stage) -> metric``, called after search, rearrangement and tuning, or after ``iterative`` (timed as
+    ``eval_<stage>``); ``masked_model`` is ``model`` or, once output projections are refitted
+    (``tuning_method="projection"``, ``method="iterative"``), the refitted copy the masks apply to.
+    options.method: ``"kwon"`` (the paper's one-shot pipeline) or ``"iterative"`` (``bertprune.core.iterative``:
+    sub-layer by sub-layer, importance re-measured, projections refitted; the last ``guard_samples`` calibration
+    samples held out to check each refit).
     options.guard: the last ``guard_samples`` calibration samples are held out of everything (given Fisher
     gradients of all batches are cut to the others) and each stage after the search is rolled back per layer
     where it raises their loss (``bertprune.core.guard``; ``PruneResult.guard_report``).
@@ -145,16 +166,20 @@ def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, co
     timings: dict[str, float] = {}
     stage_metrics: dict[str, float] = {}
 
+    masked_model = model  # what the masks apply to (a refit replaces it by a copy with new projections)
+
     def stage(name: str, head_mask, neuron_mask) -> None:
         if evaluate is not None:
-            stage_metrics[name] = timed(timings, f"eval_{name}", evaluate, head_mask, neuron_mask, name)
+            stage_metrics[name] = timed(timings, f"eval_{name}", evaluate, masked_model, head_mask, neuron_mask, name)
 
     guard = None
-    if options.guard:
+    refits = options.method == "iterative" or (options.tune and options.tuning_method == "projection")
+    if options.guard or refits:  # refits are checked on held-out calibration batches too
         fit_batches, held_out = split_held_out(calibration_batches, options.guard_samples)
-        guard = Guard(model, kind, held_out, device)
+        if options.guard:
+            guard = Guard(model, kind, held_out, device)
     else:
-        fit_batches = calibration_batches
+        fit_batches, held_out = calibration_batches, []
 
     # ---- 1. Fisher
     if fisher is None:
@@ -168,7 +193,7 @@ def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, co
     missing = [k for k in FISHER_KEYS if k not in fisher]
     if missing:
         raise ValueError(f"fisher lacks {missing}; give {FISHER_KEYS} (bertprune.lightning.fisher.load_fisher)")
-    if guard is not None and len(fisher["head_grads"]) != len(fit_batches):  # held-out batches: out of Fisher too
+    if held_out and len(fisher["head_grads"]) != len(fit_batches):  # held-out batches: out of Fisher too
         if len(fisher["head_grads"]) != len(calibration_batches):
             raise ValueError(f"fisher holds {len(fisher['head_grads'])} batches' gradients; expected one per "
                              f"calibration batch ({len(calibration_batches)})")
@@ -178,6 +203,17 @@ def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, co
                       neuron_importance=fisher["neuron_grads"].pow(2).sum(0))
     head_imp, neuron_imp = fisher["head_importance"].to(device), fisher["neuron_importance"].to(device)
     check_importance(head_imp, neuron_imp)
+    last_tokens = options.last_layer_tokens if kind.reads_cls else "all"
+
+    if options.method == "iterative":  # ---- 2'. sub-layer by sub-layer: search, prune, refit (core/iterative.py)
+        masked_model, head_mask, neuron_mask, it_report = timed(
+            timings, "iterative", prune_iterative, model, fit_batches, held_out, kind, cost, constraint, head_imp,
+            neuron_imp, len(_tune_prefix(fit_batches, options.importance_samples)), damping=options.refit_damping,
+            last_layer_tokens=last_tokens, device=device, progress=options.progress)
+        stage("iterative", head_mask, neuron_mask)
+        return _result(model, masked_model, head_mask, neuron_mask, cost, fisher, timings, stage_metrics,
+                       iterative_report=it_report, reconstruction_report=it_report.reconstruction,
+                       guard_report=guard.report if guard is not None else None)
 
     # ---- 2. search
     head_mask, neuron_mask = timed(timings, "search", search_masks, head_imp, neuron_imp, constraint, cost)
@@ -199,8 +235,23 @@ def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, co
         stage("rearrange", head_mask, neuron_mask)
 
     # ---- 4. tuning
-    report = None
-    if options.tune:
+    report = reconstruction = None
+    if options.tune and options.tuning_method == "projection":  # whole output projections refitted
+        before = (head_mask, neuron_mask)
+        work, head_mask, neuron_mask, reconstruction = timed(
+            timings, "tune", reconstruct, model, head_mask, neuron_mask,
+            _tune_prefix(fit_batches, options.tune_samples), held_out, damping=options.refit_damping,
+            last_layer_tokens=last_tokens, device=device, progress=options.progress)
+        if guard is not None:  # the refit is weights, not masks: kept or rolled back as a whole
+            kept = timed(timings, "guard_tune", guard.check_model, "tune", work, (head_mask, neuron_mask), before)
+            if kept:
+                masked_model = work
+            else:
+                head_mask, neuron_mask = before
+        else:
+            masked_model = work
+        stage("tune", head_mask, neuron_mask)
+    elif options.tune:
         if options.tuning_teacher == "sqrt":
             t_head, t_neuron = search_masks(head_imp, neuron_imp, math.sqrt(constraint), cost)
         else:
@@ -210,22 +261,29 @@ def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, co
             timings, "tune", tune_masks, model, head_mask, neuron_mask, t_head, t_neuron,
             _tune_prefix(fit_batches, options.tune_samples), damping=options.damping,
             max_scale=options.max_scale, device=device, progress=options.progress,
-            last_layer_tokens=options.last_layer_tokens if kind.reads_cls else "all")
+            last_layer_tokens=last_tokens)
         head_mask, neuron_mask = guarded("tune", before, (head_mask, neuron_mask))
         stage("tune", head_mask, neuron_mask)
 
-    # ---- 5. physically smaller model
-    pruned = timed(timings, "physical", lambda: prune_physically(copy.deepcopy(model), head_mask, neuron_mask).eval())
+    return _result(model, masked_model, head_mask, neuron_mask, cost, fisher, timings, stage_metrics,
+                   tune_report=report, reconstruction_report=reconstruction,
+                   guard_report=guard.report if guard is not None else None)
+
+
+def _result(model, masked_model, head_mask, neuron_mask, cost, fisher, timings, stage_metrics, **reports) -> PruneResult:
+    """---- 5. the physically smaller model (a copy of ``masked_model`` with the masks made permanent)."""
+    (L, H), (_, F) = mask_shapes(model)
+    pruned = timed(timings, "physical",
+                   lambda: prune_physically(copy.deepcopy(masked_model), head_mask, neuron_mask).eval())
     heads, ffn = model_shape(pruned)
     mac = mac_model(cost)
     macs = (mac_ratio(head_mask, neuron_mask, mac), mac.encoder(sum(heads), sum(ffn)), mac.encoder(L * H, L * F)) \
         if mac is not None else (math.nan,) * 3
     return PruneResult(model=pruned, head_mask=head_mask, neuron_mask=neuron_mask, heads_per_layer=heads,
                        ffn_per_layer=ffn, mac_ratio=macs[0], macs=macs[1], dense_macs=macs[2],
-                       fisher=fisher, timings=timings, stage_metrics=stage_metrics, tune_report=report,
-                       cost_name=cost.name, cost_ratio=cost_ratio(head_mask, neuron_mask, cost),
-                       cost_total=cost.total(heads, ffn), dense_cost_total=cost.total([H] * L, [F] * L),
-                       guard_report=guard.report if guard is not None else None)
+                       fisher=fisher, timings=timings, stage_metrics=stage_metrics, cost_name=cost.name,
+                       cost_ratio=cost_ratio(head_mask, neuron_mask, cost), cost_total=cost.total(heads, ffn),
+                       dense_cost_total=cost.total([H] * L, [F] * L), masked_model=masked_model, **reports)
 
 
 def unpruned_result(model, cost: MacCost) -> PruneResult:
@@ -238,4 +296,4 @@ def unpruned_result(model, cost: MacCost) -> PruneResult:
     dense = cost.encoder(L * H, L * F)
     return PruneResult(model=copy.deepcopy(model).eval(), head_mask=head_mask, neuron_mask=neuron_mask,
                        heads_per_layer=heads, ffn_per_layer=ffn, mac_ratio=1.0, macs=dense, dense_macs=dense,
-                       fisher={})
+                       fisher={}, masked_model=model)

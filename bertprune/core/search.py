@@ -50,7 +50,8 @@ def search_mac(head_importance: torch.Tensor, neuron_importance: torch.Tensor, c
     h_cum = torch.cat([h_sorted.new_zeros(1), h_sorted.cumsum(0)])  # importance of the top-n heads
     n_cum = torch.cat([n_sorted.new_zeros(1), n_sorted.cumsum(0)])
     n_heads = torch.arange(L * H + 1, dtype=torch.float64)
-    n_neurons = torch.floor((budget - n_heads * cost.head) / cost.neuron).clamp(max=L * F)
+    n_avail = int(torch.isfinite(n_sorted).sum())  # -inf importance: a unit that may not be kept (search_fixed)
+    n_neurons = torch.floor((budget - n_heads * cost.head) / cost.neuron).clamp(max=n_avail)
     feasible = n_neurons >= 0
     score = torch.where(feasible, h_cum + n_cum[n_neurons.clamp(min=0).long()], torch.tensor(-math.inf, dtype=torch.float64))
     best = int(score.argmax())
@@ -109,6 +110,7 @@ def search_latency(head_importance: torch.Tensor, neuron_importance: torch.Tenso
     ffn_cum = torch.cummax(ffn_cum, 0).values                                      # monotone (guard rounding)
     remaining = budget - cost.fixed - mha_cum  # [L·H + 1]: every head count starts from the same budget
     n_neurons = torch.searchsorted(ffn_cum, remaining, right=True) - 1  # most top-ranked neurons that fit
+    n_neurons = n_neurons.clamp(max=int(torch.isfinite(n_sorted).sum()))  # -inf: may not be kept (search_fixed)
     feasible = n_neurons >= 0
     score = torch.where(feasible, h_cum + n_cum[n_neurons.clamp(min=0)], torch.tensor(-math.inf, dtype=torch.float64))
     best = int(score.argmax())
@@ -133,6 +135,30 @@ def search_masks(head_importance: torch.Tensor, neuron_importance: torch.Tensor,
     if isinstance(cost, LatencyCost):
         return search_latency(head_importance, neuron_importance, constraint, cost)
     return search_mac(head_importance, neuron_importance, constraint, cost)
+
+
+def search_fixed(head_importance: torch.Tensor, neuron_importance: torch.Tensor, constraint: float,
+                 cost: MacCost | LatencyCost, head_mask: torch.Tensor, neuron_mask: torch.Tensor,
+                 head_fixed: torch.Tensor, neuron_fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``search_masks`` with some layers decided: rows of ``head_mask`` / ``neuron_mask`` where ``head_fixed`` /
+    ``neuron_fixed`` ``[L]`` is true are kept exactly (their kept units must be kept, their pruned ones may not
+    be), the other units are chosen by importance against the full budget. Whenever the fixed rows come from an
+    earlier answer of this search, that answer is still feasible, so the result never goes over the budget.
+    Binary masks ``[L, H]``, ``[L, F]``."""
+    hi, ni = head_importance.double().clone(), neuron_importance.double().clone()
+    hf = head_fixed.to(hi.device)[:, None].expand_as(hi)
+    nf = neuron_fixed.to(ni.device)[:, None].expand_as(ni)
+    free = torch.cat([hi[~hf], ni[~nf]])
+    big = 1.0 + 2.0 * float(free.abs().sum())  # more than all free importance: a fixed kept unit always wins
+    kept_h, kept_n = hf & (head_mask.to(hi.device) != 0), nf & (neuron_mask.to(ni.device) != 0)
+    hi[kept_h], ni[kept_n] = big, big
+    hi[hf & ~kept_h], ni[nf & ~kept_n] = -math.inf, -math.inf
+    h, n = search_masks(hi, ni, constraint, cost)
+    if not (torch.equal(h[hf], (head_mask.to(h.device) != 0).float()[hf])
+            and torch.equal(n[nf], (neuron_mask.to(n.device) != 0).float()[nf])):
+        raise ValueError("the fixed layers do not fit the budget together; they must come from an earlier search "
+                         "at this constraint")
+    return h, n
 
 
 def cost_ratio(head_mask: torch.Tensor, neuron_mask: torch.Tensor, cost: MacCost | LatencyCost) -> float:

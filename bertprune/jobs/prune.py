@@ -42,12 +42,12 @@ UNSTRUCTURED_STEP = "unstructured"  # part of the pruning time too, when the job
 # What a prune job writes into its folder. A rerun into the same folder removes them first, so nothing
 # of the previous run (an ONNX export of another model beside the new pruned/ …) can pass for this one's.
 RUN_ARTIFACTS = (RESULTS, "pruned", "onnx", "onnx_int8", "bench", "csv", "tuning.json", "fisher.safetensors",
-                 "obs_gradients.safetensors")
+                 "obs_gradients.safetensors", "reconstruction.json", "iterative.json")
 DENSE_RUNTIME = "dense runtime"  # what ONNX Runtime does with zeros in dense weights: multiplies them
 
 
 _EXAMPLES = {"num_samples": 2048, "batch_size": 32, "tuning.num_samples": 512, "tuning.damping": 0.01,
-             "tuning.max_scale": 10}
+             "tuning.max_scale": 10, "tuning.refit_damping": 0.01, "iterative.importance_samples": 512}
 
 
 def _number(cfg, key: str, kind=float, minimum: float = 0.0, why: str = ""):
@@ -88,6 +88,8 @@ def check_prune_config(cfg) -> float:
             "to skip tuning set tuning.enabled=false)")
     _number(cfg, "tuning.damping", float, 0.0, " (a ridge toward 1; negative damping gives meaningless scales)")
     _number(cfg, "tuning.max_scale", float, 1.0, " (the bound on |scale|: scales near 1 must pass)")
+    _number(cfg, "tuning.refit_damping", float, 0.0, " (a ridge toward the dense weights; negative is meaningless)")
+    _number(cfg, "iterative.importance_samples", int, 1, " (each re-measured importance needs calibration samples)")
     return c
 
 
@@ -267,7 +269,11 @@ def prune_options(cfg) -> PruneOptions:
     return PruneOptions(rearrange=bool(cfg.rearrange), tune=bool(t.enabled), tuning_teacher=str(t.teacher),
                         tune_samples=min(int(t.num_samples), int(cfg.num_samples)), damping=float(t.damping),
                         max_scale=float(t.max_scale), last_layer_tokens=str(t.last_layer_tokens),
-                        guard=bool(cfg.guard.enabled), guard_samples=int(cfg.guard.samples))
+                        guard=bool(cfg.guard.enabled), guard_samples=int(cfg.guard.samples),
+                        method=str(cfg.get("method", "kwon")), tuning_method=str(t.get("method", "scales")),
+                        refit_damping=float(t.get("refit_damping", 1e-2)),
+                        importance_samples=min(int(cfg.get("iterative", {}).get("importance_samples", 512)),
+                                               int(cfg.num_samples)))
 
 
 def _prune(cfg, callbacks, job_loggers) -> dict:
@@ -369,9 +375,9 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
 
     stage_values: dict[str, dict] = {}  # every metric of the task at each stage (the pipeline keeps the primary)
 
-    def masked_eval(head_mask, neuron_mask, stage: str) -> float:
-        with MaskHooks(model, head_mask, neuron_mask):
-            stage_values[stage] = eval_metrics(model, f"eval {stage}")
+    def masked_eval(masked_model, head_mask, neuron_mask, stage: str) -> float:
+        with MaskHooks(masked_model, head_mask, neuron_mask):
+            stage_values[stage] = eval_metrics(masked_model, f"eval {stage}")
         return stage_values[stage][metric]
 
     group = Path(cfg.output_dir).parent.name if cfg.get("sweep_group") is None else cfg.sweep_group
@@ -392,9 +398,9 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
                                                          result.stage_metrics)
 
         # ---- the physically smaller model, checked against the masked one
-        def parity_pass():
-            with MaskHooks(model, head_mask, neuron_mask):
-                masked, _ = predict(model, "parity masked")
+        def parity_pass():  # the masked model: the teacher, or its copy with refitted output projections
+            with MaskHooks(result.masked_model, head_mask, neuron_mask):
+                masked, _ = predict(result.masked_model, "parity masked")
             return masked, *predict(pruned, "parity pruned")
 
         masked_logits, pruned_logits, labels = timed(timings, "parity", parity_pass)
@@ -449,6 +455,16 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
         g = result.guard_report
         results.update({f"guard/loss_{k}": v for k, v in g.losses.items()})
         results.update({"guard/rollbacks": g.rollbacks, "guard/rolled_back_layers": len(g.rollbacks)})
+    if cfg.structured:
+        results.update({"method": options.method, "tuning/method": options.tuning_method})
+    if result.reconstruction_report is not None:  # each refit, kept or rolled back on held-out calibration tokens
+        rr = result.reconstruction_report
+        results.update({"reconstruct/fitted": sum(e["status"] == "fitted" for e in rr.entries),
+                        "reconstruct/rolled_back": [{"layer": e["layer"], "part": e["part"]} for e in rr.rollbacks],
+                        "reconstruct/held_out_samples": options.guard_samples})
+        atomic_write_json(run_dir / "reconstruction.json", rr.entries)
+    if result.iterative_report is not None:
+        atomic_write_json(run_dir / "iterative.json", result.iterative_report.steps)
     if unstructured is not None:
         results.update({"structured": bool(cfg.structured), **u_results,
                         "model/nonzero_parameters": count_parameters(pruned) - u_results["unstructured/pruned_weights"]})
