@@ -219,3 +219,30 @@ def test_importance_from_a_layer_equals_the_whole_model_pass():
     assert torch.allclose(part_h[1:], full_h[1:], rtol=1e-4, atol=1e-10)
     assert torch.allclose(part_n[1:], full_n[1:], rtol=1e-4, atol=1e-10)
     assert part_h[0].abs().sum() == 0 and len(adapter_for(model).layers(model)) == 3  # layers restored
+
+
+def test_iterative_rearranges_each_step_within_its_count(monkeypatch):
+    """With the dense per-batch gradients given (``rearrange=true``), each step's sub-layer is rearranged (which
+    units, its count fixed) before it is committed: 2L calls, never over budget, counts unchanged by it."""
+    import bertprune.core.iterative as iterative
+
+    model, batches = _setup(n_batches=5)
+    kind = get_kind("classification")
+    cost = MacCost.for_model(model, seq_len=10.0)
+    (L, H), (_, F) = mask_shapes(model)
+    calls = []
+    real = iterative.rearrange_layer
+
+    def spy(mask, grads):
+        out = real(mask, grads)
+        calls.append((int((mask != 0).sum()), int((out != 0).sum()), grads.shape[0]))
+        return out
+
+    monkeypatch.setattr(iterative, "rearrange_layer", spy)
+    g = torch.Generator().manual_seed(1)
+    hg, ng = torch.randn(4, L, H, generator=g), torch.randn(4, L, F, generator=g)
+    work, h, n, _ = prune_iterative(model, batches[:4], batches[4:], kind, cost, 0.4, hg.pow(2).sum(0),
+                                    ng.pow(2).sum(0), 2, progress=False, head_grads=hg, neuron_grads=ng)
+    assert len(calls) == 2 * L and all(a == b for a, b, _ in calls)
+    assert calls[0][2] == 4 and calls[1][2] == 2  # step 1: the dense gradients; later: the re-measured ones
+    assert mac_ratio(h, n, cost) <= 0.4

@@ -7,7 +7,8 @@ For each sub-layer in order (layer 0's attention, layer 0's FFN, layer 1's atten
   2. the global search of the cost model (``search_masks``: MACs or latency) over the whole model, with every
      sub-layer already decided held fixed, against the full budget: what is left of the budget is carried to
      the layers above, and the search never goes over it (the previous step's answer stays feasible);
-  3. only the current sub-layer's part of that answer is kept (0 heads / 0 neurons allowed);
+  3. only the current sub-layer's part of that answer is kept (0 heads / 0 neurons allowed); with the dense
+     per-batch gradients given (``rearrange``), which of its units are kept is rearranged, its count fixed;
   4. its output projection is refitted by ridge least squares so that it reproduces the dense model's
      sub-layer output on the pruned model's own inputs (``bertprune.core.reconstruct``), kept only where it
      lowers the held-out reconstruction error.
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 
 from bertprune.core.fisher import freeze
 from bertprune.core.masks import MaskHooks, mask_shapes
+from bertprune.core.rearrange import rearrange_layer
 from bertprune.core.reconstruct import LayerwiseReconstructor, ReconstructionReport
 from bertprune.core.search import search_fixed
 from bertprune.models import model_inputs
@@ -65,22 +67,29 @@ class FromLayer:
 
 
 def mask_importance(model, head_mask: torch.Tensor, neuron_mask: torch.Tensor, batches: list[dict], kind: TaskKind,
-                    device, start: int = 0, hidden: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    device, start: int = 0, hidden: list[torch.Tensor] | None = None, per_batch_row: int | None = None):
     """``(head [L, H], neuron [L, F])``: Σ_batches (∂ loss / ∂ mask)² at the given masks (a masked model's Fisher).
-    With ``hidden`` (each batch's input to layer ``start``) only layers ``start``… run: rows below stay 0."""
+    With ``hidden`` (each batch's input to layer ``start``) only layers ``start``… run: rows below stay 0.
+    With ``per_batch_row``, also that layer's per-batch gradients ``([N, H], [N, F])`` (for rearrangement)."""
     hm = head_mask.detach().clone().float().to(device).requires_grad_(True)
     nm = neuron_mask.detach().clone().float().to(device).requires_grad_(True)
     acc_h, acc_n = torch.zeros_like(hm), torch.zeros_like(nm)
+    rows_h, rows_n = [], []
     with torch.enable_grad(), MaskHooks(model, hm, nm):
         for i, batch in enumerate(batches):
             batch = {k: v.to(device) for k, v in batch.items()}
             with FromLayer(model, start, hidden[i]) if hidden is not None else contextlib.nullcontext():
                 loss = kind.loss(model(**model_inputs(model, batch)), batch)
             gh, gn = torch.autograd.grad(loss, (hm, nm), allow_unused=True)
-            if gh is not None:
-                acc_h += gh.detach().pow(2)
-            if gn is not None:
-                acc_n += gn.detach().pow(2)
+            gh = torch.zeros_like(hm) if gh is None else gh.detach()
+            gn = torch.zeros_like(nm) if gn is None else gn.detach()
+            acc_h += gh.pow(2)
+            acc_n += gn.pow(2)
+            if per_batch_row is not None:
+                rows_h.append(gh[per_batch_row])
+                rows_n.append(gn[per_batch_row])
+    if per_batch_row is not None:
+        return acc_h, acc_n, (torch.stack(rows_h), torch.stack(rows_n))
     return acc_h, acc_n
 
 
@@ -94,12 +103,16 @@ class IterativeReport:
 
 def prune_iterative(model, fit_batches: list[dict], held_out: list[dict], kind: TaskKind, cost, constraint: float,
                     head_importance: torch.Tensor, neuron_importance: torch.Tensor, importance_batches: int,
-                    damping: float = 1e-2, last_layer_tokens: str = "all", device="cpu", progress: bool = True):
+                    damping: float = 1e-2, last_layer_tokens: str = "all", device="cpu", progress: bool = True,
+                    head_grads: torch.Tensor | None = None, neuron_grads: torch.Tensor | None = None):
     """``(work, head_mask [L, H], neuron_mask [L, F], IterativeReport)``: binary masks within ``constraint`` of
     ``cost`` and ``work``, a copy of the dense frozen ``model`` with the refitted output projections the masks
     apply to. head/neuron_importance: the dense model's Fisher (the first step's importance);
     importance_batches: how many of the first fit batches the later importance passes use (they run from the
-    current layer up, on the pruned model's own hidden states there)."""
+    current layer up, on the pruned model's own hidden states there). head/neuron_grads: the dense model's
+    per-batch mask gradients ``[N, L, H]`` / ``[N, L, F]``; given, each step's kept count is rearranged (which
+    units of the sub-layer, ``rearrange_layer`` on that step's per-batch gradients), as the one-shot pipeline's
+    rearrangement does for every layer at once."""
     freeze(model)
     work = freeze(copy.deepcopy(model))
     (L, H), (_, F) = mask_shapes(model)
@@ -114,12 +127,22 @@ def prune_iterative(model, fit_batches: list[dict], held_out: list[dict], kind: 
     for li in range(L):
         for part in ("heads", "neurons"):
             t = time.perf_counter()
+            rearrange = head_grads is not None and neuron_grads is not None
             if li or part == "neurons":  # the first step reads the given (dense) Fisher
                 k = max(1, min(importance_batches, len(fit_batches)))
-                h_imp, n_imp = mask_importance(work, head_mask, neuron_mask, fit_batches[:k], kind, device, start=li,
-                                               hidden=[st["s"] for st in rec.fit[:k]])
+                out = mask_importance(work, head_mask, neuron_mask, fit_batches[:k], kind, device, start=li,
+                                      hidden=[st["s"] for st in rec.fit[:k]], per_batch_row=li if rearrange else None)
+                h_imp, n_imp = out[:2]
+                row_grads = out[2] if rearrange else None
+            elif rearrange:
+                row_grads = (head_grads[:, li].to(device), neuron_grads[:, li].to(device))
             t_imp = time.perf_counter() - t
             h_new, n_new = search_fixed(h_imp, n_imp, constraint, cost, head_mask, neuron_mask, head_fixed, neuron_fixed)
+            if rearrange:  # which units of this sub-layer, its count fixed (cost unchanged)
+                if part == "heads":
+                    h_new[li] = rearrange_layer(h_new[li].cpu(), row_grads[0].cpu()).to(h_new.device)
+                else:
+                    n_new[li] = rearrange_layer(n_new[li].cpu(), row_grads[1].cpu()).to(n_new.device)
             if part == "heads":
                 head_mask[li] = h_new[li]
                 head_fixed[li] = True

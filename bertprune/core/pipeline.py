@@ -209,7 +209,8 @@ def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, co
         masked_model, head_mask, neuron_mask, it_report = timed(
             timings, "iterative", prune_iterative, model, fit_batches, held_out, kind, cost, constraint, head_imp,
             neuron_imp, len(_tune_prefix(fit_batches, options.importance_samples)), damping=options.refit_damping,
-            last_layer_tokens=last_tokens, device=device, progress=options.progress)
+            last_layer_tokens=last_tokens, device=device, progress=options.progress,
+            **({"head_grads": fisher["head_grads"], "neuron_grads": fisher["neuron_grads"]} if options.rearrange else {}))
         stage("iterative", head_mask, neuron_mask)
         return _result(model, masked_model, head_mask, neuron_mask, cost, fisher, timings, stage_metrics,
                        iterative_report=it_report, reconstruction_report=it_report.reconstruction,
