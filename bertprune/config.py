@@ -188,6 +188,9 @@ class TuningConfig:
 @dataclass
 class IterativeConfig:
     importance_samples: int = 512  # calibration samples of each re-measured importance (a prefix of the fit ones)
+    damping: float = 1e-3  # ridge of the refits toward the dense weights (relative to mean xᵀx)
+    last_layer_tokens: LastLayerTokens = LastLayerTokens.cls  # cls: the last FFN fitted on the token the classifier reads
+    rearrange: bool = False  # rearrange each step's sub-layer (which units, count fixed)
 
 
 @dataclass

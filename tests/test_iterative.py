@@ -16,7 +16,7 @@ import bertprune.core.reconstruct as reconstruct_mod
 from bertprune.core.cost import MacCost
 from bertprune.core.iterative import prune_iterative
 from bertprune.core.masks import MaskHooks, mask_shapes, ones_masks
-from bertprune.core.pipeline import PruneOptions, prune_model
+from bertprune.core.pipeline import IterativeOptions, PruneOptions, prune_model
 from bertprune.core.reconstruct import LayerwiseReconstructor, NormalEquations, reconstruct
 from bertprune.core.search import mac_ratio, search_fixed, search_masks
 from bertprune.models import model_inputs
@@ -155,7 +155,8 @@ def test_iterative_pipeline_parity_budget_and_report():
         return 0.0
 
     r = prune_model(model, batches, "classification", cost, 0.4,
-                    PruneOptions(method="iterative", guard_samples=16, importance_samples=24, progress=False),
+                    PruneOptions(method="iterative", guard_samples=16, iterative=IterativeOptions(importance_samples=24),
+                                 progress=False),
                     evaluate=evaluate)
     assert [s for s, _ in seen] == ["iterative"] and seen[0][1] is r.masked_model and r.masked_model is not model
     assert r.mac_ratio <= 0.4 and r.iterative_report is not None and r.fisher["head_grads"].shape[0] == 6
@@ -188,6 +189,10 @@ def test_job_config_and_results(tiny_cfg, tmp_path):
         check_prune_config(tiny_cfg(extra=["method=iterative", "num_samples=64", "guard.samples=64"]))
     with pytest.raises(ValueError, match="iterative.importance_samples"):
         check_prune_config(tiny_cfg(extra=["method=iterative", "iterative.importance_samples=0"]))
+    with pytest.raises(ValueError, match="iterative.damping"):
+        check_prune_config(tiny_cfg(extra=["method=iterative", "iterative.damping=-1"]))
+    with pytest.raises(Exception, match="last_layer_tokens"):
+        check_prune_config(tiny_cfg(extra=["method=iterative", "iterative.last_layer_tokens=first"]))
     cfg = tiny_cfg(extra=["method=iterative", "num_samples=48", "batch_size=8", "guard.samples=16",
                           "iterative.importance_samples=16", "export=false", "constraint=0.4"])
     r = prune(cfg, callbacks=[])

@@ -51,6 +51,20 @@ FISHER_KEYS = ("head_importance", "neuron_importance", "head_grads", "neuron_gra
 
 
 @dataclass(frozen=True)
+class IterativeOptions:
+    """``method="iterative"``'s own options (``conf/prune.yaml``'s ``iterative:``)."""
+
+    importance_samples: int = 512  # calibration samples of each re-measured importance (a prefix of the fit ones)
+    damping: float = 1e-3  # ridge of the refits toward the dense weights (relative to the mean diagonal of xᵀx)
+    last_layer_tokens: str = "cls"  # cls: the last FFN fitted on the token the classifier reads (kinds that read it)
+    rearrange: bool = False  # rearrange each step's sub-layer (which units, count fixed) on that step's gradients
+
+    def __post_init__(self) -> None:
+        if self.last_layer_tokens not in LAST_LAYER_TOKENS:
+            raise ValueError(f"iterative.last_layer_tokens={self.last_layer_tokens!r}; expected one of {LAST_LAYER_TOKENS}")
+
+
+@dataclass(frozen=True)
 class PruneOptions:
     """How the pipeline runs (the defaults are the paper's and ``conf/prune.yaml``'s)."""
 
@@ -58,8 +72,8 @@ class PruneOptions:
     rearrange: bool = True
     tune: bool = True
     tuning_method: str = "scales"  # scales: mask tuning (the paper); projection: core/reconstruct.py
-    refit_damping: float = 1e-2  # ridge of the projection refits toward the dense weights (relative to mean xᵀx)
-    importance_samples: int = 512  # method=iterative: calibration samples of each re-measured importance
+    refit_damping: float = 1e-2  # tuning_method=projection: ridge toward the dense weights (relative to mean xᵀx)
+    iterative: IterativeOptions = IterativeOptions()
     tuning_teacher: str = "sqrt"  # sqrt: the search mask at constraint √C; dense: the unpruned model
     tune_samples: int = 512  # calibration samples (a prefix of the calibration batches) for the fits
     damping: float = 1e-2
@@ -206,11 +220,13 @@ def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, co
     last_tokens = options.last_layer_tokens if kind.reads_cls else "all"
 
     if options.method == "iterative":  # ---- 2'. sub-layer by sub-layer: search, prune, refit (core/iterative.py)
+        it = options.iterative
         masked_model, head_mask, neuron_mask, it_report = timed(
             timings, "iterative", prune_iterative, model, fit_batches, held_out, kind, cost, constraint, head_imp,
-            neuron_imp, len(_tune_prefix(fit_batches, options.importance_samples)), damping=options.refit_damping,
-            last_layer_tokens=last_tokens, device=device, progress=options.progress,
-            **({"head_grads": fisher["head_grads"], "neuron_grads": fisher["neuron_grads"]} if options.rearrange else {}))
+            neuron_imp, len(_tune_prefix(fit_batches, it.importance_samples)), damping=it.damping,
+            last_layer_tokens=it.last_layer_tokens if kind.reads_cls else "all", device=device,
+            progress=options.progress,
+            **({"head_grads": fisher["head_grads"], "neuron_grads": fisher["neuron_grads"]} if it.rearrange else {}))
         stage("iterative", head_mask, neuron_mask)
         return _result(model, masked_model, head_mask, neuron_mask, cost, fisher, timings, stage_metrics,
                        iterative_report=it_report, reconstruction_report=it_report.reconstruction,

@@ -20,8 +20,8 @@ import torch
 from omegaconf import OmegaConf
 
 from bertprune.core.masks import MaskHooks, mask_shapes
-from bertprune.core.pipeline import (GUARD_STEPS, STEPS, TUNING_TEACHERS, PruneOptions, prune_model, timed,
-                                     unpruned_result)
+from bertprune.core.pipeline import (GUARD_STEPS, STEPS, TUNING_TEACHERS, IterativeOptions, PruneOptions, prune_model,
+                                     timed, unpruned_result)
 from bertprune.core.search import check_constraint
 from bertprune.core.tuning import LAST_LAYER_TOKENS
 from bertprune.io import atomic_write_json
@@ -47,7 +47,8 @@ DENSE_RUNTIME = "dense runtime"  # what ONNX Runtime does with zeros in dense we
 
 
 _EXAMPLES = {"num_samples": 2048, "batch_size": 32, "tuning.num_samples": 512, "tuning.damping": 0.01,
-             "tuning.max_scale": 10, "tuning.refit_damping": 0.01, "iterative.importance_samples": 512}
+             "tuning.max_scale": 10, "tuning.refit_damping": 0.01, "iterative.importance_samples": 512,
+             "iterative.damping": 0.001}
 
 
 def _number(cfg, key: str, kind=float, minimum: float = 0.0, why: str = ""):
@@ -90,6 +91,7 @@ def check_prune_config(cfg) -> float:
     _number(cfg, "tuning.max_scale", float, 1.0, " (the bound on |scale|: scales near 1 must pass)")
     _number(cfg, "tuning.refit_damping", float, 0.0, " (a ridge toward the dense weights; negative is meaningless)")
     _number(cfg, "iterative.importance_samples", int, 1, " (each re-measured importance needs calibration samples)")
+    _number(cfg, "iterative.damping", float, 0.0, " (a ridge toward the dense weights; negative is meaningless)")
     return c
 
 
@@ -271,9 +273,18 @@ def prune_options(cfg) -> PruneOptions:
                         max_scale=float(t.max_scale), last_layer_tokens=str(t.last_layer_tokens),
                         guard=bool(cfg.guard.enabled), guard_samples=int(cfg.guard.samples),
                         method=str(cfg.get("method", "kwon")), tuning_method=str(t.get("method", "scales")),
-                        refit_damping=float(t.get("refit_damping", 1e-2)),
-                        importance_samples=min(int(cfg.get("iterative", {}).get("importance_samples", 512)),
-                                               int(cfg.num_samples)))
+                        refit_damping=float(t.get("refit_damping", 1e-2)), iterative=iterative_options(cfg))
+
+
+def iterative_options(cfg) -> IterativeOptions:
+    """``method=iterative``'s options from a prune config (``iterative.*``)."""
+    it = cfg.get("iterative") or {}
+    d = IterativeOptions()
+    return IterativeOptions(importance_samples=min(int(it.get("importance_samples", d.importance_samples)),
+                                                   int(cfg.num_samples)),
+                            damping=float(it.get("damping", d.damping)),
+                            last_layer_tokens=str(it.get("last_layer_tokens", d.last_layer_tokens)),
+                            rearrange=bool(it.get("rearrange", d.rearrange)))
 
 
 def _prune(cfg, callbacks, job_loggers) -> dict:
