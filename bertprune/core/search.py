@@ -25,10 +25,12 @@ def check_constraint(constraint, cost: MacCost | LatencyCost, num_heads: int, nu
     try:
         c = float(constraint)
     except (TypeError, ValueError):
-        raise ValueError(f"constraint={constraint!r} is not a number; give the fraction of MACs to keep, "
+        raise ValueError(f"constraint={constraint!r} is not a number; give the fraction of the dense model's "
+                         f"{cost.unit if isinstance(cost, MacCost) else 'predicted latency'} to keep, "
                          "e.g. constraint=0.5") from None
     if not math.isfinite(c) or not 0.0 < c < 1.0:
-        raise ValueError(f"constraint={c} must be in (0, 1): the fraction of the dense encoder's MACs that is kept")
+        what = "encoder MACs" if isinstance(cost, MacCost) else "predicted latency (cost=latency)"
+        raise ValueError(f"constraint={c} must be in (0, 1): the fraction of the dense model's {what} that is kept")
     if isinstance(cost, LatencyCost):
         return _check_latency_budget(c, cost)
     budget = c * cost.encoder(num_heads, num_neurons)

