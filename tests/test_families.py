@@ -395,3 +395,21 @@ def test_prune_job_fine_tunes_and_prunes_a_tiny_distilbert(tiny_cfg):
     model = load_model(str(Path(cfg.output_dir) / "pruned"), "classification", 2, require_head=True)
     assert adapter_for(model).family == "distilbert"
     assert model_shape(model) == (r["prune/heads_per_layer"], r["prune/ffn_per_layer"])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_iterative_method_on_every_family_and_kind(family, kind):
+    """method=iterative (sub-layer steps, from-layer importance, projection refits) on each family and kind: within
+    budget, and the physically pruned model equals the refitted masked one."""
+    from bertprune.core.pipeline import IterativeOptions
+
+    model = _model(family, kind)
+    batches = [_batch(kind, i) for i in range(5)]
+    r = prune_model(model, batches, kind, MacCost.for_model(model, seq_len=12.0), 0.4,
+                    PruneOptions(method="iterative", guard_samples=6, iterative=IterativeOptions(importance_samples=12),
+                                 progress=False))
+    assert r.mac_ratio <= 0.4 and len(r.iterative_report.steps) == 2 * len(r.heads_per_layer)
+    assert any(e["status"] == "fitted" for e in r.reconstruction_report.entries)
+    masked = _outputs(r.masked_model, batches, r.head_mask, r.neuron_mask)
+    assert (_outputs(r.model, batches) - masked).abs().max() <= TOL
