@@ -198,6 +198,7 @@ def test_job_config_and_results(tiny_cfg, tmp_path):
     r = prune(cfg, callbacks=[])
     assert r["method"] == "iterative" and r["prune/mac_ratio"] <= 0.4 and r["prune/parity_max_abs_diff"] <= 1e-4
     assert "eval/accuracy_iterative" in r and "eval/accuracy_tune" not in r and r["reconstruct/fitted"] >= 1
+    assert r["time/prune_s"] >= r["time/iterative_s"] > 0 and "time/tune_s" not in r  # the pruning time counts it
     run = tmp_path / "run"
     steps = json.loads((run / "iterative.json").read_text())
     assert len(steps) == 2 * 2 and json.loads((run / "reconstruction.json").read_text())
