@@ -36,7 +36,6 @@ def _compose(overrides: list[str]):
 def main(argv=None) -> dict:
     import dataclasses
 
-    import torch
 
     from bertprune.config import register
     from bertprune.core.cost import MacCost
@@ -45,6 +44,7 @@ def main(argv=None) -> dict:
     from bertprune.core.pipeline import STEPS, prune_model
     from bertprune.jobs.prune import calibration_batches, check_prune_config, paper_batch_size, prune_options
     from bertprune.jobs.train import ensure_teacher
+    from bertprune.mlperf.system import package_versions
     from bertprune.models import load_model, load_tokenizer
     from bertprune.tasks.data import Task, average_token_length, load_task_data, make_loader, tokenize
     from bertprune.tasks.evaluate import evaluate, predict_logits
@@ -78,7 +78,7 @@ def main(argv=None) -> dict:
     metric = task.primary_metric
     cost = MacCost.for_model(teacher, S)
     out: dict = {"task": task.name, "teacher": teacher_dir, "num_samples": int(cfg.num_samples), "metric": metric,
-                 "versions": {"torch": torch.__version__, **_versions()}, "rows": []}
+                 "versions": package_versions(), "rows": []}
 
     def save() -> None:
         Path(args.out).write_text(json.dumps(out, indent=1, default=str))
@@ -121,22 +121,6 @@ def main(argv=None) -> dict:
             del r
     print(table(out))
     return out
-
-
-def _versions() -> dict:
-    from importlib.metadata import version
-
-    return {p: version(p) for p in ("transformers", "onnxruntime") if _installed(p)}
-
-
-def _installed(p: str) -> bool:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        version(p)
-        return True
-    except PackageNotFoundError:
-        return False
 
 
 def table(out: dict) -> str:

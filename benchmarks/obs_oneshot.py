@@ -34,6 +34,7 @@ def main(argv=None) -> dict:
     from tqdm.auto import tqdm
 
     from bertprune.config import register
+    from bertprune.mlperf.system import package_versions
     from bertprune.core.obs import GradientAccumulator, OBSOptions, prunable_linears, prune_unstructured
     from bertprune.io import atomic_write_json, atomic_write_text
     from bertprune.jobs.prune import gradient_batches
@@ -156,7 +157,7 @@ def main(argv=None) -> dict:
     settings = {"num_grads": m, "grad_batch_size": 1, "fisher_block_size": B, "damp": args.damp,
                 "eval_samples": len(val), "seed": int(cfg.seed), "teacher": teacher,
                 "gradient_s_per_estimate": round(grad_s, 1), "estimates": calls["estimates"],
-                "total_s": round(time.perf_counter() - t_start, 1), "versions": _versions()}
+                "total_s": round(time.perf_counter() - t_start, 1), "versions": package_versions()}
     md = format_markdown(rows, compound, dense_score, metric, sparsities, sweep, settings, args)
     atomic_write_text(out / "obs_benchmark.md", md)
     atomic_write_json(out / "obs_benchmark.json", {"rows": rows, "compound": compound, "dense": dense_score,
@@ -186,14 +187,6 @@ def run_compound(cfg, args, out: Path) -> dict:
     r = prune(cfg)
     speed = benchmark(out, iters=5, latency_samples=16, throughput_batches=2, write=False)
     return {"results": r, "speed": speed}
-
-
-def _versions() -> dict:
-    import onnxruntime
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "onnxruntime": onnxruntime.__version__}
 
 
 def format_markdown(rows, compound, dense_score, metric, sparsities, sweep, settings, args) -> str:
@@ -252,7 +245,7 @@ def format_markdown(rows, compound, dense_score, metric, sparsities, sweep, sett
     v = settings["versions"]
     lines += ["", f"{settings['estimates']} Fisher estimates ({settings['gradient_s_per_estimate']} s of gradients "
                   f"each); total {settings['total_s'] / 60:.1f} min; torch {v['torch']}, transformers "
-                  f"{v['transformers']}, onnxruntime {v['onnxruntime']}."]
+                  f"{v['transformers']}, onnxruntime {v.get('onnxruntime') or v.get('onnxruntime-gpu')}."]
     return "\n".join(lines) + "\n"
 
 

@@ -241,7 +241,8 @@ def default_system_name(machine: Machine | None = None) -> str:
     return safe_name(f"{machine.hostname}-{cpu}".replace(" ", "-").lower()).strip("-_")
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
+    """The installed versions of the packages a result depends on (absent ones left out)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
@@ -268,7 +269,7 @@ def describe(system_name: str, submitter: str, providers: set[str], config: Syst
             return NOT_GIVEN.format(key=key)
         return value
 
-    versions = _versions()
+    versions = package_versions()
     gpu = bool(m.gpus) and "CUDAExecutionProvider" in providers
     g = m.gpus[0] if m.gpus else {}
     nic_types = sorted({n["type"] for n in m.nics})
