@@ -220,7 +220,8 @@ def format_markdown(rows, compound, dense_score, metric, sparsities, sweep, sett
         def sp(v):
             return (f"{v['latency_ms']:.2f} ms / {v['throughput']:.0f}/s" if v else "–")
 
-        lines += ["", f"Compound chain, one job: `python prune.py constraint={r['constraint']} unstructured=obs "
+        method = f" method={r['method']}" if r.get("method") else ""
+        lines += ["", f"Compound chain, one job: `python prune.py constraint={r['constraint']}{method} unstructured=obs "
                       f"unstructured.sparsity={r['unstructured/target_sparsity']} unstructured.num_grads="
                       f"{r['unstructured/num_grads']} unstructured.fisher_block_size="
                       f"{r['unstructured/fisher_block_size']} unstructured.num_recomputations="

@@ -196,7 +196,7 @@ class IterativeConfig:
 @dataclass
 class GuardConfig:
     enabled: bool = False  # keep rearrangement / tuning per layer only where they lower a held-out loss
-    samples: int = 256  # calibration samples held out for it (the last batches; used for nothing else)
+    samples: Optional[int] = None  # calibration samples held out (the last batches; used for nothing else); null: held_out_samples
 
 
 @dataclass
@@ -247,7 +247,7 @@ class PruneConfig(TeacherJobConfig):
     batch_size: Optional[int] = None  # calibration batch; null = the paper's (CALIBRATION_BATCH in jobs/prune.py)
     eval_batch_size: int = MISSING
     seed: int = MISSING
-    method: Method = Method.kwon
+    method: Method = Method.iterative
     rearrange: bool = MISSING
     tuning: TuningConfig = field(default_factory=TuningConfig)
     iterative: IterativeConfig = field(default_factory=IterativeConfig)
@@ -342,6 +342,16 @@ def register() -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Checks Hydra cannot express (ranges, vocabularies); each error names the key
+
+
+HELD_OUT_SAMPLES = 256  # guard.samples=null: at most this many calibration samples held out, and 1/8 of them
+
+
+def held_out_samples(num_samples: int, samples: int | None) -> int:
+    """The calibration samples held out for the guard and the refits' checks: ``guard.samples``, or when it is
+    null ``min(256, num_samples // 8)`` (at least 1): 256 of the default 2,048, and a small calibration sample
+    still keeps 7/8 of its samples for the fits."""
+    return int(samples) if samples is not None else max(1, min(HELD_OUT_SAMPLES, int(num_samples) // 8))
 
 
 def _at_least(cfg, keys: tuple[str, ...], low: int, prefix: str = "", hint: str = "") -> None:
@@ -500,14 +510,16 @@ def validate_prune(cfg):
     task = validate_train(cfg)
     validate_cost(cfg.cost)
     _at_least(cfg, ("num_samples", "eval_batch_size"), 1)
-    _at_least(cfg.guard, ("samples",), 1, "guard.", " (the held-out calibration samples)")
+    if cfg.guard.samples is not None:
+        _at_least(cfg.guard, ("samples",), 1, "guard.", " (the held-out calibration samples), or null: "
+                  f"min({HELD_OUT_SAMPLES}, num_samples // 8)")
     refits = cfg.get("method") == Method.iterative or cfg.tuning.get("method") == TuningMethod.projection
-    if (cfg.guard.enabled or refits) and cfg.guard.samples >= cfg.num_samples:
+    if (cfg.guard.enabled or refits) and cfg.guard.samples is not None and cfg.guard.samples >= cfg.num_samples:
         why = "the guard" if cfg.guard.enabled else ("method=iterative" if cfg.get("method") == Method.iterative
                                                     else "tuning.method=projection")
         raise ValueError(f"guard.samples={cfg.guard.samples} must be smaller than num_samples={cfg.num_samples}: "
                          f"{why} holds these samples out of the calibration sample to check its fits; "
-                         "e.g. guard.samples=256")
+                         f"e.g. guard.samples={held_out_samples(cfg.num_samples, None)} (or null: that many)")
     if cfg.batch_size is not None:
         _at_least(cfg, ("batch_size",), 1, hint=" (or null: the paper's calibration batch size)")
     if cfg.bench_options is not None and not isinstance(cfg.bench_options, (dict, DictConfig)):

@@ -125,7 +125,7 @@ def test_prune_model_meets_the_mac_budget(family, kind):
     batches = [_batch(kind, i) for i in range(2)]
     cost = MacCost.for_model(model, seq_len=12.0)
     assert (cost.hidden_size, cost.head_size) == (32, 8)
-    result = prune_model(model, batches, kind, cost, 0.5, PruneOptions(progress=False, tune_samples=12))
+    result = prune_model(model, batches, kind, cost, 0.5, PruneOptions(method="kwon", progress=False, tune_samples=12))
     assert 0.49 <= result.mac_ratio <= 0.5
     assert result.macs / result.dense_macs == pytest.approx(result.mac_ratio)
     assert model_shape(result.model) == (result.heads_per_layer, result.ffn_per_layer)
@@ -176,7 +176,7 @@ def test_every_adapter_gives_the_same_pruning_on_the_same_function():
         model = _same_function_as(bert, family)
         assert (_outputs(model, batches) - ref).abs().max() <= TOL, family
         results[family] = prune_model(model, batches, "qa", MacCost.for_model(model, 10.0), 0.5,
-                                      PruneOptions(progress=False))
+                                      PruneOptions(method="kwon", progress=False))
         assert (_outputs(results[family].model, batches) - _outputs(model, batches, results[family].head_mask,
                                                                     results[family].neuron_mask)).abs().max() <= TOL
     base = results["bert"]

@@ -257,11 +257,12 @@ def test_prune_cola_tsv_reports_mcc(tmp_path):
     r = prune(cfg)
     saved = json.loads((Path(cfg.output_dir) / "results.json").read_text())
     assert saved["metric"] == "mcc" and saved["eval/mcc"] == pytest.approx(r["eval/mcc"])
-    for stage in ("dense", "search", "rearrange", "tune", "pruned_model"):
+    assert r["method"] == "iterative"  # the default method: its one stage
+    for stage in ("dense", "iterative", "pruned_model"):
         assert -1 <= r[f"eval/mcc_{stage}"] <= 1
     assert r["eval/mcc_dense"] > 0.5  # the keyword task is learnable: the tiny teacher is clearly better than chance
     assert 0 <= r["eval/accuracy_dense"] <= 100 and "eval/accuracy_pruned_model" in r  # the secondary metric
-    for stage in ("search", "rearrange", "tune"):  # every metric of the task at every stage
+    for stage in ("iterative", "pruned_model"):  # every metric of the task at every stage
         assert 0 <= r[f"eval/accuracy_{stage}"] <= 100
     assert abs(r["prune/mac_ratio"] - 0.5) <= 0.01
 
@@ -281,7 +282,7 @@ def test_prune_stsb_tsv_regression_exports_benches_and_submits(tmp_path):
     cfg = glue_prune_cfg(tmp_path, "stsb", d, ["task.max_length=48", "export=true", "tuning.last_layer_tokens=cls"])
     r = prune(cfg)
     assert r["metric"] == "pearson" and not [k for k in r if "accuracy" in k]
-    for stage in ("dense", "search", "rearrange", "tune", "pruned_model"):
+    for stage in ("dense", "iterative", "pruned_model"):
         assert -1 <= r[f"eval/pearson_{stage}"] <= 1
     assert r["eval/pearson_dense"] > 0.5 and r["eval/mse_dense"] >= 0 and -1 <= r["eval/spearman_pruned_model"] <= 1
     sidecar = json.loads((Path(cfg.output_dir) / "onnx" / "model.json").read_text())

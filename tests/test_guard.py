@@ -61,7 +61,7 @@ def test_guard_rolls_back_exactly_the_layers_a_stage_made_worse():
 def test_prune_model_guard_holds_out_its_batches_and_rolls_back_a_planted_bad_tuning(monkeypatch):
     model, batches = _setup()
     cost = MacCost.for_model(model, seq_len=10.0)
-    options = PruneOptions(tune_samples=24, progress=False, guard=True, guard_samples=16)
+    options = PruneOptions(method="kwon", tune_samples=24, progress=False, guard=True, guard_samples=16)
     real = pipeline.tune_masks
 
     def bad_tuning(*args, **kwargs):  # every kept unit flipped and scaled by 4: far worse on any data
@@ -77,7 +77,7 @@ def test_prune_model_guard_holds_out_its_batches_and_rolls_back_a_planted_bad_tu
     assert set(r.guard_report.losses) == {"search", "rearrange", "tune"} and r.mac_ratio <= 0.5
     # given Fisher gradients of every batch (the multi-process job's) are cut to the fit batches
     monkeypatch.setattr(pipeline, "tune_masks", real)
-    full = prune_model(model, batches, "classification", cost, 0.5, PruneOptions(tune_samples=24, progress=False))
+    full = prune_model(model, batches, "classification", cost, 0.5, PruneOptions(method="kwon", tune_samples=24, progress=False))
     again = prune_model(model, batches, "classification", cost, 0.5, options, fisher=full.fisher)
     assert again.fisher["head_grads"].shape[0] == 4
     assert torch.equal(again.fisher["head_importance"], full.fisher["head_grads"][:4].pow(2).sum(0))
@@ -98,3 +98,21 @@ def test_guard_config_is_checked_before_work(tmp_path):
         check_prune_config(cfg)
     with pytest.raises(ValueError, match=r"guard.samples=0 must be an integer >= 1"):
         check_prune_config(compose_cfg("prune", ["guard.samples=0"], tmp_path))
+
+
+def test_held_out_samples_default_scales_with_the_calibration_sample(tmp_path):
+    """guard.samples=null (the default): 256 of the default 2,048, 1/8 of a small sample, so the default method
+    (iterative, whose refits are checked on them) runs on a small calibration sample as typed."""
+    from conftest import compose_cfg
+
+    from bertprune.config import held_out_samples
+    from bertprune.jobs.prune import check_prune_config, prune_options
+
+    cfg = compose_cfg("prune", [], tmp_path)
+    assert cfg.method == "iterative" and cfg.guard.samples is None
+    assert prune_options(cfg).guard_samples == 256
+    small = compose_cfg("prune", ["num_samples=64"], tmp_path)
+    check_prune_config(small)  # no error: 8 samples held out, not 256 of 64
+    assert prune_options(small).guard_samples == 8
+    assert prune_options(compose_cfg("prune", ["guard.samples=100"], tmp_path)).guard_samples == 100
+    assert held_out_samples(4, None) == 1 and held_out_samples(100_000, None) == 256

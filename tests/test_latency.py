@@ -199,7 +199,7 @@ def test_prune_model_with_a_latency_cost():
     batches = [{"input_ids": torch.randint(1, 100, (8, 10)), "attention_mask": torch.ones(8, 10, dtype=torch.long),
                 "labels": torch.randint(0, 2, (8,))} for _ in range(3)]
     cost = _cost()
-    r = prune_model(model, batches, "classification", cost, 0.5, PruneOptions(tune_samples=16, progress=False))
+    r = prune_model(model, batches, "classification", cost, 0.5, PruneOptions(method="kwon", tune_samples=16, progress=False))
     assert r.cost_name == "latency" and r.cost_ratio <= 0.5
     assert r.cost_total == pytest.approx(cost.total(r.heads_per_layer, r.ffn_per_layer))
     assert r.dense_cost_total == pytest.approx(cost.dense_total())

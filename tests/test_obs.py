@@ -345,7 +345,7 @@ def test_compound_job_structured_then_obs_then_int8_with_onnx_parity(tiny_cfg, t
     saved = json.loads((run / "results.json").read_text())
     assert saved == json.loads(json.dumps(r))
     # each step's metric: dense, the structured stages, the unstructured step; then ONNX fp32 and int8
-    for key in ("eval/accuracy_dense", "eval/accuracy_tune", "eval/accuracy_unstructured", "export/onnx_accuracy",
+    for key in ("eval/accuracy_dense", "eval/accuracy_iterative", "eval/accuracy_unstructured", "export/onnx_accuracy",
                 "export/int8_accuracy"):
         assert isinstance(r[key], float), key
     assert r["eval/accuracy"] == r["eval/accuracy_unstructured"] == r["eval/accuracy_pruned_model"]

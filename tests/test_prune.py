@@ -122,7 +122,7 @@ def test_prune_end_to_end_tiny(tiny_cfg, monkeypatch, caplog):
 
     real_tune = pipeline.tune_masks
     monkeypatch.setattr(pipeline, "tune_masks", spy)
-    cfg = tiny_cfg("prune", ["constraint=0.5", "num_samples=96", "batch_size=16", "export=false",
+    cfg = tiny_cfg("prune", ["method=kwon", "constraint=0.5", "num_samples=96", "batch_size=16", "export=false",
                              "training.lr=2e-3", "training.epochs=6", "tuning.num_samples=48"])
     assert cfg.tuning.teacher == "sqrt"  # the default, as a user runs it
     with caplog.at_level(logging.INFO, logger="bertprune"):
@@ -135,7 +135,7 @@ def test_prune_end_to_end_tiny(tiny_cfg, monkeypatch, caplog):
                  "eval_tune", "physical", "parity", "save"):
         assert f"{step} done in" in said, step
         assert f"time/{step}_s" in r
-    assert "time/iterative_s" not in r  # method=kwon (the default) runs no iterative step
+    assert "time/iterative_s" not in r  # method=kwon runs no iterative step
     steps = sum(r.get(f"time/{k}_s", 0.0) for k in prune_mod.PRUNE_STEPS)
     assert r["time/prune_s"] == pytest.approx(steps, abs=0.01)
     assert not {"eval_dense", "eval_search", "eval_tune", "parity"} & set(prune_mod.PRUNE_STEPS)
@@ -283,7 +283,7 @@ def test_prune_parity_guard_on_realistic_model_with_empty_layers(tiny_cfg, tmp_p
     if not fold:
         real_cols = physical._take_cols
         monkeypatch.setattr(physical, "_take_cols", lambda lin, idx, scale: real_cols(lin, idx, None))
-    cfg = tiny_cfg("prune", ["export=false", f"teacher={folder}", "constraint=0.5", "num_samples=64",
+    cfg = tiny_cfg("prune", ["method=kwon", "export=false", f"teacher={folder}", "constraint=0.5", "num_samples=64",
                              "batch_size=16", "tuning.max_scale=100"])
     if not fold:
         with pytest.raises(RuntimeError, match="differs from the masked model"):
@@ -303,7 +303,7 @@ def test_prune_regression_end_to_end(tiny_cfg, tmp_path):
 
     train_file = make_regression_csv(tmp_path / "reg_train.csv", 192, 0)
     dev_file = make_regression_csv(tmp_path / "reg_dev.csv", 64, 1)
-    cfg = tiny_cfg("prune", [f"task.train_file={train_file}", f"task.validation_file={dev_file}",
+    cfg = tiny_cfg("prune", ["method=kwon", f"task.train_file={train_file}", f"task.validation_file={dev_file}",
                              "task.kind=regression", "task.num_labels=1", "constraint=0.5", "num_samples=96",
                              "batch_size=16", "export=false", "training.lr=2e-3", "training.epochs=6",
                              "tuning.last_layer_tokens=cls"])

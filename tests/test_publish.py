@@ -79,6 +79,9 @@ def test_cards_load_back_and_their_metrics_equal_results_and_loadgen(benched_swe
         assert f"| heads | {' | '.join(map(str, results['prune/heads_per_layer']))} |" in text
         assert f"| neurons | {' | '.join(map(str, results['prune/ffn_per_layer']))} |" in text
         assert f"{results['model/parameters']:,}" in text and "MacCost" in text
+        assert results["method"] == "iterative" and "bertprune's iterative method" in text  # the method that ran
+        assert f"| after iterative | " in text and "| iterative | importance_samples" in text
+        assert "Fisher-based mask search" not in text and "| mask tuning |" not in text  # not kwon's
         assert f"python prune.py constraint={results['constraint']} model=tiny task=csv" in text  # the Hydra record
         assert "host_processor_core_count" in text  # the system LoadGen ran on (the bench's submission tree)
         assert json.loads((v.folder / "loadgen.json").read_text())["rows"] == loadgen
@@ -114,7 +117,9 @@ def test_dry_run_lists_what_the_folder_holds_and_nothing_stale(benched_sweep, tm
     assert listed == held
     assert "old-weights.bin" not in held and "onnx/old-model.onnx" not in held and "prune.log" not in held
     pruned = sorted(p.name for p in (run / "pruned").iterdir())
-    assert set(listed) == {"README.md", "loadgen.json", RESULTS, "tuning.json", "onnx/model.onnx", "onnx/model.json",
+    # the default method's reports (method=iterative: each step, each refit) travel with the card
+    assert set(listed) == {"README.md", "loadgen.json", RESULTS, "iterative.json", "reconstruction.json",
+                           "onnx/model.onnx", "onnx/model.json",
                            "hydra/config.yaml", "hydra/overrides.yaml", *pruned}
     assert [b for rel, b in v.files if rel == "model.safetensors"] == [(run / "pruned" / "model.safetensors").stat().st_size]
     out = capsys.readouterr().out

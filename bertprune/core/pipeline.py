@@ -66,9 +66,10 @@ class IterativeOptions:
 
 @dataclass(frozen=True)
 class PruneOptions:
-    """How the pipeline runs (the defaults are the paper's and ``conf/prune.yaml``'s)."""
+    """How the pipeline runs (the defaults are ``conf/prune.yaml``'s; ``method="kwon"`` with the rest at their
+    defaults is the paper's pipeline)."""
 
-    method: str = "kwon"  # kwon: Fisher -> search -> rearrange -> tune; iterative: core/iterative.py
+    method: str = "iterative"  # iterative: core/iterative.py; kwon: Fisher -> search -> rearrange -> tune (the paper)
     rearrange: bool = True
     tune: bool = True
     tuning_method: str = "scales"  # scales: mask tuning (the paper); projection: core/reconstruct.py
@@ -149,7 +150,7 @@ def _tune_prefix(batches: list[dict], num_samples: int) -> list[dict]:
 def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, cost: MacCost | LatencyCost,
                 constraint: float,
                 options: PruneOptions = PruneOptions(), fisher: FisherSource = None,
-                evaluate: Callable[[torch.Tensor, torch.Tensor, str], float] | None = None,
+                evaluate: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, str], float] | None = None,
                 device=None) -> PruneResult:
     """Prune a dense fine-tuned ``model`` of a supported family (``bertprune.models.adapters``) to
     ``constraint`` of its encoder's cost.

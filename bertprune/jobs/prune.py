@@ -25,6 +25,7 @@ from bertprune.core.pipeline import (GUARD_STEPS, STEPS, TUNING_TEACHERS, Iterat
 from bertprune.core.search import check_constraint
 from bertprune.core.tuning import LAST_LAYER_TOKENS
 from bertprune.io import atomic_write_json
+from bertprune.jobs.sweep import STAGES
 from bertprune.lightning.hardware import check_hardware
 from bertprune.models import (FFN_KEY, HEADS_KEY, check_prunable, count_parameters, load_model, load_tokenizer,
                               save_checkpoint)
@@ -274,13 +275,16 @@ def prune(cfg, callbacks=None) -> dict:
 
 def prune_options(cfg) -> PruneOptions:
     """The pipeline's options from a prune config (``rearrange``, ``tuning.*``)."""
-    t = cfg.tuning
+    from bertprune.config import held_out_samples
+
+    t, d = cfg.tuning, PruneOptions()
     return PruneOptions(rearrange=bool(cfg.rearrange), tune=bool(t.enabled), tuning_teacher=str(t.teacher),
                         tune_samples=min(int(t.num_samples), int(cfg.num_samples)), damping=float(t.damping),
                         max_scale=float(t.max_scale), last_layer_tokens=str(t.last_layer_tokens),
-                        guard=bool(cfg.guard.enabled), guard_samples=int(cfg.guard.samples),
-                        method=str(cfg.get("method", "kwon")), tuning_method=str(t.get("method", "scales")),
-                        refit_damping=float(t.get("refit_damping", 1e-2)), iterative=iterative_options(cfg))
+                        guard=bool(cfg.guard.enabled),
+                        guard_samples=held_out_samples(int(cfg.num_samples), cfg.guard.get("samples")),
+                        method=str(cfg.get("method", d.method)), tuning_method=str(t.get("method", d.tuning_method)),
+                        refit_damping=float(t.get("refit_damping", d.refit_damping)), iterative=iterative_options(cfg))
 
 
 def iterative_options(cfg) -> IterativeOptions:
@@ -616,7 +620,7 @@ def default_callbacks(cfg) -> list:
 
 def format_result(r: dict, metric: str) -> str:
     stages = [k.split(f"eval/{metric}_")[1] for k in r if k.startswith(f"eval/{metric}_")
-              and k.split(f"eval/{metric}_")[1] in ("dense", "search", "rearrange", "tune", "unstructured")]
+              and k.split(f"eval/{metric}_")[1] in STAGES]
     fmt = metric_format(metric)  # accuracy/f1 in % with 2 decimals, correlations with 4 digits
     accs = "  ".join(f"{s} {fmt.format(r[f'eval/{metric}_{s}'])}" for s in stages)
     if r.get("latency/predicted_ms") is not None:

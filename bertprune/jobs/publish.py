@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bertprune.io import atomic_write_json, atomic_write_text
+from bertprune.jobs.sweep import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,20 @@ MANIFEST = ".bertprune-publish.json"  # marks a staged folder as publish.py's (i
 LOADGEN = "loadgen.json"
 CARD = "README.md"
 ONNX_DIRS = ("onnx", "onnx_int8")
-RUN_FILES = ("results.json", "tuning.json")
+RUN_FILES = ("results.json", "tuning.json", "reconstruction.json", "iterative.json")
 HYDRA_FILES = ("config.yaml", "overrides.yaml")
 PIPELINE_TAGS = {"classification": "text-classification", "regression": "text-classification",
                  "qa": "question-answering", "qa_v2": "question-answering"}
-METHOD = ("Kwon et al., \"A Fast Post-Training Pruning Framework for Transformers\" (NeurIPS 2022): Fisher-based "
-          "mask search under a MAC budget, mask rearrangement, mask tuning (least squares), then physical pruning")
 PAPER = "https://arxiv.org/abs/2204.09656"
+METHODS = {  # results["method"] -> how the card names it (jobs written before the method key: kwon)
+    "kwon": (f"Kwon et al., \"A Fast Post-Training Pruning Framework for Transformers\" (NeurIPS 2022, [paper]({PAPER})): "
+             "Fisher-based mask search under the cost budget, mask rearrangement, mask tuning (least squares), then "
+             "physical pruning"),
+    "iterative": (f"bertprune's iterative method, after Kwon et al. ([paper]({PAPER})): one sub-layer at a time, "
+                  "bottom-up, its heads or neurons chosen on Fisher importance re-measured on the partly pruned model "
+                  "under the cost budget, its output projection refitted by ridge least squares toward the dense "
+                  "model's sub-layer output (kept only where a held-out calibration loss falls), then physical pruning"),
+}
 SYSTEM_FIELDS = ("system_name", "host_processor_model_name", "host_processors_per_node", "host_processor_core_count",
                  "host_processor_frequency", "host_memory_capacity", "accelerator_model_name", "accelerators_per_node",
                  "accelerator_memory_capacity", "operating_system", "framework", "system_type", "status")
@@ -273,6 +281,7 @@ def model_card(run_dir: Path, repo_id: str, license: str | None = None, rows: li
     job = OmegaConf.to_container(OmegaConf.load(hydra_cfg), resolve=False) if hydra_cfg.is_file() else {}
     cost = (job.get("cost") or {}).get("_target_", "bertprune.core.cost.MacCost.for_model")
     tuning = job.get("tuning") or {}
+    method = results.get("method", "kwon")
     seq_len = results.get("prune/mac_seq_len", meta.get("mac_seq_len"))
     teacher_line = (f"fine-tuned by bertprune's `train.py` from `{base or 'random initial weights'}` "
                     f"({', '.join(f'{k} {v}' for k, v in (prov['fine_tuning'] or {}).items() if v is not None)})"
@@ -286,7 +295,7 @@ def model_card(run_dir: Path, repo_id: str, license: str | None = None, rows: li
              f"{results['model/parameters_dense']:,}). A dense, physically smaller model: no masks at inference.", "",
              "## Results", "", f"| model | {metric} |", "|---|---|",
              f"| dense teacher | {fmt(results.get(f'eval/{metric}_dense'))} |"]
-    lines += [f"| after {stage} | {fmt(results[f'eval/{metric}_{stage}'])} |" for stage in ("search", "rearrange", "tune")
+    lines += [f"| after {stage} | {fmt(results[f'eval/{metric}_{stage}'])} |" for stage in STAGES[1:]
               if f"eval/{metric}_{stage}" in results]
     lines += [f"| **this model (PyTorch)** | **{fmt(results.get(f'eval/{metric}_pruned_model'))}** |"]
     if results.get(f"export/onnx_{metric}") is not None:
@@ -295,7 +304,7 @@ def model_card(run_dir: Path, repo_id: str, license: str | None = None, rows: li
               for r in rows if r.get("metric_value") is not None]
     lines += ["", f"Evaluated on {dataset['dataset_name']}, split {dataset.get('dataset_split')}.", "",
               "## Pruning recipe", "", "| | |", "|---|---|",
-              f"| method | {METHOD} ([paper]({PAPER})) |",
+              f"| method | {METHODS.get(method, f'`{method}`')} |",
               f"| teacher | {teacher_line} |",
               f"| constraint (fraction of the dense encoder's MACs kept) | {results['constraint']} |",
               f"| cost model | `{cost}`" + (f" at {seq_len:.1f} tokens per sequence |" if seq_len else " |"),
@@ -303,7 +312,9 @@ def model_card(run_dir: Path, repo_id: str, license: str | None = None, rows: li
               f"({results['prune/mac_ratio']:.3f}) |",
               "| calibration | " + ", ".join(f"{label} {results[k]}" for label, k in (
                   ("training samples", "num_samples"), ("batch", "batch_size"), ("seed", "seed")) if results.get(k) is not None) + " |",
-              f"| mask tuning | " + (", ".join(f"{k} {v}" for k, v in tuning.items()) or "see results.json") + " |",
+              (f"| iterative | " + (", ".join(f"{k} {v}" for k, v in (job.get("iterative") or {}).items())
+                                    or "see results.json") + " |" if method == "iterative" else
+               f"| mask tuning | " + (", ".join(f"{k} {v}" for k, v in tuning.items()) or "see results.json") + " |"),
               f"| parameters, pruned / dense | {results['model/parameters']:,} / {results['model/parameters_dense']:,} |",
               f"| size of model.safetensors | {results['model/file_size'] / 1e6:.1f} MB |",
               f"| pruning time | {results['time/prune_s']:.1f} s |", "",

@@ -30,7 +30,7 @@ from bertprune.tasks.metrics import metric_format
 RESULTS = "results.json"
 STATUS = "status.json"
 OK, FAILED, INTERRUPTED, UNFINISHED = "ok", "failed", "interrupted", "unfinished"
-STAGES = ("dense", "search", "rearrange", "tune", "unstructured")
+STAGES = ("dense", "search", "rearrange", "tune", "iterative", "unstructured")  # eval/<metric>_<stage>, in order
 HEAD = [("constraint", "constraint", "{:.2f}"), ("prune/mac_ratio", "MAC ratio", "{:.3f}")]
 # the unstructured step's settings (unstructured=obs / magnitude jobs only: absent keys give no column)
 UNSTRUCTURED = [("unstructured/method", "method", "{}"), ("unstructured/pattern", "pattern", "{}"),
