@@ -96,12 +96,15 @@ def main(argv=None) -> dict:
         "latency_b32_dense_ms": 1e3 * res["batch32"][0], "latency_b32_pruned_ms": 1e3 * res["batch32"][1],
         "metric": metric, f"{metric}_dense": r[f"eval/{metric}_dense"], f"{metric}_pruned": r[f"eval/{metric}"],
     }
+    steps = ", ".join(f"{k} {r[f'time/{k}_s']:.1f} s" for k in ("fisher", "search", "rearrange", "tune", "iterative")
+                      if r.get(f"time/{k}_s") is not None)
+    out.update({f"{k}_s": r.get(f"time/{k}_s") for k in ("iterative",)}, method=r["method"])
     print(f"""
 | measure (same run) | value |
 |---|---|
 | constraint / achieved MAC ratio | {args.constraint:.2f} / {out['mac_ratio']:.3f} |
 | {metric} dense -> pruned | {out[f'{metric}_dense']:.4g} -> {out[f'{metric}_pruned']:.4g} |
-| pruning wall time (Fisher -> saved) | {out['prune_s']:.1f} s (Fisher {out['fisher_s']:.1f} s, tuning {out['tune_s']:.1f} s) |
+| pruning wall time (Fisher -> saved; method={r['method']}) | {out['prune_s']:.1f} s ({steps}) |
 | floor: plain fwd+bwd over the {cfg.num_samples} calibration samples | {floor:.1f} s |
 | **pruning / floor** (target <= 2.5) | **{out['prune_over_floor']:.2f}x** |
 | PyTorch CPU latency batch 1, dense / pruned | {out['latency_b1_dense_ms']:.2f} / {out['latency_b1_pruned_ms']:.2f} ms -> **{res['batch1'][0] / res['batch1'][1]:.2f}x** |
