@@ -175,12 +175,11 @@ class LatencyCost:
 
         The table holds median times (ms) of models whose ``sample_layers`` layers (default 1) all keep the
         same width: ``mha`` = {counts, ms} with the FFN pruned away, ``ffn`` = {counts, ms} with the
-        attention pruned away (count 0: nothing kept, timed with the samples), and two whole models timed as
-        a served model is, ``skeleton_ms`` (every unit pruned) and ``dense_ms``. A layer's block costs its
-        increment over count 0, divided by ``sample_layers``; the increments are scaled by one factor so that
-        the dense prediction equals ``dense_ms`` (the two blocks together run a little differently than each
-        alone, and the samples, timed all together, run slower than a served model), and ``fixed`` is the
-        skeleton."""
+        attention pruned away (count 0: nothing kept), and two whole models, ``skeleton_ms`` (every unit
+        pruned) and ``dense_ms``. A layer's block costs its increment over count 0, divided by
+        ``sample_layers``; the increments are scaled by one factor so that the dense prediction equals the
+        measured dense model (the two blocks together run a little differently than each alone), and
+        ``fixed`` is the skeleton."""
         L = int(table["geometry"]["num_layers"])
         per = int(table.get("sample_layers", 1))
         mha = PiecewiseLinear.fit(table["mha"]["counts"], table["mha"]["ms"])

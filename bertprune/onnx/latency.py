@@ -6,10 +6,8 @@ PyTorch, at the scenario's batch size, the served sequence length and the benchm
 * copies of ``model`` whose every layer keeps h of the H heads with the FFN pruned away (``mha``), and n
   of the F neurons with the attention pruned away (``ffn``), at the sample counts of ``sample_counts``;
   whole models, so their weights stream through the caches as the served model's do;
-* the model with every head and neuron pruned (the skeleton, the count 0 of both blocks) and the dense
-  model, timed once among all samples (``lut_skeleton_ms`` / ``lut_dense_ms``: the level the block samples
-  share) and again as a served model is timed, their two sessions alone (``skeleton_ms`` / ``dense_ms``:
-  the anchor the predictions are scaled to).
+* the model with every head and neuron pruned (``skeleton_ms``, the count 0 of both blocks) and the
+  dense model (``dense_ms``).
 
 Each sample is exported exactly as the served model is (``bertprune.onnx.export.export_onnx``) and all
 samples are timed interleaved (round-robin, median of every call), so a noisy neighbour slows them
@@ -23,7 +21,6 @@ with the same settings (the measured latency in results.json).
 from __future__ import annotations
 
 import copy
-import gc
 import json
 import logging
 import os
@@ -41,7 +38,7 @@ from bertprune.tasks.kinds import get_kind
 
 log = logging.getLogger(__name__)
 
-FORMAT = "bertprune.latency.lut/3"  # 3: dense_ms / skeleton_ms re-timed as a served model is (the anchor)
+FORMAT = "bertprune.latency.lut/2"
 RUNTIMES = ("onnxruntime", "torch")
 SCENARIO_NAMES = ("single_stream", "offline", "multi_stream", "server")
 
@@ -323,33 +320,23 @@ def measure_table(model, kind, s: LatencySettings, progress: bool = True) -> dic
                 runners.append(Runner(build(), kind, s, Path(tmp)))
         build_s = time.perf_counter() - t0
         ms = time_interleaved(runners, s, progress, desc="latency LUT timing")
-        # the anchor: with every sample's session live, each call runs slower than a served model's (measured
-        # 1.06-1.27x on 2 cores); the dense model and the skeleton are timed again as time_served times a served
-        # model (its session and one other), and LatencyCost.from_table scales the table's shapes to them
-        at = {block: i for i, (block, _, _) in enumerate(samples) if block in ("dense", "skeleton")}
-        pair = [runners[at["dense"]], runners[at["skeleton"]]]
         del runners
-        gc.collect()
-        anchor = time_interleaved(pair, s, progress, desc="latency LUT anchor")
-        del pair
     table: dict = {"key": table_key(geo, rt, s), "geometry": geo, **rt, "settings": asdict(s),
                    "sample_layers": geo["num_layers"], "mha": {"counts": [], "ms": []}, "ffn": {"counts": [], "ms": []}}
     for (block, count, _), t in zip(samples, ms):
         if block not in ("mha", "ffn"):
-            table[f"lut_{block}_ms"] = t  # with every sample live: the level the block samples were timed at
-    table["dense_ms"], table["skeleton_ms"] = anchor  # as served: the level predictions are made at
+            table[f"{block}_ms"] = t
     for (block, count, _), t in zip(samples, ms):
         if block in ("mha", "ffn"):
             if not table[block]["counts"]:
                 table[block]["counts"].append(0)
-                table[block]["ms"].append(table["lut_skeleton_ms"])
+                table[block]["ms"].append(table["skeleton_ms"])
             table[block]["counts"].append(count)
             table[block]["ms"].append(t)
     table["build_s"] = round(build_s, 3)
     table["measure_s"] = round(time.perf_counter() - t0, 3)
-    log.info("latency LUT measured in %.1f s (%d samples; dense %.3f ms, skeleton %.3f ms as served; %.3f / %.3f ms "
-             "among all samples)", table["measure_s"], len(samples), table["dense_ms"], table["skeleton_ms"],
-             table["lut_dense_ms"], table["lut_skeleton_ms"])
+    log.info("latency LUT measured in %.1f s (%d samples; dense %.3f ms, skeleton %.3f ms)", table["measure_s"],
+             len(samples), table["dense_ms"], table["skeleton_ms"])
     return table
 
 
