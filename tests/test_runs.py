@@ -18,11 +18,12 @@ def test_rerun_into_the_same_folder_leaves_nothing_stale_and_logger_none_writes_
     first = prune(tiny_cfg("prune", [*base, "export=true", "hardware.runtime_device=cpu", "logger=csv"]))
     run = Path(first["pruned_dir"]).parent
     assert (run / "onnx" / "model.json").is_file() and (run / "csv" / "metrics.csv").is_file()
-    assert (run / "tuning.json").is_file()
-    second = prune(tiny_cfg("prune", [*base, "export=false", "tuning.enabled=false", "logger=none"]))
+    assert (run / "iterative.json").is_file() and (run / "reconstruction.json").is_file()  # the default method's
+    second = prune(tiny_cfg("prune", [*base, "export=false", "method=kwon", "tuning.enabled=false", "logger=none"]))
     assert Path(second["pruned_dir"]).parent == run
-    # the first run's export (another model than the new pruned/), tuning report and CSV log are gone
-    assert not (run / "onnx").exists() and not (run / "tuning.json").exists()
+    # the first run's export (another model than the new pruned/), method reports and CSV log are gone
+    assert not (run / "onnx").exists() and not (run / "iterative.json").exists()
+    assert not (run / "reconstruction.json").exists() and not (run / "tuning.json").exists()
     assert not (run / "csv").exists() and not (run / "wandb").exists()  # logger=none: nothing logged
     assert "export/onnx_path" not in json.loads((run / "results.json").read_text())
 

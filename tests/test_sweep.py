@@ -67,7 +67,7 @@ def test_failed_job_is_a_marked_row_and_regression_summary_has_mse_columns(regre
     assert set(rows) == {"n64", "n100000"}
     assert rows["n64"]["status"] == "ok" and rows["n100000"]["status"] == "failed"
     assert "larger than the training split" in rows["n100000"]["error"]
-    for stage in ("dense", "search", "rearrange", "tune"):
+    for stage in ("dense", "iterative"):  # the default method's one stage
         assert float(rows["n64"][f"eval/mse_{stage}"]) >= 0  # the quality columns follow the metric
     md = (out / "summary.md").read_text()
     assert "INCOMPLETE" in md and "| dense mse |" in md and "**FAILED**" in md
@@ -94,7 +94,7 @@ def test_bench_prune_and_notebook_follow_the_metric(regression_sweep, monkeypatc
     ns = {"display": print}
     for cell in code:
         exec(cell, ns)  # noqa: S102 - the notebook's own cells, on this sweep
-    assert ns["metric"] == "mse" and ns["stages"] == ["search", "rearrange", "tune"]
+    assert ns["metric"] == "mse" and ns["stages"] == ["iterative"]
     assert ns["ax"].get_ylabel() == "validation mse"
 
 
