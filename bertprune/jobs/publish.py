@@ -45,7 +45,7 @@ METHODS = {  # results["method"] -> how the card names it (jobs written before t
     "iterative": (f"bertprune's iterative method, after Kwon et al. ([paper]({PAPER})): one sub-layer at a time, "
                   "bottom-up, its heads or neurons chosen on Fisher importance re-measured on the partly pruned model "
                   "under the cost budget, its output projection refitted by ridge least squares toward the dense "
-                  "model's sub-layer output (kept only where a held-out calibration loss falls), then physical pruning"),
+                  "model's sub-layer output (kept only where its error on held-out calibration samples falls), then physical pruning"),
 }
 SYSTEM_FIELDS = ("system_name", "host_processor_model_name", "host_processors_per_node", "host_processor_core_count",
                  "host_processor_frequency", "host_memory_capacity", "accelerator_model_name", "accelerators_per_node",
