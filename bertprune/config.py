@@ -302,6 +302,7 @@ class BenchConfig:
     submitter: str = MISSING
     system: SystemSchema = field(default_factory=SystemSchema)
     run_timeout_s: Optional[float] = None
+    wandb_write_back: bool = True    # each variant's LoadGen results onto the W&B run of the job that exported it
     output_dir: str = MISSING
 
 

@@ -47,7 +47,60 @@ def bench(cfg) -> BenchSummary:
     return run_bench(cfg.source, task, scenarios, mode=cfg.mode, output_dir=cfg.output_dir,
                      submission=bool(cfg.submission), device=cfg.hardware.runtime_device, tokenizer=cfg.get("tokenizer"),
                      system_name=cfg.get("system_name"), submitter=cfg.get("submitter") or "bertprune",
-                     timeout_s=cfg.get("run_timeout_s"), system=system)
+                     timeout_s=cfg.get("run_timeout_s"), system=system,
+                     write_back=bool(cfg.get("wandb_write_back", True)))
+
+
+def loadgen_metrics(rows, scenarios, modes) -> dict:
+    """A job's results entries of its LoadGen rows: ``bench/<scenario>/{valid,throughput,latency_p90_ms,
+    latency_p99_ms,<metric>}`` for the FP32 export, ``bench_<precision>/...`` for the others (scenario =
+    config-group name, e.g. offline); ``.../error`` for a run that did not finish."""
+    names = {s.loadgen: s.name for s in scenarios}
+    out: dict = {}
+    for row in rows:
+        prefix = f"bench_{row.precision}" if row.precision != "fp32" else "bench"
+        key = f"{prefix}/{names[row.scenario]}"
+        if "performance" in modes:
+            out[f"{key}/valid"] = row.valid == "VALID"
+            out[f"{key}/throughput"] = row.throughput
+            out[f"{key}/latency_p90_ms"] = row.latency_p90_ms
+            out[f"{key}/latency_p99_ms"] = row.latency_p99_ms
+        if "accuracy" in modes:
+            out[f"{key}/{row.metric}"] = row.metric_value  # bench/offline/accuracy, .../mse, .../f1
+        if row.status != "ok":
+            out[f"{key}/error"] = row.error
+    return out
+
+
+def write_back_to_runs(plans, scenarios, modes, rows, runs: dict, out: Path) -> list[str]:
+    """The LoadGen results of each variant exported by a prune job (``<job>/onnx``, ``<job>/onnx_int8``) on
+    that job's W&B run, resumed by the id in its results.json, with the run folders' summaries as a
+    ``bench`` artifact. Variants of jobs that logged no W&B run are left alone. Returns the run ids."""
+    from bertprune.lightning.loggers import write_back
+
+    by_job: dict[Path, list[str]] = {}
+    for p in plans:
+        job = Path(p.variant.onnx).resolve().parent.parent
+        if (job / "results.json").is_file():
+            by_job.setdefault(job, []).append(p.variant.name)
+    ids = []
+    for job, names in by_job.items():
+        mine = [r for r in rows if r.variant in names]
+        files = {"summary.json": out / "summary.json"}
+        for (v, _, _), r in runs.items():
+            if v in names and r.get("log_dir") and Path(r["log_dir"]).is_relative_to(out):
+                log_file = Path(r["log_dir"]) / "mlperf_log_summary.txt"
+                files[log_file.relative_to(out).as_posix()] = log_file
+        try:
+            run_id = write_back(job / "results.json", {"bench/summary": str(out / "summary.json"),
+                                                       **loadgen_metrics(mine, scenarios, modes)}, files)
+        except Exception as e:  # noqa: BLE001 - the benchmark's own results are on disk already
+            log.warning("W&B write-back to %s failed (%s: %s)", job, type(e).__name__, e)
+            continue
+        if run_id:
+            log.info("LoadGen results of %s written back to W&B run %s", ", ".join(names), run_id)
+            ids.append(run_id)
+    return ids
 
 
 @dataclass
@@ -92,12 +145,13 @@ def plan_bench(source, task, scenarios, mode: str, tokenizer=None, device: str =
 def run_bench(source, task, scenarios=("offline", "single_stream"), mode: str = "both", output_dir=".",
               submission: bool = False, device: str = "auto", tokenizer=None, system_name: str | None = None,
               submitter: str = "bertprune", timeout_s: float | None = None, retries: int = 1,
-              system: SystemConfig | None = None) -> BenchSummary:
+              system: SystemConfig | None = None, write_back: bool = True) -> BenchSummary:
     """Benchmark every variant under ``source`` (a .onnx, a variant folder, a sweep folder or a list).
 
     task: a ``bertprune.tasks.data.Task``. scenarios: names, a {name: settings} mapping or ScenarioSettings.
     tokenizer: used for variants whose sidecar names none. system: what the machine cannot tell (cooling, cost
-    per hour ...; ``bertprune.mlperf.system``). Returns the summary (also written to disk).
+    per hour ...; ``bertprune.mlperf.system``). write_back: each variant's LoadGen results are added to the W&B
+    run of the prune job that exported it (``write_back_to_runs``). Returns the summary (also written to disk).
     """
     system = system or SystemConfig()
     plans, scen, modes = plan_bench(source, task, scenarios, mode, tokenizer, device)
@@ -148,6 +202,8 @@ def run_bench(source, task, scenarios=("offline", "single_stream"), mode: str = 
          "rows": [asdict(r) for r in rows], "runs": list(runs.values()), "files": summary.files},
         indent=2, default=str)))
     print(summary.to_markdown())
+    if write_back:
+        summary.files["wandb_runs"] = write_back_to_runs(plans, scen, modes, rows, runs, out)
     if interrupted:
         raise KeyboardInterrupt
     return summary

@@ -470,6 +470,7 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
         "tune/fallback_layers": result.tune_report.fallbacks if result.tune_report else 0,
         **{f"time/{k}_s": round(v, 3) for k, v in timings.items()}, "time/prune_s": round(prune_time, 3),
         "num_samples": int(cfg.num_samples), "batch_size": batch_size, "seed": int(cfg.seed), "task": task.name, "model": cfg.model.name,
+        "hardware/torch_threads": torch.get_num_threads(),
         "metric": metric,
         "pruned_dir": str(pruned_dir), "teacher": teacher,
     }
@@ -509,12 +510,29 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
             results["export/runtime"] = DENSE_RUNTIME
     results["time/total_s"] = round(time.perf_counter() - t_start, 3)
 
+    results.update(job_loggers.run_info())  # wandb/run_id ...: where bench.py writes LoadGen's results back
     job_loggers.log(results)
+    job_loggers.log_study(results, study_stages(results, metric, dense_metrics, stage_values, stage_metrics,
+                                                 pruned_metrics),
+                          head_mask=head_mask if cfg.structured else None,
+                          neuron_mask=neuron_mask if cfg.structured else None, run_dir=run_dir)
     atomic_write_json(run_dir / RESULTS, results)
     print(format_result(results, metric))
     del model, pruned, result
     gc.collect()
     return results
+
+
+def study_stages(results: dict, metric: str, dense: dict, masked: dict, stage_metrics: dict, pruned: dict
+                 ) -> list[tuple[str, dict]]:
+    """The stages of a job in order, each with the metrics measured there: dense, the pipeline's stages
+    (every task metric where the masked model was evaluated), the physically pruned model, its ONNX exports."""
+    stages = [("dense", dense)] + [(s, masked.get(s, {metric: v})) for s, v in stage_metrics.items()]
+    stages.append(("pruned", pruned))
+    for key, name in (("onnx", "onnx"), ("int8", "onnx_int8")):
+        if results.get(f"export/{key}_{metric}") is not None:
+            stages.append((name, {metric: results[f"export/{key}_{metric}"]}))
+    return stages
 
 
 def cost_runtime_args(cost_cfg, task) -> dict:

@@ -49,19 +49,8 @@ class LoadgenCallback:
             return {}
         summary = run_bench(sources, task, self.scenarios, mode=self.mode, output_dir=run_dir / self.output_subdir,
                             submission=self.submission, device=self.device, tokenizer=checkpoint_dir,
-                            timeout_s=self.timeout_s)
-        out: dict = {"bench/summary": summary.files.get("json"), "bench/complete": summary.complete}
-        names = {s.loadgen: s.name for s in self.scenarios}
-        for row in summary.rows:
-            prefix = f"bench_{row.precision}" if row.precision != "fp32" else "bench"
-            key = f"{prefix}/{names[row.scenario]}"
-            if "performance" in self.modes:
-                out[f"{key}/valid"] = row.valid == "VALID"
-                out[f"{key}/throughput"] = row.throughput
-                out[f"{key}/latency_p90_ms"] = row.latency_p90_ms
-                out[f"{key}/latency_p99_ms"] = row.latency_p99_ms
-            if "accuracy" in self.modes:
-                out[f"{key}/{row.metric}"] = row.metric_value  # bench/offline/accuracy, .../mse, .../f1
-            if row.status != "ok":
-                out[f"{key}/error"] = row.error
-        return out
+                            timeout_s=self.timeout_s, write_back=False)  # the job logs them on its live run
+        from bertprune.jobs.bench import loadgen_metrics
+
+        return {"bench/summary": summary.files.get("json"), "bench/complete": summary.complete,
+                **loadgen_metrics(summary.rows, self.scenarios, self.modes)}

@@ -3,12 +3,23 @@
 The ``logger`` config group names one factory here (``_target_``): ``wandb_loggers`` = a W&B run plus
 the CSV log (the fallback when W&B cannot start); ``csv_loggers`` = the CSV log only; ``no_loggers`` =
 nothing is logged (results.json is still written: it is the job's result, not a log). Each takes the
-run's ``RUNTIME_ARGS`` and returns a list of Lightning loggers."""
+run's ``RUNTIME_ARGS`` and returns a list of Lightning loggers.
+
+What a prune job puts on its W&B run besides the final numbers (``JobLoggers.log_study``; all wandb's own
+features, offline by default, ``wandb sync <job>/wandb/offline-run-*`` uploads them): the stage series
+(``stage/<metric>`` against ``stage/index``, dense -> ... -> pruned), the kept structure per layer (table
+``structure`` and heatmap ``structure_heatmap``), the checkpoint and ONNX exports as artifacts by reference
+with their lineage. ``write_back`` resumes the same run (by id, from results.json's ``wandb/*``) to add the
+LoadGen results that ``bench.py`` measured later; ``log_sweep_table`` gives a sweep its summary run;
+``read_offline_run`` reads an offline run's records back (tests, notebooks)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import struct
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +100,38 @@ class JobLoggers:
         self.loggers = make_loggers(logger_cfg, save_dir, name=name, group=group, config=config)
         return self.loggers
 
+    @property
+    def run(self):
+        """The job's wandb run, or None (logger=csv / none, or W&B could not start)."""
+        for lg in self.loggers:
+            if type(lg).__name__ == "WandbLogger":
+                return lg.experiment
+        return None
+
+    def run_info(self) -> dict:
+        """results.json's ``wandb/*`` entries (id, project, folder, mode, group): what ``write_back`` resumes."""
+        run = self.run
+        if run is None:
+            return {}
+        return {"wandb/run_id": run.id, "wandb/project": run.project, "wandb/entity": run.entity or None,
+                "wandb/dir": str(Path(run.dir).parents[2]), "wandb/group": run.group or None,
+                "wandb/mode": "offline" if run.offline else "online"}
+
+    def log_study(self, results: dict, stages: list[tuple[str, dict]], head_mask=None, neuron_mask=None,
+                  run_dir: str | Path | None = None) -> None:
+        """The study view of a prune job on its W&B run (nothing without one): the stage series, the kept
+        structure, the artifacts. ``stages``: (name, {metric: value}) in order, the pruned model last."""
+        run = self.run
+        if run is None:
+            return
+        try:
+            log_stages(run, stages)
+            log_structure(run, results, head_mask, neuron_mask)
+            if run_dir is not None:
+                log_artifacts(run, Path(run_dir), results)
+        except Exception as e:  # noqa: BLE001 - never lose the job's results over its dashboard
+            log.warning("W&B study logging failed (%s: %s); results.json is complete", type(e).__name__, e)
+
     def log(self, metrics: dict) -> None:
         """The numeric entries of ``metrics``."""
         numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -107,3 +150,254 @@ class JobLoggers:
                 code = 255 if issubclass(exc_type, KeyboardInterrupt) else 1
                 finish_wandb(code, f"{exc_type.__name__}: {exc}")
         return False
+
+
+# ----------------------------------------------------------------------------------------------
+# The study view of a job on its W&B run (wandb's own step metrics, tables, images and artifacts)
+
+STAGE_STEP = "stage/index"
+
+
+def log_stages(run, stages: list[tuple[str, dict]]) -> None:
+    """Each stage's metrics as one point of a series against ``stage/index`` (0 = dense), so a line plot of
+    ``stage/<metric>`` shows the stages in order; the ``stages`` table names the indices."""
+    import wandb
+
+    run.define_metric(STAGE_STEP)
+    run.define_metric("stage/*", step_metric=STAGE_STEP)
+    rows = []
+    for i, (name, values) in enumerate(stages):
+        numeric = {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
+        run.log({STAGE_STEP: i, **{f"stage/{k}": v for k, v in numeric.items()}})
+        rows += [[i, name, k, v] for k, v in numeric.items()]
+    run.log({"stages": wandb.Table(columns=["index", "stage", "metric", "value"], data=rows)})
+
+
+def log_structure(run, results: dict, head_mask=None, neuron_mask=None) -> None:
+    """Kept heads / FFN neurons per layer: the ``structure`` table and the ``structure_heatmap`` image
+    (which heads of each layer are kept, and the kept FFN fraction)."""
+    import wandb
+
+    heads, ffn = results.get("prune/heads_per_layer"), results.get("prune/ffn_per_layer")
+    if not heads or not ffn:
+        return
+    num_heads = int(head_mask.shape[1]) if head_mask is not None else max(heads)
+    ffn_dim = int(neuron_mask.shape[1]) if neuron_mask is not None else max(ffn)
+    rows = [[i, h, num_heads, f, ffn_dim, h / num_heads, f / ffn_dim] for i, (h, f) in enumerate(zip(heads, ffn))]
+    run.log({"structure": wandb.Table(columns=["layer", "heads_kept", "heads", "neurons_kept", "neurons",
+                                               "heads_fraction", "neurons_fraction"], data=rows)})
+    run.log({"structure_heatmap": wandb.Image(structure_figure(heads, ffn, num_heads, ffn_dim, head_mask))})
+
+
+def structure_figure(heads, ffn, num_heads: int, ffn_dim: int, head_mask=None):
+    """A matplotlib figure: kept heads (layer x head, the mask itself when given) beside the kept FFN fraction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    L = len(heads)
+    if head_mask is not None:
+        grid = np.asarray(head_mask.detach().cpu().float() if hasattr(head_mask, "detach") else head_mask, float)
+    else:
+        grid = np.array([[1.0 if j < h else 0.0 for j in range(num_heads)] for h in heads])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 0.35 * L + 1.5), gridspec_kw={"width_ratios": [max(num_heads, 2), 3]})
+    a.imshow(grid, cmap="Greens", vmin=0, vmax=1, aspect="auto")
+    a.set(xlabel="head", ylabel="layer", title=f"kept heads ({sum(heads)}/{L * num_heads})")
+    b.imshow(np.array(ffn, float)[:, None] / ffn_dim, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    for i, f in enumerate(ffn):
+        b.text(0, i, str(f), ha="center", va="center", fontsize=7)
+    b.set(xticks=[], yticks=[], title=f"FFN kept of {ffn_dim}")
+    fig.tight_layout()
+    return fig
+
+
+def artifact_name(kind: str, run_dir: Path, results: dict) -> str:
+    """A W&B artifact name (letters, digits, - _ .): ``<kind>-<task>-<model>-<job folder>``."""
+    raw = f"{kind}-{results.get('task', 'task')}-{results.get('model', 'model')}-{run_dir.name}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", raw)[:128]
+
+
+def log_artifacts(run, run_dir: Path, results: dict) -> None:
+    """The teacher (input), the pruned checkpoint and each ONNX export (outputs) as artifacts. Large files go
+    by reference (``file://``: W&B records path, size and checksum, uploads nothing); the ONNX sidecar
+    (model.json, small) is stored. Lineage: online the teacher is the run's input (``use_artifact``);
+    offline W&B refuses ``use_artifact``, so each artifact's metadata names what it was made from."""
+    import wandb
+
+    teacher = results.get("teacher")
+    teacher_ref = {"path": str(teacher)} if teacher else {}
+    if teacher and not run.offline:
+        t = wandb.Artifact(artifact_name("teacher", Path(str(teacher)), results), type="model",
+                           metadata={"role": "teacher", **teacher_ref})
+        t.add_reference(Path(str(teacher)).resolve().as_uri())
+        run.use_artifact(t)
+    made = {}
+    pruned = results.get("pruned_dir")
+    if pruned and Path(pruned).is_dir():
+        a = wandb.Artifact(artifact_name("pruned", run_dir, results), type="model",
+                           metadata={"role": "pruned", "derived_from": {"teacher": teacher_ref},
+                                     **_variant_meta(results)})
+        a.add_reference(Path(pruned).resolve().as_uri())
+        made["pruned"] = run.log_artifact(a, aliases=["latest", run_dir.name[:120]]).name
+    for key, folder in (("onnx", "onnx"), ("int8", "onnx_int8")):
+        onnx = results.get(f"export/{key}_path")
+        if not onnx or not Path(onnx).is_file():
+            continue
+        a = wandb.Artifact(artifact_name(key, run_dir, results), type="onnx",
+                           metadata={"role": key, "derived_from": {"pruned": made.get("pruned"), "teacher": teacher_ref},
+                                     **_variant_meta(results)})
+        a.add_reference(Path(onnx).resolve().as_uri(), name=Path(onnx).name)
+        for extra in sorted(Path(onnx).parent.iterdir()):
+            if extra.name.endswith(".onnx.data"):
+                a.add_reference(extra.resolve().as_uri(), name=extra.name)
+            elif extra.suffix == ".json":
+                a.add_file(str(extra), name=extra.name)
+        made[key] = run.log_artifact(a, aliases=["latest", run_dir.name[:120]]).name
+
+
+def _variant_meta(results: dict) -> dict:
+    keys = ("constraint", "prune/mac_ratio", "method", "metric", f"eval/{results.get('metric')}")
+    return {k.replace("/", "_"): results[k] for k in keys if k in results}
+
+
+# ----------------------------------------------------------------------------------------------
+# LoadGen results, later, on the run that made the variant; the sweep's summary run
+
+
+def write_back(results_path: str | Path, metrics: dict, files: dict | None = None) -> str | None:
+    """Resume the W&B run named by a job's results.json (``wandb/run_id``; offline runs resume offline) and
+    add ``metrics`` (LoadGen's ``bench/...``) to its history and summary, plus ``files`` ({name in the
+    artifact: path}) as a ``bench`` artifact (small files stored, large ones by reference). Returns the run
+    id, or None when the job logged no W&B run."""
+    import json
+
+    results = json.loads(Path(results_path).read_text())
+    run_id = results.get("wandb/run_id")
+    if not run_id or not metrics:
+        return None
+    import wandb
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    run = wandb.init(id=run_id, resume="allow", project=results.get("wandb/project"),
+                     entity=results.get("wandb/entity"), dir=results.get("wandb/dir") or str(Path(results_path).parent),
+                     mode=wandb_mode(None) if results.get("wandb/mode") == "online" else "offline",
+                     group=results.get("wandb/group"), job_type="bench", reinit="finish_previous")
+    try:
+        numeric = {k: (float(v) if not isinstance(v, bool) else int(v)) for k, v in metrics.items()
+                   if isinstance(v, (int, float))}
+        run.log(numeric)
+        run.summary.update({k: v for k, v in metrics.items() if v is not None})
+        existing = {name: Path(f) for name, f in (files or {}).items() if f and Path(f).is_file()}
+        if existing:
+            a = wandb.Artifact(artifact_name("bench", Path(results_path).parent, results), type="bench",
+                               metadata={"derived_from": {"onnx": results.get("export/onnx_path"),
+                                                          "int8": results.get("export/int8_path")}})
+            for name, f in existing.items():
+                if f.stat().st_size < 1_000_000:
+                    a.add_file(str(f), name=name)
+                else:
+                    a.add_reference(f.resolve().as_uri(), name=name)
+            run.log_artifact(a)
+    finally:
+        run.finish()
+    return run_id
+
+
+def log_sweep_table(sweep_dir: str | Path, logger_cfg, group: str, tables: dict) -> str | None:
+    """One W&B run for the sweep (job_type ``sweep-summary``, the jobs' group) holding ``tables``
+    ({name: pandas DataFrame}); only with ``logger=wandb``. Returns the run id."""
+    if not str((logger_cfg or {}).get("_target_", "")).endswith("wandb_loggers"):
+        return None
+    import wandb
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    run = wandb.init(project=logger_cfg.get("project") or "bertprune", entity=logger_cfg.get("entity"),
+                     dir=str(sweep_dir), mode=wandb_mode(logger_cfg.get("mode")), group=group,
+                     job_type="sweep-summary", name=f"sweep-{Path(sweep_dir).name}", reinit="finish_previous")
+    try:
+        for name, df in tables.items():
+            run.log({name: wandb.Table(dataframe=df.astype(object).where(df.notna(), None))})
+        run.summary["jobs"] = int(len(next(iter(tables.values())))) if tables else 0
+        return run.id
+    finally:
+        run.finish()
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading an offline run back (its ``run-<id>.wandb`` record log: W&B's LevelDB-style framing)
+
+_BLOCK, _HEADER = 32768, 7
+
+
+def _records(path: Path):
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B run file (no :W&B header)")
+    pos, buf = _HEADER, b""
+    while pos + _HEADER <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < _HEADER:  # a block's tail too short for a chunk header is padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + _HEADER])
+        if length == 0 and kind == 0:
+            pos += left
+            continue
+        chunk = data[pos + _HEADER:pos + _HEADER + length]
+        pos += _HEADER + length
+        buf = chunk if kind in (1, 2) else buf + chunk  # 1 full, 2 first, 3 middle, 4 last
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(buf)
+            yield record
+            buf = b""
+
+
+def read_offline_run(folder: str | Path) -> dict:
+    """An offline run folder (``offline-run-<time>-<id>``) as plain data: ``id``, ``job_type``, ``group``,
+    ``config``, ``history`` (list of rows), ``summary``, ``artifacts`` (name, type, metadata, entries
+    [(path, ref)]) and the media files under ``files/media``."""
+    import json
+
+    folder = Path(folder)
+    files = list(folder.glob("run-*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no run-*.wandb file (not a W&B offline run folder)")
+    out = {"id": None, "job_type": None, "group": None, "config": {}, "history": [], "summary": {},
+           "artifacts": [], "exit_code": None,
+           "media": sorted(str(p.relative_to(folder / "files")) for p in (folder / "files" / "media").rglob("*")
+                           if p.is_file()) if (folder / "files" / "media").is_dir() else []}
+
+    def value(item):
+        return "/".join(item.nested_key) if item.nested_key else item.key, json.loads(item.value_json)
+
+    for r in _records(files[0]):
+        kind = r.WhichOneof("record_type")
+        if kind == "run":
+            out.update(id=r.run.run_id, job_type=r.run.job_type, group=r.run.run_group)
+            out["config"].update(dict(value(i) for i in r.run.config.update))
+        elif kind == "config":
+            out["config"].update(dict(value(i) for i in r.config.update))
+        elif kind == "history":
+            out["history"].append(dict(value(i) for i in r.history.item))
+        elif kind == "summary":
+            out["summary"].update(dict(value(i) for i in r.summary.update))
+        elif kind == "artifact":
+            a = r.artifact
+            out["artifacts"].append({"name": a.name, "type": a.type, "metadata": json.loads(a.metadata or "{}"),
+                                     "entries": [(e.path, e.ref) for e in a.manifest.contents]})
+        elif kind == "exit":
+            out["exit_code"] = r.exit.exit_code
+    return out
+
+
+def offline_runs(root: str | Path, run_id: str | None = None) -> list[dict]:
+    """Every offline run under ``root`` (``**/wandb/offline-run-*``), oldest first; ``run_id``: that run's
+    folders only (a resumed run has one folder per session)."""
+    folders = sorted(Path(root).rglob("offline-run-*"), key=lambda p: p.name)
+    runs = [read_offline_run(f) for f in folders if f.is_dir() and (run_id is None or f.name.endswith(run_id))]
+    return runs
