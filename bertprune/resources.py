@@ -97,8 +97,17 @@ def packaged_relative(path: str | Path) -> str | None:
 
 
 def register_resolvers() -> None:
-    """OmegaConf resolver ``${pkg:package,relative/path}`` used by the configs."""
+    """The configs' OmegaConf resolvers: ``${pkg:package,relative/path}`` and ``${sweep_suffix:<overrides>}``
+    (a sweep job's folder-name suffix: the keys the sweep varies, ``bertprune.jobs.sweep.job_suffix``)."""
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("pkg"):
         OmegaConf.register_new_resolver("pkg", packaged_path)
+    if not OmegaConf.has_resolver("sweep_suffix"):
+        OmegaConf.register_new_resolver("sweep_suffix", _sweep_suffix)
+
+
+def _sweep_suffix(overrides) -> str:
+    from bertprune.jobs.sweep import job_suffix
+
+    return job_suffix(list(overrides or ()))

@@ -8,6 +8,11 @@ the summary must already be on disk. A job is ``ok`` only with its atomically wr
 else it is a marked row: ``failed`` (with the error), ``interrupted`` (Ctrl-C) or ``unfinished``
 (started, never ended: killed, or still running). The quality columns follow the task's metric
 (results.json's ``metric``: ``eval/accuracy_*``, ``eval/mcc_*`` for CoLA, ``eval/pearson_*`` for STS-B ...).
+
+Ablation grids: every key the sweep varies (``rearrange=true,false seed=0,1,2`` ...) is a column of the
+summary (read from each job's ``.hydra/overrides.yaml``) and names the job's folder
+(``c0.4-rearrange=false-seed=1``: ``job_suffix``); with ``seed`` swept, ``aggregate.csv`` and the summary's
+last table give mean ± std over the seeds of each setting, with the count of jobs that failed.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -40,6 +46,59 @@ UNSTRUCTURED = [("unstructured/method", "method", "{}"), ("unstructured/pattern"
 TAIL = [("prune/kept_heads", "heads", "{}"), ("prune/kept_neurons", "neurons", "{}"),
         ("model/parameters", "params", "{:,}"), ("time/prune_s", "prune s", "{:.1f}")]
 SHORT = {"accuracy": "acc"}
+SWEPT_ENV = "BERTPRUNE_SWEPT_KEYS"  # the keys the running sweep varies (set at its start, read by job_suffix)
+IN_FOLDER_NAME = ("constraint",)    # already in the folder name (c<constraint>)
+SEED = "seed"
+AGGREGATED = ("prune/mac_ratio", "prune/kept_heads", "prune/kept_neurons", "time/prune_s")  # + the metric columns
+
+
+def swept_keys(overrides) -> list[str]:
+    """The keys of a sweep's command-line overrides that take several values (Hydra's sweep grammar:
+    ``a=1,2``, ``range(...)``, ``choice(...)``, ``glob(...)``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
+    return [o.key_or_group for o in parsed if o.is_sweep_override()]
+
+
+def job_suffix(task_overrides) -> str:
+    """The folder-name suffix of one sweep job: ``-key=value`` for each key the sweep varies besides the
+    constraint (``hydra.sweep.subdir: c${constraint}${sweep_suffix:${hydra.overrides.task}}``), so that no two
+    jobs of a grid share a folder; "" for a plain constraint sweep."""
+    swept = [k for k in os.environ.get(SWEPT_ENV, "").split(",") if k and k not in IN_FOLDER_NAME]
+    parts = []
+    for o in task_overrides or ():
+        key, _, value = str(o).partition("=")
+        if key.lstrip("+~") in swept:
+            value = value.lower() if value in ("True", "False") else value  # as typed: true / false
+            parts.append(f"{key.lstrip('+~')}={value}")
+    return "".join("-" + re.sub(r"[^A-Za-z0-9_.=+-]+", "_", p) for p in parts)
+
+
+def job_overrides(job: Path) -> dict:
+    """``{key: value}`` of a job's command-line overrides (``.hydra/overrides.yaml``), values as YAML reads them."""
+    try:
+        import yaml
+
+        items = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+    except (OSError, ValueError, ImportError):
+        return {}
+    out = {}
+    for o in items:
+        key, _, value = str(o).partition("=")
+        try:
+            out[key.lstrip("+~")] = yaml.safe_load(value) if value else value
+        except ValueError:
+            out[key.lstrip("+~")] = value
+    return out
+
+
+def grid_keys(rows: list[dict]) -> list[str]:
+    """The overridden keys whose values differ between the jobs (first seen first), the constraint excluded
+    (it has its own column)."""
+    keys = list(dict.fromkeys(k for r in rows for k in r.get("_overrides", {})))
+    return [k for k in keys if k not in IN_FOLDER_NAME
+            and len({json.dumps(r.get("_overrides", {}).get(k), default=str) for r in rows}) > 1]
 
 
 def metric_of(results: dict) -> str | None:
@@ -112,6 +171,7 @@ def collect(sweep_dir: Path) -> list[dict]:
         else:
             continue
         row["job"] = job.name
+        row["_overrides"] = job_overrides(job)
         rows.append(row)
     rows.sort(key=lambda r: (r.get("constraint") is None, r.get("constraint") or 0, r["job"]))
     return rows
@@ -127,23 +187,75 @@ def _cell(r: dict, key: str, fmt: str) -> str:
         return str(v)
 
 
+def tidy(sweep_dir: str | Path):
+    """The sweep as a pandas DataFrame, one row per job (failed ones included, ``status`` / ``error``): the
+    job, one column per swept key, then the summary's columns under their results.json keys."""
+    import pandas as pd
+
+    rows = collect(Path(sweep_dir))
+    keys, cols = grid_keys(rows), columns(rows)
+    final = [f"eval/{m}" for m in dict.fromkeys(metric_of(r) for r in rows if metric_of(r))]
+    data = [{"job": r["job"], **{k: r["_overrides"].get(k) for k in keys}, "metric": metric_of(r),
+             **{k: r.get(k) for k in final}, **{k: r.get(k) for k, _, _ in cols if k not in final},
+             "status": r["status"], "error": r["error"]} for r in rows]
+    return pd.DataFrame(data, columns=["job", *keys, "metric", *final,
+                                       *[k for k, _, _ in cols if k not in final], "status", "error"])
+
+
+def aggregate(df, keys: list[str]):
+    """Mean, std and count over the seeds of each setting (the swept keys but ``seed``): one row per setting,
+    ``<column> mean`` / ``<column> std`` for the final metric and the cost columns, ``ok`` and ``failed``
+    job counts (a failed job is counted, never averaged)."""
+    import pandas as pd
+
+    by = [k for k in keys if k != SEED] + (["constraint"] if "constraint" in df.columns else [])
+    values = [c for c in df.columns if (c.startswith("eval/") and c.count("_") == 0) or c in AGGREGATED]
+    values = [c for c in values if c in df.columns]
+    ok = df[df["status"] == OK]
+    groups = df.groupby(by, dropna=False, sort=True) if by else [((), df)]
+    out = []
+    for setting, g in groups:
+        setting = setting if isinstance(setting, tuple) else (setting,)
+        done = ok.loc[ok.index.intersection(g.index)]
+        row = dict(zip(by, setting))
+        row.update({"ok": len(done), "failed": len(g) - len(done)})
+        for c in values:
+            v = pd.to_numeric(done[c], errors="coerce").dropna()
+            row[f"{c} mean"] = float(v.mean()) if len(v) else math.nan
+            row[f"{c} std"] = float(v.std(ddof=1)) if len(v) > 1 else math.nan
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _mean_std(row, col: str, fmt: str) -> str:
+    m, s = row.get(f"{col} mean"), row.get(f"{col} std")
+    if m is None or (isinstance(m, float) and math.isnan(m)):
+        return ""
+    return fmt.format(m) + ("" if s is None or math.isnan(s) else " ± " + fmt.format(s))
+
+
 def write_summary(sweep_dir: str | Path) -> str:
-    """Write ``summary.csv`` and ``summary.md`` (atomically) into the sweep folder; returns the Markdown."""
+    """Write ``summary.csv`` and ``summary.md`` (atomically) into the sweep folder, and ``aggregate.csv`` when
+    the sweep varies the seed; returns the Markdown."""
     sweep_dir = Path(sweep_dir)
     rows = collect(sweep_dir)
     cols = columns(rows)
+    keys = grid_keys(rows)
     table = io.StringIO(newline="")
     w = csv.writer(table)
-    w.writerow(["job"] + [k for k, _, _ in cols] + ["status", "error"])
+    w.writerow(["job", *keys] + [k for k, _, _ in cols] + ["status", "error"])
     for r in rows:
-        w.writerow([r["job"]] + [r.get(k, "") for k, _, _ in cols] + [r["status"], r["error"]])
+        w.writerow([r["job"], *[_plain(r["_overrides"].get(k)) for k in keys]] + [r.get(k, "") for k, _, _ in cols]
+                   + [r["status"], r["error"]])
     atomic_write_text(sweep_dir / "summary.csv", table.getvalue())
     bad = [r for r in rows if r["status"] != OK]
     lines = [f"**INCOMPLETE: {len(bad)} of {len(rows)} jobs have no results (see status).**", ""] if bad else []
-    lines += ["| job | " + " | ".join(h for _, h, _ in cols) + " | status |", "|" + "---|" * (len(cols) + 2)]
+    lines += ["| job | " + "".join(f"`{k}` | " for k in keys) + " | ".join(h for _, h, _ in cols) + " | status |",
+              "|" + "---|" * (len(keys) + len(cols) + 2)]
     for r in rows:
         status = r["status"] if r["status"] == OK else f"**{r['status'].upper()}**"
-        lines.append(f"| {r['job']} | " + " | ".join(_cell(r, k, fmt) for k, _, fmt in cols) + f" | {status} |")
+        lines.append(f"| {r['job']} | " + "".join(f"{_plain(r['_overrides'].get(k))} | " for k in keys)
+                     + " | ".join(_cell(r, k, fmt) for k, _, fmt in cols) + f" | {status} |")
     best = best_per_sparsity(rows)
     if best:
         lines += [""] + best
@@ -151,9 +263,43 @@ def write_summary(sweep_dir: str | Path) -> str:
         lines += [""] + [f"* {r['job']}: {r['status']}" + (f": {r['error']}" if r["error"] else
                                                            " (started, never ended: interrupted, killed or running)"
                                                            if r["status"] == UNFINISHED else "") for r in bad]
+    if SEED in keys:
+        lines += [""] + aggregate_markdown(sweep_dir, rows, keys)
+    else:
+        (sweep_dir / "aggregate.csv").unlink(missing_ok=True)
     md = "\n".join(lines) + "\n"
     atomic_write_text(sweep_dir / "summary.md", md)
     return md
+
+
+def aggregate_markdown(sweep_dir: Path, rows: list[dict], keys: list[str]) -> list[str]:
+    """``aggregate.csv`` (written) and its Markdown: mean ± std over the seeds of each setting."""
+    df = aggregate(tidy(sweep_dir), keys)
+    atomic_write_text(sweep_dir / "aggregate.csv", df.to_csv(index=False))
+    metrics = list(dict.fromkeys(m for r in rows if (m := metric_of(r))))
+    shown = [(f"eval/{m}", SHORT.get(m, m), metric_format(m)) for m in metrics] + [
+        ("prune/mac_ratio", "MAC ratio", "{:.3f}"), ("prune/kept_heads", "heads", "{:.1f}"),
+        ("prune/kept_neurons", "neurons", "{:.0f}"), ("time/prune_s", "prune s", "{:.1f}")]
+    shown = [c for c in shown if f"{c[0]} mean" in df.columns]
+    by = [k for k in keys if k != SEED] + ["constraint"]
+    seeds = sorted({_plain(r["_overrides"].get(SEED)) for r in rows})
+    lines = [f"Over seeds {', '.join(seeds)} (mean ± std of the finished jobs; `aggregate.csv`):", "",
+             "| " + " | ".join(by) + " | " + " | ".join(h for _, h, _ in shown) + " | ok | failed |",
+             "|" + "---|" * (len(by) + len(shown) + 2)]
+    for _, r in df.iterrows():
+        failed = int(r["failed"])
+        lines.append("| " + " | ".join(_plain(r.get(k)) for k in by) + " | "
+                     + " | ".join(_mean_std(r, c, f) for c, _, f in shown)
+                     + f" | {int(r['ok'])} | {f'**{failed}**' if failed else 0} |")
+    return lines
+
+
+def _plain(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, bool):
+        return str(v).lower()
+    return str(v)
 
 
 def incomplete_jobs(sweep_dir: str | Path) -> list[dict]:
@@ -177,6 +323,10 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         self.sweep_dir = Path(config.hydra.sweep.dir)
+        from omegaconf import OmegaConf
+
+        overrides = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
+        os.environ[SWEPT_ENV] = ",".join(swept_keys(overrides))  # the job folders' names: job_suffix
         atexit.register(self._at_exit)
 
     def on_job_start(self, config, **kwargs) -> None:
@@ -206,6 +356,23 @@ class SweepSummary(Callback):
         md = self._refresh()
         if md is not None:
             print(f"\nSweep summary ({self.sweep_dir}/summary.md):\n{md}")
+            self._log_wandb(config)
+
+    def _log_wandb(self, config) -> None:
+        """logger=wandb: the sweep's summary (and aggregate) as tables of one ``sweep-summary`` run in the
+        jobs' group."""
+        from bertprune.lightning.loggers import log_sweep_table
+
+        try:
+            group = f"prune-{config.get('sweep_group') or self.sweep_dir.name}"
+            tables = {"sweep_summary": tidy(self.sweep_dir).drop(columns=["error"]).astype(str)}
+            if (self.sweep_dir / "aggregate.csv").is_file():
+                import pandas as pd
+
+                tables["sweep_aggregate"] = pd.read_csv(self.sweep_dir / "aggregate.csv").astype(str)
+            log_sweep_table(self.sweep_dir, config.get("logger"), group, tables)
+        except Exception as e:  # noqa: BLE001 - the summary files are written; the dashboard is extra
+            print(f"W&B sweep summary not logged ({type(e).__name__}: {e})", file=sys.stderr)
 
     def _at_exit(self) -> None:
         """The sweep stopped before its end (Ctrl-C, or a failed job re-raised by Hydra)."""
