@@ -28,8 +28,9 @@ def _options(group: str) -> list[str]:
 
 
 def test_every_group_in_conf_is_used_by_a_config():
-    groups = {p.name for p in Path(CONF).iterdir() if p.is_dir()}
+    groups = {p.name for p in Path(CONF).iterdir() if p.is_dir()} - {"hydra"}  # hydra/: Hydra's own groups
     assert groups == {g for gs in GROUPS.values() for g in gs}
+    assert {p.parent.name + "/" + p.stem for p in (Path(CONF) / "hydra").rglob("*.yaml")} == {"launcher/slurm"}
 
 
 @pytest.mark.parametrize("config,group,option", [(c, g, o) for c, gs in GROUPS.items() for g in gs
