@@ -107,7 +107,7 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("sweep_suffix", _sweep_suffix)
 
 
-def _sweep_suffix(overrides) -> str:
+def _sweep_suffix(overrides, *named) -> str:
     from bertprune.jobs.sweep import job_suffix
 
-    return job_suffix(list(overrides or ()))
+    return job_suffix(list(overrides or ()), named)

@@ -33,6 +33,7 @@ def test_job_suffix_names_each_grid_job_apart(monkeypatch):
     monkeypatch.setenv(sweep.SWEPT_ENV, "constraint,rearrange,seed,task.train_file")
     overrides = ["constraint=0.4", "rearrange=False", "seed=1", "model=tiny", "task.train_file=/a b/t.csv"]
     assert sweep.job_suffix(overrides) == "-rearrange=false-seed=1-task.train_file=_a_b_t.csv"
+    assert sweep.job_suffix(overrides, ("rearrange",)) == "-seed=1-task.train_file=_a_b_t.csv"  # named already
     monkeypatch.setenv(sweep.SWEPT_ENV, "constraint")
     assert sweep.job_suffix(overrides) == ""  # a plain constraint sweep keeps c<constraint>
     monkeypatch.delenv(sweep.SWEPT_ENV)
@@ -145,6 +146,26 @@ def test_more_than_one_slurm_task_per_job_is_refused(monkeypatch):
         hardware.check_hardware({"accelerator": "cpu", "devices": 1})
     monkeypatch.setenv("SLURM_NTASKS", "1")
     hardware.check_hardware({"accelerator": "cpu", "devices": 1})
+
+
+def test_obs_grid_with_seeds_gets_a_folder_per_job(monkeypatch):
+    """The unstructured groups name their folders after their settings; other swept keys are appended."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+
+    monkeypatch.setenv(sweep.SWEPT_ENV, "unstructured.damp,seed")
+    names = set()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        for group in ("obs", "magnitude"):
+            for damp in ("1e-4", "1e-8"):
+                for seed in ("0", "1"):
+                    cfg = compose("prune", [f"unstructured={group}", f"unstructured.damp={damp}", f"seed={seed}"],
+                                  return_hydra_config=True)
+                    names.add(str(cfg.hydra.sweep.subdir))
+    assert "c0.5-obs-s0.5-unstructured-m256-d1e-08-B32-k4-seed=1" in names
+    assert "c0.5-magnitude-s0.5-unstructured-unstructured.damp=1e-4-seed=0" in names
+    assert len(names) == 8
 
 
 def test_launchers_are_config_choices():

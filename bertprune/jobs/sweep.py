@@ -61,11 +61,12 @@ def swept_keys(overrides) -> list[str]:
     return [o.key_or_group for o in parsed if o.is_sweep_override()]
 
 
-def job_suffix(task_overrides) -> str:
+def job_suffix(task_overrides, named=()) -> str:
     """The folder-name suffix of one sweep job: ``-key=value`` for each key the sweep varies besides the
-    constraint (``hydra.sweep.subdir: c${constraint}${sweep_suffix:${hydra.overrides.task}}``), so that no two
-    jobs of a grid share a folder; "" for a plain constraint sweep."""
-    swept = [k for k in os.environ.get(SWEPT_ENV, "").split(",") if k and k not in IN_FOLDER_NAME]
+    constraint and the keys ``named`` already in the folder name (``hydra.sweep.subdir:
+    c${constraint}${sweep_suffix:${hydra.overrides.task}}``), so that no two jobs of a grid share a folder;
+    "" for a plain constraint sweep."""
+    swept = [k for k in os.environ.get(SWEPT_ENV, "").split(",") if k and k not in (*IN_FOLDER_NAME, *named)]
     parts = []
     for o in task_overrides or ():
         key, _, value = str(o).partition("=")
