@@ -288,8 +288,10 @@ def test_prune_stsb_tsv_regression_exports_benches_and_submits(tmp_path):
     sidecar = json.loads((Path(cfg.output_dir) / "onnx" / "model.json").read_text())
     assert sidecar["metric"] == "pearson"
     assert sidecar["metric_value"]["pytorch"] == pytest.approx(r["eval/pearson_pruned_model"], abs=1e-9)
-    # a correlation is continuous: ONNX Runtime's float differences (parity ~1e-6) move it a little
-    assert sidecar["metric_value"]["onnx"] == pytest.approx(sidecar["metric_value"]["pytorch"], abs=5e-3)
+    # the outputs agree to float precision; a correlation of the pruned tiny model's nearly constant outputs
+    # still moves with them (measured: 0.607 vs 0.589 at parity 5e-7 on an AMD EPYC; under 5e-3 on an earlier CPU)
+    assert r["export/parity_max_abs_diff"] <= 1e-5
+    assert sidecar["metric_value"]["onnx"] == pytest.approx(sidecar["metric_value"]["pytorch"], abs=3e-2)
     assert r["export/onnx_pearson"] == sidecar["metric_value"]["onnx"]
 
     out = tmp_path / "bench"

@@ -314,7 +314,8 @@ def test_prune_regression_end_to_end(tiny_cfg, tmp_path):
     for stage in ("dense", "search", "rearrange", "tune", "pruned_model"):
         assert math.isfinite(r[f"eval/mse_{stage}"]) and r[f"eval/mse_{stage}"] >= 0
     assert r["eval/mse_dense"] < 0.5  # labels are ±1 (variance ~1): the tiny teacher learned the scores
-    assert r["eval/mse"] == r["eval/mse_tune"] == pytest.approx(r["eval/mse_pruned_model"], abs=1e-9)
+    # the masked and the physically smaller model: the same function, float32 sums in another order
+    assert r["eval/mse"] == r["eval/mse_tune"] == pytest.approx(r["eval/mse_pruned_model"], rel=1e-6)
     assert r["prune/parity_max_abs_diff"] <= 1e-4 and abs(r["prune/mac_ratio"] - 0.5) <= 0.01
     meta = json.loads((Path(cfg.output_dir) / "pruned" / "bertprune.json").read_text())
     assert meta["metric"] == "mse" and set(meta["stage_metrics"]) == {"dense", "search", "rearrange", "tune"}
