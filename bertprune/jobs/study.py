@@ -56,7 +56,8 @@ def load_jobs(sweep: str | Path):
     import pandas as pd
 
     sweep = Path(sweep)
-    grid = tidy(sweep)[["job", *swept_columns(sweep), "status", "error"]]
+    table = tidy(sweep)
+    grid = table[["job", *_keys_of(table), "status", "error"]]
     rows = []
     for job in grid["job"]:
         try:
@@ -71,7 +72,11 @@ def load_jobs(sweep: str | Path):
 
 def swept_columns(sweep: str | Path) -> list[str]:
     """The keys the sweep varies (its tidy table's columns between ``job`` and ``metric``)."""
-    cols = list(tidy(Path(sweep)).columns)
+    return _keys_of(tidy(Path(sweep)))
+
+
+def _keys_of(table) -> list[str]:
+    cols = list(table.columns)
     return cols[1:cols.index("metric")]
 
 
