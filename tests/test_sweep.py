@@ -42,9 +42,9 @@ def _regression_overrides(tmp_path: Path) -> list[str]:
             "training.lr=2e-3", "training.epochs=2", "logger=csv", "batch_size=16", "export=false"]
 
 
-def _sweep_cli(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
+def _sweep_cli(args: list[str], cwd: Path, env: dict | None = None, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(ROOT / "prune.py"), "-m", *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ}, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or {**os.environ}, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -145,27 +145,48 @@ def test_summary_is_written_after_every_job_and_on_interrupt(tmp_path, monkeypat
     assert "| c0.4 | 0.40 | 0.400 | 80.00 |" in md and "**INTERRUPTED**" in md and "INCOMPLETE: 2 of 3" in md
 
 
+# Loaded by the sweep's interpreter (sitecustomize on PYTHONPATH): the second job's Fisher pass announces itself
+# and then runs until interrupted, so the Ctrl-C lands inside that job however fast the machine is.
+_HOLD_SECOND_JOB = """
+import time
+from pathlib import Path
+import bertprune.jobs.prune as prune
+
+_run_fisher = prune.run_fisher
+
+def run_fisher(*args, **kwargs):
+    out_path = Path(args[-1])
+    if out_path.parent.name == "c0.6":
+        (out_path.parent / "in_fisher").write_text("")
+        time.sleep(600)
+    return _run_fisher(*args, **kwargs)
+
+prune.run_fisher = run_fisher
+"""
+
+
 @pytest.mark.integration
 def test_interrupted_cli_sweep_still_has_a_summary(tmp_path, tiny_data):
     train_file, dev_file = tiny_data
-    out = tmp_path / "sweep"
+    out, hook = tmp_path / "sweep", tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_HOLD_SECOND_JOB)
     proc = _sweep_cli(["constraint=0.4,0.6", "model=tiny", "task=csv", f"task.train_file={train_file}",
                        f"task.validation_file={dev_file}", "task.max_length=32", "training=fast",
                        "training.max_train_samples=null", "training.epochs=2", "logger=csv", "num_samples=128",
-                       # one-example evaluation batches and small calibration batches: each job takes
-                       # seconds even on an idle machine, so the Ctrl-C below lands inside the second job
-                       "batch_size=2", "eval_batch_size=1", "export=false", f"hydra.sweep.dir={out}"], tmp_path,
+                       "export=false", f"hydra.sweep.dir={out}"], tmp_path,
+                      env={**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])},
                       start_new_session=True,  # its own process group, as a terminal's foreground job
                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # Ctrl-C not inherited-ignored
     deadline = time.time() + 600
-    while not (out / "c0.6" / "status.json").is_file() and proc.poll() is None and time.time() < deadline:
+    while not (out / "c0.6" / "in_fisher").is_file() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-    time.sleep(1.0)  # the second job is under way (loading its teacher and data)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
-    assert not (out / "c0.6" / "results.json").exists(), "the second job finished before the Ctrl-C"
+    assert (out / "c0.4" / "results.json").is_file() and (out / "c0.6" / "status.json").is_file()
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C during the second job
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode != 0, stderr[-3000:]
+    assert not (out / "c0.6" / "results.json").exists()
     rows = {r["job"]: r["status"] for r in sweep.collect(out)}
     assert rows == {"c0.4": "ok", "c0.6": "interrupted"}
     assert "**INTERRUPTED**" in (out / "summary.md").read_text()
