@@ -216,7 +216,8 @@ def main(argv=None) -> dict:
     # dense one's, the table's own settings; the predictions are checked against these
     for scenario, s in settings.items():
         for n, p in tqdm(list(zip(names, paths)), desc=f"as served b{s.batch_size}"):
-            timing[scenario][n]["served_ms"] = lat.time_served(p, kind, s, dense=dense_onnx)["ms"]
+            served = lat.time_served(p, kind, s, dense=dense_onnx)
+            timing[scenario][n].update(served_ms=served["ms"], served_dense_ms=served["dense_ms"])
         out[f"timing_{scenario}"].update(timing[scenario])
         save()
 
@@ -245,6 +246,17 @@ def main(argv=None) -> dict:
               f"{b32[n]['served_ms']:.1f} | {b32[n]['predicted_ms'] / b32[n]['served_ms']:.3f} | "
               f"{d1 / b1[n]['measured_ms']:.2f}x / {d32 / b32[n]['measured_ms']:.2f}x | "
               f"{b1[n]['predicted_ms'] / b1[n]['measured_ms']:.3f} / {b32[n]['predicted_ms'] / b32[n]['measured_ms']:.3f} |")
+    # prune.py's latency/predicted_rescaled_ms: the predicted ratio x the dense model timed beside the served one
+    print(f"\nPredicted latency rescaled by the dense model timed beside each served model (results.json's "
+          f"latency/predicted_rescaled_ms), over the measured one; and that dense model over the table's dense time "
+          f"(the machine's drift since the table):\n\n| variant | b1 rescaled pred/meas | b{bs} rescaled pred/meas | "
+          f"b1 dense now / table | b{bs} dense now / table |\n|---|---|---|---|---|")
+    for n in names:
+        cells = []
+        for t in (b1, b32):
+            cells.append(f"{t[n]['predicted_ms'] / t['dense']['predicted_ms'] * t[n]['served_dense_ms'] / t[n]['served_ms']:.3f}")
+        cells += [f"{t[n]['served_dense_ms'] / t['dense']['predicted_ms']:.3f}" for t in (b1, b32)]
+        print(f"| {n} | " + " | ".join(cells) + " |")
     print("\n| constraint | accuracy latency-searched − MAC-searched | measured latency latency-searched / MAC-searched "
           "b1 | b" + str(bs) + " |\n|---|---|---|---|")
     for c in args.constraints:

@@ -42,7 +42,8 @@ def main(argv=None) -> dict:
     from bertprune.models import load_model, load_tokenizer
     from bertprune.resources import CONF_DIR
     from bertprune.tasks.data import Task, load_task_data, make_loader, tokenize
-    from bertprune.tasks.evaluate import evaluate
+    from bertprune.tasks.evaluate import predict_logits
+    from bertprune.tasks.kinds import score as score_kind
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sparsities", default="0.5,0.7,0.8")
@@ -91,8 +92,24 @@ def main(argv=None) -> dict:
     for p in dense.parameters():
         p.requires_grad_(False)
 
-    def score(m, desc) -> float:
-        return evaluate(m, val_loader, kind, "cpu", progress=False, desc=desc)[metric]
+    classification = kind.name == "classification"
+    predictions: dict[str, torch.Tensor] = {}  # per-example correctness (classification), for paired comparisons
+
+    def score(m, desc) -> dict:
+        """The task metric; for classification also the validation loss (the cross-entropy whose curvature
+        the Fisher approximates), the agreement with the dense model's predictions, and each example's
+        correctness (kept in memory for the paired comparison)."""
+        logits, labels = predict_logits(m, val_loader, "cpu", desc=desc)
+        out = {metric: score_kind(kind, logits, labels)[metric]}
+        if classification:
+            pred = logits.argmax(-1)
+            out["val_loss"] = torch.nn.functional.cross_entropy(logits, labels).item()
+            if "dense_pred" in predictions:
+                out["agree_dense"] = 100.0 * (pred == predictions["dense_pred"]).float().mean().item()
+            else:
+                predictions["dense_pred"] = pred
+            predictions[desc] = pred == labels
+        return out
 
     grad_batches = gradient_batches(len(train_rows), args.num_grads, 1, int(cfg.seed))
 
@@ -113,7 +130,8 @@ def main(argv=None) -> dict:
     # B = 1 from the same gradients: the diagonals of the B-blocks, in weight order, as [n, 1, 1]
     diag_sums = [s.diagonal(dim1=1, dim2=2).reshape(-1)[:n].view(-1, 1, 1).clone() for s, n in zip(dense_sums, numels)]
     log.info("dense Fisher blocks: %d gradients in %.1f s", m, grad_s)
-    dense_score = score(dense, "dense")
+    dense_scores = score(dense, "dense")
+    dense_score = dense_scores[metric]
     rows: list[dict] = []
     calls = {"estimates": 1}
 
@@ -134,7 +152,8 @@ def main(argv=None) -> dict:
                                     gradients if method == "obs" else None)
         secs = time.perf_counter() - t
         row = {"method": name, "sparsity": sparsity, "achieved": report.sparsity, "fisher_block_size": block,
-               "recomputations": k if method == "obs" else 0, metric: score(model, name), "prune_s": round(secs, 1)}
+               "recomputations": k if method == "obs" else 0, **score(model, f"{name}@{sparsity}"),
+               "prune_s": round(secs, 1)}
         log.info("%s", row)
         rows.append(row)
         return row
@@ -150,6 +169,7 @@ def main(argv=None) -> dict:
         if k not in (1, args.recomputations):
             run(f"OBS B={B}, {k} recomputations", "obs", top, k=k)
 
+    paired = paired_comparisons(rows, predictions, B, args.recomputations) if classification else []
     compound = None
     if not args.no_compound:
         compound = run_compound(cfg, args, out)
@@ -158,13 +178,42 @@ def main(argv=None) -> dict:
                 "eval_samples": len(val), "seed": int(cfg.seed), "teacher": teacher,
                 "gradient_s_per_estimate": round(grad_s, 1), "estimates": calls["estimates"],
                 "total_s": round(time.perf_counter() - t_start, 1), "versions": package_versions()}
-    md = format_markdown(rows, compound, dense_score, metric, sparsities, sweep, settings, args)
+    md = format_markdown(rows, compound, dense_scores, metric, sparsities, sweep, settings, paired)
     atomic_write_text(out / "obs_benchmark.md", md)
-    atomic_write_json(out / "obs_benchmark.json", {"rows": rows, "compound": compound, "dense": dense_score,
-                                                   "settings": settings})
+    atomic_write_json(out / "obs_benchmark.json", {"rows": rows, "compound": compound, "dense": dense_scores,
+                                                   "paired": paired, "settings": settings})
     print(md)
     print(f"written to {out}/obs_benchmark.md")
-    return {"rows": rows, "compound": compound, "dense": dense_score, "settings": settings}
+    return {"rows": rows, "compound": compound, "dense": dense_scores, "paired": paired, "settings": settings}
+
+
+def mcnemar_p(wins: int, losses: int) -> float:
+    """Two-sided exact McNemar p-value: under "equally good", the examples only one of two models gets
+    right fall to either side with probability 1/2 (a binomial test on the discordant pairs)."""
+    from math import comb
+
+    n, k = wins + losses, min(wins, losses)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def paired_comparisons(rows, predictions, B, recomputations) -> list[dict]:
+    """At each sparsity, OBS with recomputations (else 1 estimate) against B = 1 and magnitude, example by
+    example: wins = examples OBS gets right and the other wrong, losses the reverse, and McNemar's p."""
+    out = []
+    for s in dict.fromkeys(r["sparsity"] for r in rows):
+        at = {r["method"]: f"{r['method']}@{s}" for r in rows if r["sparsity"] == s}
+        obs = next((at[n] for n in (f"OBS B={B}, {recomputations} recomputations", f"OBS B={B}, 1 estimate")
+                    if n in at), None)
+        for other in ("diagonal Fisher (B=1)", "magnitude"):
+            if obs is None or other not in at:
+                continue
+            a, b = predictions[obs], predictions[at[other]]
+            wins, losses = int((a & ~b).sum()), int((~a & b).sum())
+            out.append({"sparsity": s, "obs": obs.split("@")[0], "other": other, "wins": wins, "losses": losses,
+                        "p": mcnemar_p(wins, losses)})
+    return out
 
 
 def run_compound(cfg, args, out: Path) -> dict:
@@ -189,8 +238,9 @@ def run_compound(cfg, args, out: Path) -> dict:
     return {"results": r, "speed": speed}
 
 
-def format_markdown(rows, compound, dense_score, metric, sparsities, sweep, settings, args) -> str:
+def format_markdown(rows, compound, dense_scores, metric, sparsities, sweep, settings, paired=()) -> str:
     B = settings["fisher_block_size"]
+    dense_score = dense_scores[metric]
     lines = [f"One-shot unstructured pruning of the encoder's linear weights ({metric} on {settings['eval_samples']} "
              f"validation examples; dense {dense_score:.2f}). m = {settings['num_grads']} per-sample gradients per "
              f"Fisher estimate, damp {settings['damp']:g}, cubic schedule; no fine-tuning.", "",
@@ -202,6 +252,22 @@ def format_markdown(rows, compound, dense_score, metric, sparsities, sweep, sett
             r = next((r for r in rows if r["method"] == name and r["sparsity"] == s), None)
             cells.append(f"{r[metric]:.2f}" if r else "–")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "val_loss" in dense_scores:
+        lines += ["", f"Validation loss (cross-entropy; dense {dense_scores['val_loss']:.4f}) / agreement with the dense "
+                      "model's predictions (%):", "",
+                  "| method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |", "|---|" + "---|" * len(sparsities)]
+        for name in names:
+            cells = []
+            for s in sparsities:
+                r = next((r for r in rows if r["method"] == name and r["sparsity"] == s), None)
+                cells.append(f"{r['val_loss']:.4f} / {r['agree_dense']:.1f}" if r else "–")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if paired:
+        lines += ["", "Paired, example by example (wins = examples OBS gets right and the other method wrong; losses "
+                      "the reverse; p = exact two-sided McNemar test):", "",
+                  "| sparsity | OBS row | vs | wins | losses | p |", "|---|---|---|---|---|---|"]
+        lines += [f"| {c['sparsity']:.0%} | {c['obs']} | {c['other']} | {c['wins']} | {c['losses']} | {c['p']:.3g} |"
+                  for c in paired]
     top = max(sparsities)
     lines += ["", f"Accuracy at {top:.0%} vs Fisher-inverse recomputations (B = {B}):", "",
               "| recomputations | " + " | ".join(str(k) for k in sweep) + " |", "|---|" + "---|" * len(sweep)]

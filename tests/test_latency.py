@@ -348,6 +348,11 @@ def test_prune_with_latency_cost_end_to_end(tiny_cfg, tmp_path):
     assert (r["latency/batch_size"], r["latency/seq_len"]) == (1, 32)  # single_stream, task.max_length
     assert r["latency/predicted_ms"] > 0 and r["latency/measured_ms"] > 0 and r["latency/dense_measured_ms"] > 0
     assert r["latency/predicted_over_measured"] == pytest.approx(r["latency/predicted_ms"] / r["latency/measured_ms"])
+    drift = r["latency/dense_measured_ms"] / r["latency/dense_predicted_ms"]
+    assert r["latency/dense_measured_over_table"] == pytest.approx(drift)
+    assert r["latency/predicted_rescaled_ms"] == pytest.approx(r["prune/latency_ratio"] * r["latency/dense_measured_ms"])
+    assert r["latency/predicted_rescaled_over_measured"] == pytest.approx(
+        r["latency/predicted_rescaled_ms"] / r["latency/measured_ms"])
     assert r["latency/measured_on"].endswith("onnx/model.onnx") and not r["latency/lut_cached"]
     assert r["latency/lut_measure_s"] > 0 and r["time/latency_lut_s"] >= r["latency/lut_measure_s"] * 0.9
     saved = json.loads((Path(cfg.output_dir) / "results.json").read_text())

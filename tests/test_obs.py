@@ -489,3 +489,26 @@ def test_structured_false_refuses_a_latency_cost_before_work(tmp_path):
     with pytest.raises(ValueError, match=r"structured=false with cost=latency_cost: no head or neuron is pruned"):
         check_prune_config(cfg)
     check_prune_config(compose_cfg("prune", ["structured=false", "unstructured=magnitude"], tmp_path))  # mac: fine
+
+
+def test_obs_benchmark_paired_comparison_counts_discordant_examples_and_mcnemar_p():
+    from math import comb
+
+    from benchmarks.obs_oneshot import mcnemar_p, paired_comparisons
+
+    assert mcnemar_p(0, 0) == 1.0 and mcnemar_p(5, 5) == 1.0
+    assert mcnemar_p(0, 10) == pytest.approx(2 / 2 ** 10) and mcnemar_p(9, 1) == pytest.approx(2 * 11 / 2 ** 10)
+    assert mcnemar_p(30, 20) == pytest.approx(2 * sum(comb(50, i) for i in range(21)) / 2 ** 50)
+    right = torch.tensor([1, 1, 1, 0, 0, 1, 0, 1], dtype=torch.bool)
+    b1 = torch.tensor([1, 0, 0, 0, 1, 1, 0, 1], dtype=torch.bool)
+    mag = torch.zeros(8, dtype=torch.bool)
+    rows = [{"method": "magnitude", "sparsity": 0.5}, {"method": "diagonal Fisher (B=1)", "sparsity": 0.5},
+            {"method": "OBS B=16, 1 estimate", "sparsity": 0.5},
+            {"method": "OBS B=16, 4 recomputations", "sparsity": 0.5}, {"method": "OBS B=16, 1 estimate", "sparsity": 0.8}]
+    preds = {"magnitude@0.5": mag, "diagonal Fisher (B=1)@0.5": b1, "OBS B=16, 1 estimate@0.5": ~right,
+             "OBS B=16, 4 recomputations@0.5": right, "OBS B=16, 1 estimate@0.8": right}
+    out = paired_comparisons(rows, preds, 16, 4)
+    assert [(c["sparsity"], c["obs"], c["other"], c["wins"], c["losses"]) for c in out] == [
+        (0.5, "OBS B=16, 4 recomputations", "diagonal Fisher (B=1)", 2, 1),  # the recomputed row, when there is one
+        (0.5, "OBS B=16, 4 recomputations", "magnitude", 5, 0)]  # 0.8 has no baseline row: no comparison
+    assert out[1]["p"] == pytest.approx(2 / 32)

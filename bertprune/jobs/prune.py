@@ -580,9 +580,20 @@ def measured_latency(run_dir: Path, pruned, dense, kind, settings, results: dict
              settings.seq_len)
     t = time.perf_counter()
     ms = time_served(served, kind, settings, dense=dense)
+    # the dense model timed now against the table's dense time: how much faster or slower the machine runs than
+    # when the table was measured; the prediction rescaled by it (= the predicted ratio x the dense model now)
+    drift = ms["dense_ms"] / results["latency/dense_predicted_ms"]
+    rescaled = results["latency/predicted_ms"] * drift
+    if abs(drift - 1) > 0.1:
+        log.warning("the dense model runs %.2fx as long as when the latency table was measured (%.3f vs %.3f ms): "
+                    "this machine's speed has changed, so the table's absolute milliseconds are off by about that "
+                    "factor; ratios are not. latency/predicted_rescaled_ms corrects for it; cost.cache=false "
+                    "re-measures the table", drift, ms["dense_ms"], results["latency/dense_predicted_ms"])
     return {"latency/measured_ms": ms["ms"], "latency/dense_measured_ms": ms["dense_ms"],
             "latency/measured_ratio": ms["ms"] / ms["dense_ms"],
             "latency/predicted_over_measured": results["latency/predicted_ms"] / ms["ms"],
+            "latency/dense_measured_over_table": drift, "latency/predicted_rescaled_ms": rescaled,
+            "latency/predicted_rescaled_over_measured": rescaled / ms["ms"],
             "latency/measured_on": on, "time/latency_measure_s": round(time.perf_counter() - t, 3)}
 
 
@@ -642,7 +653,8 @@ def format_result(r: dict, metric: str) -> str:
     fmt = metric_format(metric)  # accuracy/f1 in % with 2 decimals, correlations with 4 digits
     accs = "  ".join(f"{s} {fmt.format(r[f'eval/{metric}_{s}'])}" for s in stages)
     if r.get("latency/predicted_ms") is not None:
-        measured = (f"measured {r['latency/measured_ms']:.3f} ms (ratio {r['latency/measured_ratio']:.3f})"
+        measured = (f"measured {r['latency/measured_ms']:.3f} ms (ratio {r['latency/measured_ratio']:.3f}; predicted "
+                    f"rescaled to the dense model timed beside it {r['latency/predicted_rescaled_ms']:.3f} ms)"
                     if r.get("latency/measured_ms") is not None else "not measured (export=false)")
         accs += (f"\n  latency ratio {r['prune/latency_ratio']:.3f}: predicted {r['latency/predicted_ms']:.3f} ms "
                  f"of {r['latency/dense_predicted_ms']:.3f} ms, {measured} ({r['latency/runtime']}, "
