@@ -238,30 +238,26 @@ def run_compound(cfg, args, out: Path) -> dict:
     return {"results": r, "speed": speed}
 
 
+def _method_table(rows, sparsities, cell) -> list[str]:
+    """Markdown lines: one row per method, one column per sparsity, ``cell(row)`` in each (– where not run)."""
+    lines = ["| method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |", "|---|" + "---|" * len(sparsities)]
+    for name in dict.fromkeys(r["method"] for r in rows if r["sparsity"] in sparsities):
+        found = [next((r for r in rows if r["method"] == name and r["sparsity"] == s), None) for s in sparsities]
+        lines.append(f"| {name} | " + " | ".join(cell(r) if r else "–" for r in found) + " |")
+    return lines
+
+
 def format_markdown(rows, compound, dense_scores, metric, sparsities, sweep, settings, paired=()) -> str:
     B = settings["fisher_block_size"]
     dense_score = dense_scores[metric]
     lines = [f"One-shot unstructured pruning of the encoder's linear weights ({metric} on {settings['eval_samples']} "
              f"validation examples; dense {dense_score:.2f}). m = {settings['num_grads']} per-sample gradients per "
              f"Fisher estimate, damp {settings['damp']:g}, cubic schedule; no fine-tuning.", "",
-             "| method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |", "|---|" + "---|" * len(sparsities)]
-    names = list(dict.fromkeys(r["method"] for r in rows if r["sparsity"] in sparsities))
-    for name in names:
-        cells = []
-        for s in sparsities:
-            r = next((r for r in rows if r["method"] == name and r["sparsity"] == s), None)
-            cells.append(f"{r[metric]:.2f}" if r else "–")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+             *_method_table(rows, sparsities, lambda r: f"{r[metric]:.2f}")]
     if "val_loss" in dense_scores:
         lines += ["", f"Validation loss (cross-entropy; dense {dense_scores['val_loss']:.4f}) / agreement with the dense "
                       "model's predictions (%):", "",
-                  "| method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |", "|---|" + "---|" * len(sparsities)]
-        for name in names:
-            cells = []
-            for s in sparsities:
-                r = next((r for r in rows if r["method"] == name and r["sparsity"] == s), None)
-                cells.append(f"{r['val_loss']:.4f} / {r['agree_dense']:.1f}" if r else "–")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+                  *_method_table(rows, sparsities, lambda r: f"{r['val_loss']:.4f} / {r['agree_dense']:.1f}")]
     if paired:
         lines += ["", "Paired, example by example (wins = examples OBS gets right and the other method wrong; losses "
                       "the reverse; p = exact two-sided McNemar test):", "",
