@@ -252,10 +252,10 @@ def main(argv=None) -> dict:
           f"(the machine's drift since the table):\n\n| variant | b1 rescaled pred/meas | b{bs} rescaled pred/meas | "
           f"b1 dense now / table | b{bs} dense now / table |\n|---|---|---|---|---|")
     for n in names:
-        cells = []
-        for t in (b1, b32):
-            cells.append(f"{t[n]['predicted_ms'] / t['dense']['predicted_ms'] * t[n]['served_dense_ms'] / t[n]['served_ms']:.3f}")
-        cells += [f"{t[n]['served_dense_ms'] / t['dense']['predicted_ms']:.3f}" for t in (b1, b32)]
+        now = [lat.rescaled_to_now(t[n]["predicted_ms"], t["dense"]["predicted_ms"], t[n]["served_dense_ms"])
+               for t in (b1, b32)]
+        cells = [f"{rescaled / t[n]['served_ms']:.3f}" for (_, rescaled), t in zip(now, (b1, b32))]
+        cells += [f"{drift:.3f}" for drift, _ in now]
         print(f"| {n} | " + " | ".join(cells) + " |")
     print("\n| constraint | accuracy latency-searched − MAC-searched | measured latency latency-searched / MAC-searched "
           "b1 | b" + str(bs) + " |\n|---|---|---|---|")

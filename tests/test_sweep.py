@@ -175,7 +175,8 @@ def test_interrupted_cli_sweep_still_has_a_summary(tmp_path, tiny_data):
                        f"task.validation_file={dev_file}", "task.max_length=32", "training=fast",
                        "training.max_train_samples=null", "training.epochs=2", "logger=csv", "num_samples=128",
                        "export=false", f"hydra.sweep.dir={out}"], tmp_path,
-                      env={**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])},
+                      env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                          p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)},
                       start_new_session=True,  # its own process group, as a terminal's foreground job
                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # Ctrl-C not inherited-ignored
     deadline = time.time() + 600

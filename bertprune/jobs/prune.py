@@ -564,7 +564,7 @@ def measured_latency(run_dir: Path, pruned, dense, kind, settings, results: dict
     """The latency of what is served, measured with the table's settings: the exported ``onnx/model.onnx``
     (onnxruntime; not measured without export=true) or the pruned PyTorch model (torch), interleaved with
     the dense model."""
-    from bertprune.onnx.latency import time_served
+    from bertprune.onnx.latency import rescaled_to_now, time_served
     from bertprune.onnx.variants import MODEL_FILE
 
     if settings.runtime == "onnxruntime":
@@ -580,10 +580,8 @@ def measured_latency(run_dir: Path, pruned, dense, kind, settings, results: dict
              settings.seq_len)
     t = time.perf_counter()
     ms = time_served(served, kind, settings, dense=dense)
-    # the dense model timed now against the table's dense time: how much faster or slower the machine runs than
-    # when the table was measured; the prediction rescaled by it (= the predicted ratio x the dense model now)
-    drift = ms["dense_ms"] / results["latency/dense_predicted_ms"]
-    rescaled = results["latency/predicted_ms"] * drift
+    drift, rescaled = rescaled_to_now(results["latency/predicted_ms"], results["latency/dense_predicted_ms"],
+                                      ms["dense_ms"])
     if abs(drift - 1) > 0.1:
         log.warning("the dense model runs %.2fx as long as when the latency table was measured (%.3f vs %.3f ms): "
                     "this machine's speed has changed, so the table's absolute milliseconds are off by about that "

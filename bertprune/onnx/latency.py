@@ -377,6 +377,14 @@ def time_served(onnx_or_model, kind, s: LatencySettings, dense=None) -> dict:
     return {"ms": ms[0], **({"dense_ms": ms[1]} if dense is not None else {})}
 
 
+def rescaled_to_now(predicted_ms: float, table_dense_ms: float, dense_now_ms: float) -> tuple[float, float]:
+    """(drift, rescaled prediction): the dense model timed now over the table's dense time (> 1: the machine
+    runs slower than when the table was measured), and ``predicted_ms`` scaled by it (= the predicted ratio
+    to dense x the dense model now)."""
+    drift = dense_now_ms / table_dense_ms
+    return drift, predicted_ms * drift
+
+
 def _quiet_export():
     from bertprune.onnx.runtime import quiet
 
