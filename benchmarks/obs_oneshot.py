@@ -55,6 +55,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--recomputed-at", default=None,
                     help="sparsities of table 1's recomputation row (default: every one of --sparsities; each costs "
                          "--recomputations - 1 gradient passes)")
+    ap.add_argument("--damp-sweep", default="",
+                    help="extra damps (comma-separated) compared at --damp-sweep-at: B = 1 against OBS with 1 estimate, "
+                         "both from the shared first estimate (no more gradient passes; 2 evaluations per damp)")
+    ap.add_argument("--damp-sweep-at", default=None, help="sparsities of the damp sweep (default: the lowest)")
     ap.add_argument("--eval-samples", type=int, default=0, help="validation examples evaluated (0 = all)")
     ap.add_argument("--compound-sparsity", type=float, default=0.5)
     ap.add_argument("--compound-constraint", type=float, default=0.5)
@@ -67,6 +71,8 @@ def main(argv=None) -> dict:
     sparsities = [float(s) for s in args.sparsities.split(",")]
     sweep = [int(k) for k in args.recomputation_sweep.split(",")]
     recomputed_at = [float(s) for s in args.recomputed_at.split(",")] if args.recomputed_at else sparsities
+    damps = [float(d) for d in args.damp_sweep.split(",") if d.strip()]
+    damp_at = [float(s) for s in args.damp_sweep_at.split(",")] if args.damp_sweep_at else [min(sparsities)]
     out = args.out or Path(tempfile.mkdtemp(prefix="obs_benchmark-"))
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -135,7 +141,7 @@ def main(argv=None) -> dict:
     rows: list[dict] = []
     calls = {"estimates": 1}
 
-    def run(name, method, sparsity, block=B, k=1):
+    def run(name, method, sparsity, block=B, k=1, damp=args.damp):
         model = copy.deepcopy(dense)
         first = {"done": False}
 
@@ -148,11 +154,11 @@ def main(argv=None) -> dict:
 
         t = time.perf_counter()
         report = prune_unstructured(model, OBSOptions(sparsity=sparsity, method=method, fisher_block_size=block,
-                                                      damp=args.damp, num_recomputations=k),
+                                                      damp=damp, num_recomputations=k),
                                     gradients if method == "obs" else None)
         secs = time.perf_counter() - t
         row = {"method": name, "sparsity": sparsity, "achieved": report.sparsity, "fisher_block_size": block,
-               "recomputations": k if method == "obs" else 0, **score(model, f"{name}@{sparsity}"),
+               "damp": damp, "recomputations": k if method == "obs" else 0, **score(model, f"{name}@{sparsity}"),
                "prune_s": round(secs, 1)}
         log.info("%s", row)
         rows.append(row)
@@ -162,13 +168,18 @@ def main(argv=None) -> dict:
         run("magnitude", "magnitude", s)
         run("diagonal Fisher (B=1)", "obs", s, block=1)
         run(f"OBS B={B}, 1 estimate", "obs", s)
-        if s in recomputed_at:
+        if s in recomputed_at and args.recomputations > 1:
             run(f"OBS B={B}, {args.recomputations} recomputations", "obs", s, k=args.recomputations)
     top = max(sparsities)
     for k in sweep:
         if k not in (1, args.recomputations):
             run(f"OBS B={B}, {k} recomputations", "obs", top, k=k)
 
+    for s in damp_at:
+        for d in damps:
+            if d != args.damp:
+                run(f"diagonal Fisher (B=1), damp {d:g}", "obs", s, block=1, damp=d)
+                run(f"OBS B={B}, 1 estimate, damp {d:g}", "obs", s, damp=d)
     paired = paired_comparisons(rows, predictions, B, args.recomputations) if classification else []
     compound = None
     if not args.no_compound:
@@ -178,6 +189,9 @@ def main(argv=None) -> dict:
                 "eval_samples": len(val), "seed": int(cfg.seed), "teacher": teacher,
                 "gradient_s_per_estimate": round(grad_s, 1), "estimates": calls["estimates"],
                 "total_s": round(time.perf_counter() - t_start, 1), "versions": package_versions()}
+    if damps:
+        settings["damp_sweep"] = damp_sweep(rows, predictions, B, metric, sorted({args.damp, *damps}, reverse=True),
+                                            damp_at, classification)
     md = format_markdown(rows, compound, dense_scores, metric, sparsities, sweep, settings, paired)
     atomic_write_text(out / "obs_benchmark.md", md)
     atomic_write_json(out / "obs_benchmark.json", {"rows": rows, "compound": compound, "dense": dense_scores,
@@ -185,6 +199,27 @@ def main(argv=None) -> dict:
     print(md)
     print(f"written to {out}/obs_benchmark.md")
     return {"rows": rows, "compound": compound, "dense": dense_scores, "paired": paired, "settings": settings}
+
+
+def damp_sweep(rows, predictions, B, metric, damps, sparsities, classification) -> list[dict]:
+    """Per sparsity and damp: B = 1 and OBS (1 estimate) from the same first estimate, their metric and loss,
+    and (classification) the paired wins / losses of OBS with McNemar's p."""
+    out = []
+    for s in sparsities:
+        for d in damps:
+            b1 = next((r for r in rows if r["sparsity"] == s and r["damp"] == d and r["fisher_block_size"] == 1), None)
+            ob = next((r for r in rows if r["sparsity"] == s and r["damp"] == d and r["fisher_block_size"] == B
+                       and r["recomputations"] == 1), None)
+            if b1 is None or ob is None:
+                continue
+            c = {"sparsity": s, "damp": d, "b1": b1[metric], "obs": ob[metric],
+                 "b1_loss": b1.get("val_loss"), "obs_loss": ob.get("val_loss")}
+            if classification:
+                a, b = predictions[f"{ob['method']}@{s}"], predictions[f"{b1['method']}@{s}"]
+                c["wins"], c["losses"] = int((a & ~b).sum()), int((~a & b).sum())
+                c["p"] = mcnemar_p(c["wins"], c["losses"])
+            out.append(c)
+    return out
 
 
 def mcnemar_p(wins: int, losses: int) -> float:
@@ -249,6 +284,7 @@ def _method_table(rows, sparsities, cell) -> list[str]:
 
 def format_markdown(rows, compound, dense_scores, metric, sparsities, sweep, settings, paired=()) -> str:
     B = settings["fisher_block_size"]
+    rows = [r for r in rows if r.get("damp", settings["damp"]) == settings["damp"]]  # the damp sweep has its own table
     dense_score = dense_scores[metric]
     lines = [f"One-shot unstructured pruning of the encoder's linear weights ({metric} on {settings['eval_samples']} "
              f"validation examples; dense {dense_score:.2f}). m = {settings['num_grads']} per-sample gradients per "
@@ -273,6 +309,15 @@ def format_markdown(rows, compound, dense_scores, metric, sparsities, sweep, set
                  None)
         cells.append(f"{r[metric]:.2f}" if r else "–")
     lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    if settings.get("damp_sweep"):
+        lines += ["", f"Damp sweep: B = 1 against OBS B = {B} with 1 estimate, both from the same first estimate "
+                      f"({metric} / validation loss; wins / losses of OBS, McNemar's p):", "",
+                  "| sparsity | damp | B = 1 | OBS | OBS − B = 1 | wins / losses, p |", "|---|---|---|---|---|---|"]
+        for c in settings["damp_sweep"]:
+            loss = (lambda v: f" / {v:.4f}" if v is not None else "")
+            wl = f"{c['wins']} / {c['losses']}, {c['p']:.2g}" if "wins" in c else "–"
+            lines.append(f"| {c['sparsity']:.0%} | {c['damp']:g} | {c['b1']:.2f}{loss(c['b1_loss'])} | "
+                         f"{c['obs']:.2f}{loss(c['obs_loss'])} | {c['obs'] - c['b1']:+.2f} | {wl} |")
     if compound:
         r, speed = compound["results"], compound["speed"]
         m = r["metric"]

@@ -512,3 +512,31 @@ def test_obs_benchmark_paired_comparison_counts_discordant_examples_and_mcnemar_
         (0.5, "OBS B=16, 4 recomputations", "diagonal Fisher (B=1)", 2, 1),  # the recomputed row, when there is one
         (0.5, "OBS B=16, 4 recomputations", "magnitude", 5, 0)]  # 0.8 has no baseline row: no comparison
     assert out[1]["p"] == pytest.approx(2 / 32)
+
+
+def test_obs_benchmark_damp_sweep_pairs_b1_with_obs_per_damp_and_keeps_the_main_tables_at_the_main_damp():
+    from benchmarks.obs_oneshot import damp_sweep, format_markdown
+
+    right = torch.tensor([1, 1, 1, 0, 0, 1], dtype=torch.bool)
+    b1 = torch.tensor([1, 0, 0, 0, 1, 1], dtype=torch.bool)
+
+    def row(method, block, damp, acc, loss):
+        return {"method": method, "sparsity": 0.5, "fisher_block_size": block, "damp": damp, "recomputations": 1,
+                "accuracy": acc, "val_loss": loss, "agree_dense": 90.0}
+
+    rows = [row("diagonal Fisher (B=1)", 1, 1e-7, 83.0, 0.40), row("OBS B=16, 1 estimate", 16, 1e-7, 82.5, 0.39),
+            row("diagonal Fisher (B=1), damp 1e-06", 1, 1e-6, 81.0, 0.42),
+            row("OBS B=16, 1 estimate, damp 1e-06", 16, 1e-6, 82.0, 0.41)]
+    preds = {"diagonal Fisher (B=1)@0.5": b1, "OBS B=16, 1 estimate@0.5": right,
+             "diagonal Fisher (B=1), damp 1e-06@0.5": right, "OBS B=16, 1 estimate, damp 1e-06@0.5": b1}
+    out = damp_sweep(rows, preds, 16, "accuracy", [1e-6, 1e-7, 1e-8], [0.5], True)
+    assert [(c["damp"], c["b1"], c["obs"], c["wins"], c["losses"]) for c in out] == [
+        (1e-6, 81.0, 82.0, 1, 2), (1e-7, 83.0, 82.5, 2, 1)]  # 1e-8 was not run: no row
+    settings = {"fisher_block_size": 16, "damp": 1e-7, "num_grads": 8, "eval_samples": 6, "damp_sweep": out,
+                "estimates": 1, "gradient_s_per_estimate": 1.0, "total_s": 60.0,
+                "versions": {"torch": "t", "transformers": "x", "onnxruntime": "o"}}
+    md = format_markdown(rows, None, {"accuracy": 83.3, "val_loss": 0.38}, "accuracy", [0.5], [1], settings)
+    main_table = md.split("Validation loss")[0]
+    assert "damp 1e-06" not in main_table and "| OBS B=16, 1 estimate | 82.50 |" in main_table
+    assert "| 50% | 1e-06 | 81.00 / 0.4200 | 82.00 / 0.4100 | +1.00 | 1 / 2, 1 |" in md
+    assert "| 50% | 1e-07 | 83.00 / 0.4000 | 82.50 / 0.3900 | -0.50 | 2 / 1, 1 |" in md
