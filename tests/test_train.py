@@ -87,9 +87,12 @@ def test_bad_data_and_model_inputs(tmp_path):
 
 
 @pytest.mark.integration
-def test_train_tiny_and_cache_reuse_and_corrupt_rebuild(tiny_cfg):
+def test_train_tiny_and_cache_reuse_and_corrupt_rebuild(tiny_cfg, caplog):
     cfg = tiny_cfg("train", ["training.lr=2e-3", "training.epochs=6"])
-    r = train(cfg)
+    with caplog.at_level("INFO", logger="bertprune.lightning.finetune"):
+        r = train(cfg)
+    # under pytest stderr is no terminal: progress comes as log lines (each validation has one)
+    assert sum(m.startswith("fine-tuning epoch") for m in caplog.messages) == 6
     assert not r.cached and r.metrics["eval/accuracy"] > 70
     ckpt = r.folder
     for f in ("config.json", "model.safetensors", "tokenizer.json", "metrics.json", "COMPLETE.json"):
@@ -301,3 +304,53 @@ def test_mnli_mm_shares_the_mnli_teacher(tmp_path):
     assert folder("rte") != folder("qnli")  # tasks without teacher_task keep their own teachers
     with pytest.raises(ValueError, match=r"teacher_task='mnil' is not a task config.*task.teacher_task=null"):
         folder("mnli_mm", "task.teacher_task=mnil")
+
+
+def test_fine_tuning_progress_is_timed_log_lines_when_the_output_is_not_a_terminal(caplog):
+    import io
+    import itertools
+    import logging
+
+    import pytorch_lightning as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from bertprune.lightning.finetune import TimedProgressLog, progress_options
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert progress_options(Tty()) == {"enable_progress_bar": True, "callbacks": []}
+    piped = progress_options(io.StringIO())
+    assert piped["enable_progress_bar"] is False and isinstance(piped["callbacks"][0], TimedProgressLog)
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, _):
+            loss = self.lin(batch[0]).pow(2).mean()
+            self.log("train/loss", loss)
+            return loss
+
+        def validation_step(self, batch, _):
+            self.log("eval/loss", self.lin(batch[0]).pow(2).mean())
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    loader = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=2)  # 4 steps per epoch
+    ticks = itertools.count(0, 40)  # each look at the clock: 40 s later
+    cb = TimedProgressLog(every_s=30, clock=lambda: float(next(ticks)))
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, accelerator="cpu", enable_progress_bar=False, callbacks=[cb])
+    with caplog.at_level(logging.INFO, logger="bertprune.lightning.finetune"):
+        trainer.fit(Tiny(), loader, loader)
+    lines = [r.getMessage() for r in caplog.records if r.name == "bertprune.lightning.finetune"]
+    assert lines[0] == "fine-tuning: 8 steps (2 epochs)"
+    steps = [l for l in lines if l.startswith("fine-tuning step")]
+    assert len(steps) == 8 and steps[0].startswith("fine-tuning step 1/8 (12%), epoch 1/2, 40 s elapsed, ETA 280 s")
+    assert "train/loss" in steps[-1] and steps[-1].startswith("fine-tuning step 8/8 (100%), epoch 2/2")
+    assert sum(l.startswith("fine-tuning epoch") and "eval/loss" in l for l in lines) == 2

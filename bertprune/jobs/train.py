@@ -175,7 +175,7 @@ def fine_tune(cfg, out_dir: Path) -> TrainResult:
     """Fine-tune the configured model on the task; write an HF folder + metrics.json to ``out_dir``."""
     import pytorch_lightning as pl
 
-    from bertprune.lightning.finetune import FineTuneModule, TaskDataModule
+    from bertprune.lightning.finetune import FineTuneModule, TaskDataModule, progress_options
     from bertprune.lightning.loggers import finish_wandb, make_loggers
 
     task, tokenizer = validate_inputs(cfg)
@@ -196,7 +196,7 @@ def fine_tune(cfg, out_dir: Path) -> TrainResult:
                            group="train", config=OmegaConf.to_container(cfg, resolve=True))
     trainer = pl.Trainer(max_epochs=cfg.training.epochs, logger=loggers, enable_checkpointing=False,
                          default_root_dir=str(run_dir), log_every_n_steps=10, num_sanity_val_steps=0,
-                         deterministic=False, **trainer_kwargs(cfg.hardware))
+                         deterministic=False, **progress_options(), **trainer_kwargs(cfg.hardware))
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     train_time = time.perf_counter() - start

@@ -3,11 +3,57 @@ lives in ``bertprune.lightning.fisher``.)"""
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
+
 import pytorch_lightning as pl
 import torch
 
 from bertprune.models import model_inputs
 from bertprune.tasks.data import Task, make_loader
+
+log = logging.getLogger(__name__)
+
+
+class TimedProgressLog(pl.Callback):
+    """Fine-tuning progress as a log line every ``every_s`` seconds (step, epoch, elapsed, ETA, train/loss)
+    and after each validation: for logs that are not a terminal (nohup, SLURM, CI), where Lightning's
+    progress bar draws nothing until the run ends."""
+
+    def __init__(self, every_s: float = 30.0, clock=time.perf_counter):
+        self.every_s, self.clock = every_s, clock
+        self.start = self.last = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = self.last = self.clock()
+        log.info("fine-tuning: %d steps (%d epochs)", trainer.estimated_stepping_batches, trainer.max_epochs)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = self.clock()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        done, total = trainer.global_step, trainer.estimated_stepping_batches
+        elapsed = now - self.start
+        eta = elapsed / done * (total - done) if done else float("nan")
+        loss = trainer.callback_metrics.get("train/loss")
+        log.info("fine-tuning step %d/%d (%.0f%%), epoch %d/%d, %.0f s elapsed, ETA %.0f s%s", done, total,
+                 100.0 * done / max(total, 1), trainer.current_epoch + 1, trainer.max_epochs, elapsed, eta,
+                 f", train/loss {float(loss):.4f}" if loss is not None else "")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        shown = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("eval/")}
+        log.info("fine-tuning epoch %d/%d validated after %.0f s: %s", trainer.current_epoch + 1, trainer.max_epochs,
+                 self.clock() - self.start, ", ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items())))
+
+
+def progress_options(stream=None) -> dict:
+    """Trainer keyword arguments for progress: Lightning's bar on a terminal, else ``TimedProgressLog`` lines."""
+    stream = sys.stderr if stream is None else stream
+    if getattr(stream, "isatty", lambda: False)():
+        return {"enable_progress_bar": True, "callbacks": []}
+    return {"enable_progress_bar": False, "callbacks": [TimedProgressLog()]}
 
 class TaskDataModule(pl.LightningDataModule):
     """Tokenized train/validation splits of a task, dynamically padded."""
