@@ -4,6 +4,7 @@ On the embedded default (the cached MiniLM teacher, loaded as prune.py does; Rot
   1. one-shot global sparsity 50 / 70 / 80 % of the encoder's linear weights: global magnitude, diagonal
      Fisher (B = 1), OBS with B = --block-size at 1 Fisher estimate and at --recomputations estimates;
   2. accuracy at the highest sparsity vs the number of recomputations (--recomputation-sweep, default 1, 4, 16);
+  (optional, --damp-sweep) B = 1 against OBS with 1 estimate at other damps, from the same first estimate;
   3. the compound chain as one prune.py job: structured 0.5 -> OBS 50 % -> INT8 (each step's accuracy,
      size and ONNX Runtime speed, measured round-robin against the dense export).
 
