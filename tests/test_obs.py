@@ -540,3 +540,28 @@ def test_obs_benchmark_damp_sweep_pairs_b1_with_obs_per_damp_and_keeps_the_main_
     assert "damp 1e-06" not in main_table and "| OBS B=16, 1 estimate | 82.50 |" in main_table
     assert "| 50% | 1e-06 | 81.00 / 0.4200 | 82.00 / 0.4100 | +1.00 | 1 / 2, 1 |" in md
     assert "| 50% | 1e-07 | 83.00 / 0.4000 | 82.50 / 0.3900 | -0.50 | 2 / 1, 1 |" in md
+
+
+def test_sparse_engine_benchmark_prepares_files_for_deepsparse(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from benchmarks.sparse_engine_speed import prepare
+    from conftest import tiny_onnx
+
+    path = tiny_onnx(tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    w = next(t for t in model.graph.initializer if t.name == "W")
+    a = numpy_helper.to_array(w).copy()  # [8, 2]: the one MatMul weight (the embeddings feed Gathers)
+    a[:4] = 0
+    w.CopyFrom(numpy_helper.from_array(a, "W"))
+    model.ir_version = 10  # what torch's exporter writes; DeepSparse 1.8 reads <= 9
+    onnx.save(model, str(path))
+    names, zeros, ir = prepare(path, tmp_path / "low.onnx")
+    assert names == ["input_ids", "input_mask", "segment_ids"] and zeros == 0.5 and ir == 10
+    low = onnx.load(str(tmp_path / "low.onnx"))
+    assert low.ir_version == 9 and [(o.domain, o.version) for o in low.opset_import] == [("", 18)]
+    np.testing.assert_array_equal(numpy_helper.to_array(next(t for t in low.graph.initializer if t.name == "W")), a)
+    with pytest.raises(ValueError, match=r"has inputs \['ids', 'input_mask', 'segment_ids'\]; expected the MLPerf"):
+        prepare(tiny_onnx(tmp_path / "bad.onnx", names=("ids", "input_mask", "segment_ids")), tmp_path / "x.onnx")
