@@ -80,11 +80,11 @@ def main(argv=None) -> int:
     runners, info = {}, {}
     for i, path in enumerate(args.models):
         name = f"{i}:{path.parent.parent.name}/{path.name}" if path.parent.name == "onnx" else f"{i}:{path.name}"
+        low = tmp / f"{i}.onnx"
         try:
-            names, zeros, ir = prepare(path, tmp / f"{i}.onnx")
+            names, zeros, ir = prepare(path, low)
         except ValueError as e:
             sys.exit(f"sparse_engine_speed: {e}")
-        low = tmp / f"{i}.onnx"
         so = ort.SessionOptions()
         so.intra_op_num_threads = args.threads
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
