@@ -72,8 +72,15 @@ def main(argv=None) -> dict:
     sparsities = [float(s) for s in args.sparsities.split(",")]
     sweep = [int(k) for k in args.recomputation_sweep.split(",")]
     recomputed_at = [float(s) for s in args.recomputed_at.split(",")] if args.recomputed_at else sparsities
-    damps = [float(d) for d in args.damp_sweep.split(",") if d.strip()]
-    damp_at = [float(s) for s in args.damp_sweep_at.split(",")] if args.damp_sweep_at else [min(sparsities)]
+    try:  # bad values stop here, before minutes of gradients
+        damps = [float(d) for d in args.damp_sweep.split(",") if d.strip()]
+        damp_at = [float(s) for s in args.damp_sweep_at.split(",")] if args.damp_sweep_at else [min(sparsities)]
+    except ValueError as e:
+        ap.error(f"--damp-sweep / --damp-sweep-at take comma-separated numbers, e.g. --damp-sweep 1e-5,1e-6 ({e})")
+    if any(not d > 0 for d in damps):
+        ap.error(f"--damp-sweep {args.damp_sweep}: every damp must be > 0, e.g. --damp-sweep 1e-4,1e-5,1e-6,1e-8")
+    if any(not 0 < s < 1 for s in damp_at):
+        ap.error(f"--damp-sweep-at {args.damp_sweep_at}: sparsities must be in (0, 1), e.g. --damp-sweep-at 0.5")
     out = args.out or Path(tempfile.mkdtemp(prefix="obs_benchmark-"))
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -177,8 +184,8 @@ def main(argv=None) -> dict:
             run(f"OBS B={B}, {k} recomputations", "obs", top, k=k)
 
     for s in damp_at:
-        for d in damps:
-            if d != args.damp:
+        for d in sorted({args.damp, *damps}, reverse=True) if damps else ():
+            if d != args.damp or s not in sparsities:  # the main damp's rows exist at --sparsities already
                 run(f"diagonal Fisher (B=1), damp {d:g}", "obs", s, block=1, damp=d)
                 run(f"OBS B={B}, 1 estimate, damp {d:g}", "obs", s, damp=d)
     paired = paired_comparisons(rows, predictions, B, args.recomputations) if classification else []

@@ -55,6 +55,7 @@ def progress_options(stream=None) -> dict:
         return {"enable_progress_bar": True, "callbacks": []}
     return {"enable_progress_bar": False, "callbacks": [TimedProgressLog()]}
 
+
 class TaskDataModule(pl.LightningDataModule):
     """Tokenized train/validation splits of a task, dynamically padded."""
 
