@@ -13,7 +13,7 @@ LOCK   := requirements.lock
 LOCK_VENV ?= /tmp/bertprune-lock-venv
 OTHER_ORT := $(if $(filter gpu,$(ORT)),onnxruntime,onnxruntime-gpu)
 
-.PHONY: setup lock check-env demo test test-unit test-integration test-slow bench-prune bench-export bench-harness bench-latency bench-obs bench-accuracy clean
+.PHONY: setup setup-deepsparse lock check-env demo test test-unit test-integration test-slow bench-prune bench-export bench-harness bench-latency bench-obs bench-accuracy clean
 
 $(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,6 +28,20 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# DeepSparse, the sparse CPU engine of `python bench.py runtime=deepsparse`, in a venv of its own: it pins onnx<1.15
+# and numpy<2, which $(LOCK) does not allow (requirements-deepsparse.lock pins that venv). CPU only (x86 AVX2 or
+# AVX-512, or ARM); Neural Magic's Community License allows evaluation and research, not production.
+DS_VENV ?= .venv-deepsparse
+DS_LOCK := requirements-deepsparse.lock
+DS_STAMP := $(DS_VENV)/.deepsparse-installed
+$(DS_STAMP): $(DS_LOCK)
+	test -x $(DS_VENV)/bin/python || python3 -m venv $(DS_VENV)
+	NM_DISABLE_ANALYTICS=1 $(DS_VENV)/bin/pip install -q -c $(DS_LOCK) deepsparse==1.8.0
+	NM_DISABLE_ANALYTICS=1 $(DS_VENV)/bin/python -c "import deepsparse; print('deepsparse', deepsparse.__version__)"
+	touch $(DS_STAMP)
+
+setup-deepsparse: $(DS_STAMP)
 
 check-env: $(STAMP)         # this .venv == requirements.lock (CI runs it before the tests)
 	$(PY) -m bertprune.envlock check

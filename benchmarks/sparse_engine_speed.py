@@ -1,10 +1,12 @@
 """Does a sparse CPU engine turn OBS's zeros into speed? DeepSparse against ONNX Runtime on the same files.
 
-    python3 -m venv .venv-deepsparse && .venv-deepsparse/bin/pip install deepsparse==1.8.0
+    make setup-deepsparse
     .venv-deepsparse/bin/python benchmarks/sparse_engine_speed.py DENSE.onnx SPARSE.onnx [MORE.onnx ...]
 
 DeepSparse pins onnx < 1.15 and numpy < 2, which bertprune's locked environment does not allow, so this
-script runs in its own venv and imports nothing of bertprune: only numpy, onnx, onnxruntime and deepsparse.
+script runs in its own venv (``make setup-deepsparse``) and imports of bertprune only its DeepSparse worker
+module (numpy, onnx), besides onnxruntime and deepsparse. ``python bench.py runtime=deepsparse`` runs the same
+engine under MLPerf LoadGen.
 (DeepSparse's Community License allows evaluation and research, not production: read it before you use it.)
 
 Each file is loaded as exported (the MLPerf interface: input_ids, input_mask, segment_ids, int64). Its IR
@@ -25,27 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-INPUTS = ("input_ids", "input_mask", "segment_ids")
-
-
-def prepare(path: Path, out: Path) -> tuple[list[str], float, int]:
-    """Check ``path`` has the MLPerf BERT inputs; write it to ``out`` with its IR version lowered to 9 when
-    higher (the opset kept). Returns (input names, fraction of zeros in the MatMul/Gemm weights, original IR)."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path))
-    names = [x.name for x in model.graph.input]
-    if sorted(names) != sorted(INPUTS):
-        raise ValueError(f"{path} has inputs {names}; expected the MLPerf BERT interface {list(INPUTS)} "
-                         "(export.py writes it)")
-    matmul_inputs = {x for node in model.graph.node if node.op_type in ("MatMul", "Gemm") for x in node.input}
-    weights = [numpy_helper.to_array(t) for t in model.graph.initializer if t.name in matmul_inputs]
-    zeros = sum(int((w == 0).sum()) for w in weights) / max(1, sum(w.size for w in weights))
-    ir = model.ir_version
-    model.ir_version = min(ir, 9)
-    onnx.save(model, str(out))
-    return names, zeros, ir
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: its DeepSparse worker module
+from bertprune.onnx.deepsparse_worker import prepare  # noqa: E402 - imports only numpy and onnx
 
 
 def main(argv=None) -> int:
@@ -64,9 +47,8 @@ def main(argv=None) -> int:
         import onnxruntime as ort
         from deepsparse import compile_model
     except ImportError as e:
-        sys.exit(f"sparse_engine_speed: {e}. It runs in its own venv: python3 -m venv .venv-deepsparse && "
-                 ".venv-deepsparse/bin/pip install deepsparse==1.8.0, then .venv-deepsparse/bin/python "
-                 "benchmarks/sparse_engine_speed.py DENSE.onnx SPARSE.onnx")
+        sys.exit(f"sparse_engine_speed: {e}. It runs in its own venv: make setup-deepsparse, then "
+                 ".venv-deepsparse/bin/python benchmarks/sparse_engine_speed.py DENSE.onnx SPARSE.onnx")
     for p in args.models:
         if not p.is_file():
             sys.exit(f"sparse_engine_speed: {p} is not a file; pass ONNX files written by export.py or prune.py "

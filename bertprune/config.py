@@ -58,6 +58,12 @@ class LatencyRuntime(StrEnum):
     torch = "torch"
 
 
+class BenchRuntime(StrEnum):
+    """What bench.py's LoadGen runs drive (bertprune.onnx.deepsparse_runtime: DeepSparse in its own venv)."""
+    onnxruntime = "onnxruntime"
+    deepsparse = "deepsparse"
+
+
 class Scenario(StrEnum):
     """LoadGen scenarios (conf/scenario/): cost=latency reads the batch size and threads of one."""
     single_stream = "single_stream"
@@ -303,6 +309,8 @@ class BenchConfig:
     system: SystemSchema = field(default_factory=SystemSchema)
     run_timeout_s: Optional[float] = None
     wandb_write_back: bool = True    # each variant's LoadGen results onto the W&B run of the job that exported it
+    runtime: BenchRuntime = BenchRuntime.onnxruntime
+    deepsparse_python: Optional[str] = None  # runtime=deepsparse: that venv's python; null = .venv-deepsparse
     output_dir: str = MISSING
 
 

@@ -78,7 +78,7 @@ def test_bench_sweep_end_to_end(tiny_data, tmp_path):
     assert {r["precision"] for r in rows} == {"fp32", "int8"}
     assert all(float(r["latency_p90_ms"]) > 0 for r in rows if r["scenario"] == "SingleStream")
     md = (out / "summary.md").read_text()
-    assert "| dense | fp32 | 1 | Offline | VALID |" in md and "INCOMPLETE" not in md
+    assert "| dense | fp32 | CPUExecutionProvider | 1 | Offline | VALID |" in md and "INCOMPLETE" not in md
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     meta = json.loads((out / "summary.json").read_text())
     assert meta["complete"] is True and len(meta["runs"]) == 8
@@ -220,7 +220,7 @@ def test_bench_cli(tiny_data, tmp_path):
            "scenario=[offline]", "mode=accuracy", f"hydra.run.dir={run_dir}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| dense | fp32 | 1 | Offline |" in proc.stdout
+    assert "| dense | fp32 | CPUExecutionProvider | 1 | Offline |" in proc.stdout
     meta = json.loads((run_dir / "summary.json").read_text())
     assert meta["complete"] and meta["rows"][0]["metric_value"] == meta["rows"][0]["direct_metric_value"]
     assert (run_dir / ".hydra" / "config.yaml").is_file()

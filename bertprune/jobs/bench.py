@@ -48,7 +48,8 @@ def bench(cfg) -> BenchSummary:
                      submission=bool(cfg.submission), device=cfg.hardware.runtime_device, tokenizer=cfg.get("tokenizer"),
                      system_name=cfg.get("system_name"), submitter=cfg.get("submitter") or "bertprune",
                      timeout_s=cfg.get("run_timeout_s"), system=system,
-                     write_back=bool(cfg.get("wandb_write_back", True)))
+                     write_back=bool(cfg.get("wandb_write_back", True)), runtime=str(cfg.get("runtime", "onnxruntime")),
+                     deepsparse_python=cfg.get("deepsparse_python"))
 
 
 def loadgen_metrics(rows, scenarios, modes) -> dict:
@@ -110,16 +111,18 @@ class _Plan:
     tokenizer: str
 
 
-def plan_bench(source, task, scenarios, mode: str, tokenizer=None, device: str = "auto"
-               ) -> tuple[list[_Plan], list[ScenarioSettings], list[str]]:
-    """Validate everything before anything runs: modes, scenarios, the device, every variant's ONNX
-    interface against the task and its file against the sha256 its export recorded, and a tokenizer for
-    each variant (``tokenizer`` given: it wins over the sidecars')."""
+def plan_bench(source, task, scenarios, mode: str, tokenizer=None, device: str = "auto", runtime: str = "onnxruntime",
+               deepsparse_python: str | None = None) -> tuple[list[_Plan], list[ScenarioSettings], list[str]]:
+    """Validate everything before anything runs: modes, scenarios, the runtime (DeepSparse: its venv imports
+    it) and device, every variant's ONNX interface against the task and its file against the sha256 its
+    export recorded, and a tokenizer for each variant (``tokenizer`` given: it wins over the sidecars')."""
+    from bertprune.onnx.deepsparse_runtime import check_runtime
     from bertprune.onnx.runtime import choose_providers
 
     modes = resolve_modes(mode)
     scen = resolve_scenarios(scenarios)
-    choose_providers(device)  # device=cuda without a usable GPU: one error here, not one per run
+    if check_runtime(runtime, deepsparse_python, device) is None:
+        choose_providers(device)  # device=cuda without a usable GPU: one error here, not one per run
     plans = []
     for v in variants.discover_variants(source):
         sig = variants.check_variant(v, task.kind, task.num_labels, task.max_length, task.name)
@@ -145,16 +148,19 @@ def plan_bench(source, task, scenarios, mode: str, tokenizer=None, device: str =
 def run_bench(source, task, scenarios=("offline", "single_stream"), mode: str = "both", output_dir=".",
               submission: bool = False, device: str = "auto", tokenizer=None, system_name: str | None = None,
               submitter: str = "bertprune", timeout_s: float | None = None, retries: int = 1,
-              system: SystemConfig | None = None, write_back: bool = True) -> BenchSummary:
+              system: SystemConfig | None = None, write_back: bool = True, runtime: str = "onnxruntime",
+              deepsparse_python: str | None = None) -> BenchSummary:
     """Benchmark every variant under ``source`` (a .onnx, a variant folder, a sweep folder or a list).
 
     task: a ``bertprune.tasks.data.Task``. scenarios: names, a {name: settings} mapping or ScenarioSettings.
     tokenizer: used for variants whose sidecar names none. system: what the machine cannot tell (cooling, cost
     per hour ...; ``bertprune.mlperf.system``). write_back: each variant's LoadGen results are added to the W&B
-    run of the prune job that exported it (``write_back_to_runs``). Returns the summary (also written to disk).
+    run of the prune job that exported it (``write_back_to_runs``). runtime: onnxruntime, or deepsparse (the
+    sparse CPU engine, a worker in the venv whose python is ``deepsparse_python``; bertprune.onnx.deepsparse_runtime).
+    Returns the summary (also written to disk).
     """
     system = system or SystemConfig()
-    plans, scen, modes = plan_bench(source, task, scenarios, mode, tokenizer, device)
+    plans, scen, modes = plan_bench(source, task, scenarios, mode, tokenizer, device, runtime, deepsparse_python)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name in SUMMARY_FILES:  # a stale summary must never pass for this run's
@@ -172,7 +178,8 @@ def run_bench(source, task, scenarios=("offline", "single_stream"), mode: str = 
                            features=features[p.tokenizer], scenario=asdict(s), mode=m,
                            out_dir=str(out / safe_name(p.variant.name) / s.loadgen / m),
                            device=device, submission=submission, onnx_sha256=p.variant.sha256,
-                           metrics=list(task.metrics) if task.metrics else None)
+                           metrics=list(task.metrics) if task.metrics else None, runtime=runtime,
+                           deepsparse_python=deepsparse_python)
             result = mlperf_runs.run_isolated(spec, timeout_s=timeout_s, retries=retries)
             runs[(p.variant.name, s.loadgen, m)] = result
             if result.get("status") != "ok":
@@ -196,7 +203,7 @@ def run_bench(source, task, scenarios=("offline", "single_stream"), mode: str = 
                                                        submission=submission, version=version,
                                                        system=system, machine=machine))
     summary.files["json"] = str(atomic_write_text(out / "summary.json", json.dumps(
-        {"complete": complete, "interrupted": interrupted, "task": task.name, "modes": modes,
+        {"complete": complete, "interrupted": interrupted, "task": task.name, "modes": modes, "runtime": runtime,
          "scenarios": [s.loadgen for s in scen], "submission": submission, "mlperf_version": version,
          "machine": asdict(machine), "cores_used": machine.usable_cores, "cost_per_hour": system.cost_per_hour,
          "rows": [asdict(r) for r in rows], "runs": list(runs.values()), "files": summary.files},

@@ -14,7 +14,7 @@ from pathlib import Path
 from bertprune.io import atomic_write_bytes
 from bertprune.tasks.kinds import get_kind
 
-COLUMNS = ["variant", "precision", "mac_ratio", "scenario", "status", "valid", "throughput", "throughput_per_core",
+COLUMNS = ["variant", "precision", "runtime", "mac_ratio", "scenario", "status", "valid", "throughput", "throughput_per_core",
            "samples_per_dollar", "latency_p90_ms", "latency_p99_ms", "metric_value", "direct_metric_value", "metric", "file_size_mb", "onnx_sha256", "error"]
 
 
@@ -39,6 +39,7 @@ class BenchRow:
     file_size_mb: float | None = None
     onnx_sha256: str = ""  # of the file the runs loaded (each run hashes it and checks it against its export)
     error: str = ""
+    runtime: str = ""  # what ran it: ONNX Runtime's provider (CPUExecutionProvider ...) or "DeepSparse <version>"
 
     @property
     def failed(self) -> bool:
@@ -86,6 +87,7 @@ def build_rows(plans, scenarios, modes, runs: dict, kind, metric: str | None = N
                     errors.append(f"{m}: {r.get('error', 'failed')}")
                     continue
                 row.onnx_sha256 = row.onnx_sha256 or r.get("onnx_sha256") or ""
+                row.runtime = row.runtime or r.get("provider") or ""
                 sm = r.get("summary") or {}
                 if m == "performance":
                     row.valid = "VALID" if sm.get("valid") else "INVALID"
@@ -129,19 +131,19 @@ def csv_table(rows: list[BenchRow]) -> str:
 
 def markdown_table(rows: list[BenchRow], complete: bool = True) -> str:
     metric = "/".join(dict.fromkeys(r.metric for r in rows if r.metric)) or "metric"
-    head = ["variant", "precision", "mac_ratio", "scenario", "valid", "throughput (samples/s)", "per core",
+    head = ["variant", "precision", "runtime", "mac_ratio", "scenario", "valid", "throughput (samples/s)", "per core",
             "samples/$", "p90 (ms)", "p99 (ms)", f"{metric} (LoadGen)", f"{metric} (direct)", "size (MB)", "status"]
     lines = [] if complete else ["**INCOMPLETE: some runs failed or never ran (see status/error).**", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r.variant, r.precision, r.mac_ratio, r.scenario, r.valid, r.throughput, r.throughput_per_core,
+        cells = [r.variant, r.precision, r.runtime, r.mac_ratio, r.scenario, r.valid, r.throughput, r.throughput_per_core,
                  r.samples_per_dollar, r.latency_p90_ms,
                  r.latency_p99_ms, r.metric_value, r.direct_metric_value, r.file_size_mb, r.status]
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     if rows:
         lines.append("")
         lines.append(f"{metric} columns: the task metric from LoadGen's accuracy log / from a direct "
-                     "ONNX Runtime evaluation of the same features (they must agree)")
+                     "evaluation of the same features on the same runtime (they must agree)")
     return "\n".join(lines) + "\n"
 
 

@@ -59,6 +59,8 @@ class RunSpec:
     submission: bool = False
     onnx_sha256: str | None = None  # what the export recorded; the run fails if the file it loads differs
     metrics: list[str] | None = None  # the task's metrics, primary first (Task.metric_names); None: the kind's
+    runtime: str = "onnxruntime"  # onnxruntime | deepsparse (bertprune.onnx.deepsparse_runtime: a worker in its own venv)
+    deepsparse_python: str | None = None  # runtime=deepsparse: that venv's python (None: .venv-deepsparse)
 
     @classmethod
     def load(cls, path: str | Path) -> "RunSpec":
@@ -71,10 +73,6 @@ def run_loadgen(spec: RunSpec) -> dict:
     Writes LoadGen's logs, ``user.conf``, (accuracy mode) ``accuracy.txt`` and ``result.json`` into
     ``spec.out_dir`` and returns the result dict.
     """
-    import mlperf_loadgen as lg
-
-    from bertprune.onnx.runtime import make_session
-
     if spec.mode not in MODES:
         raise ValueError(f"mode={spec.mode!r}; expected one of {MODES}")
     sc = ScenarioSettings(**spec.scenario)
@@ -83,12 +81,43 @@ def run_loadgen(spec: RunSpec) -> dict:
     t_start = time.time()
     progress = Progress(out)
     features = load_features(spec.features)
+    session, provider, onnx_sha256, seq_len = open_runtime(spec, sc, features.max_length)
+    try:
+        result = _run(spec, sc, out, t_start, progress, features, session, provider, onnx_sha256, seq_len)
+    finally:
+        if hasattr(session, "close"):
+            session.close()
+    return result
+
+
+def open_runtime(spec: RunSpec, sc: ScenarioSettings, max_length: int):
+    """(session, provider, sha256 of the file it runs, the graph's fixed sequence length or None) for
+    ``spec.runtime``: an ONNX Runtime session built from the hashed bytes, or a DeepSparse worker compiled
+    for [batch, max_length] (static shapes: the SUT then never trims a batch)."""
+    from bertprune.onnx.runtime import make_session
+
     model_bytes, onnx_sha256 = load_onnx_bytes(spec.onnx, spec.onnx_sha256)
+    if spec.runtime == "deepsparse":
+        from bertprune.onnx.deepsparse_runtime import DeepSparseSession, compile_batch_sizes
+
+        del model_bytes  # the worker reads the file and checks the same sha256
+        session = DeepSparseSession(spec.onnx, max_length, compile_batch_sizes(sc.loadgen, sc.batch_size),
+                                    python=spec.deepsparse_python, num_cores=sc.intra_op_threads,
+                                    sha256=onnx_sha256)
+        return session, session.provider, onnx_sha256, max_length
+    if spec.runtime != "onnxruntime":
+        raise ValueError(f"runtime={spec.runtime!r}; expected onnxruntime or deepsparse")
     has_external_data = Path(f"{spec.onnx}.data").is_file()  # then ONNX Runtime must read it next to the file
     session, provider = make_session(spec.onnx if has_external_data else model_bytes, spec.device,
                                      sc.intra_op_threads)
-    del model_bytes
-    sut = OrtSUT(session, features, sc, spec.kind, spec.onnx_seq_len)
+    return session, provider, onnx_sha256, spec.onnx_seq_len
+
+
+def _run(spec: RunSpec, sc: ScenarioSettings, out: Path, t_start: float, progress, features, session, provider,
+         onnx_sha256: str, seq_len: int | None) -> dict:
+    import mlperf_loadgen as lg
+
+    sut = OrtSUT(session, features, sc, spec.kind, seq_len)
     progress.start(sut, len(features))
     accuracy = spec.mode == "accuracy"
     calib = None
@@ -137,7 +166,8 @@ def run_loadgen(spec: RunSpec) -> dict:
     summary = parse_summary(out / "mlperf_log_summary.txt")
     result = {"variant": spec.variant, "scenario": sc.loadgen, "mode": spec.mode, "status": "ok",
               "onnx": spec.onnx, "onnx_sha256": onnx_sha256,
-              "provider": provider, "settings": used, "submission": spec.submission,
+              "provider": provider, "runtime": spec.runtime,
+              "runtime_info": session.stats() if hasattr(session, "stats") else None, "settings": used, "submission": spec.submission,
               "calibration": None if calib is None else asdict(calib),
               "summary": {k: v for k, v in summary.items() if k != "raw"},
               "samples_completed": sut.completed, "batches": sut.batches,

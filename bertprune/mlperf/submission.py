@@ -136,7 +136,8 @@ def write_submission(root: Path, plans, scenarios, runs: dict, task, system_name
     with atomic_dir(root) as tmp:
         base = tmp / base_rel
         atomic_write_json(base / "systems" / f"{system}.json", describe(system, submitter, providers, system_config, machine))
-        atomic_write_text(base / "src" / "README.md", _src_readme(task, submission, version, submitter))
+        runtime = "deepsparse" if any(str(x).startswith("DeepSparse") for x in providers) else "onnxruntime"
+        atomic_write_text(base / "src" / "README.md", _src_readme(task, submission, version, submitter, runtime))
         for p in plans:
             model = submission_model_name(p.variant, task)
             for s in scenarios:
@@ -162,7 +163,7 @@ def write_submission(root: Path, plans, scenarios, runs: dict, task, system_name
                 atomic_write_text(sdir / "README.md",
                     f"# {model} {s.loadgen}\n\n{p.variant.onnx} (variant {p.variant.name}) on task {task.name}, "
                     f"run with `python bench.py source=<sweep> task={task.name} scenario=[{s.name}]"
-                    f"{' submission=true' if submission else ''}`.\n")
+                    f"{' submission=true' if submission else ''}{' runtime=deepsparse' if runtime == 'deepsparse' else ''}`.\n")
         atomic_write_json(base / "model_mapping.json", mapping)
     return root / base_rel
 
@@ -174,7 +175,8 @@ def _copy(src: Path, dst: Path, names) -> None:
             shutil.copy2(src / n, dst / n)
 
 
-def _src_readme(task, submission: bool, version: str | None = None, submitter: str = "bertprune") -> str:
+def _src_readme(task, submission: bool, version: str | None = None, submitter: str = "bertprune",
+                runtime: str = "onnxruntime") -> str:
     label = version or "v6.1"
     check = (f"Check this tree with MLCommons' submission checker (mlcommons/inference, tools/submission), "
              f"from that repository's `tools/` folder:\n\n"
@@ -188,11 +190,12 @@ def _src_readme(task, submission: bool, version: str | None = None, submitter: s
         "# bertprune\n\nRetraining-free structured pruning (Kwon et al., NeurIPS 2022) of fine-tuned BERT models "
         "into physically smaller dense models, exported to ONNX in the MLPerf Inference BERT interface "
         "(input_ids, input_mask, segment_ids -> output_start_logits, output_end_logits) and run with "
-        "ONNX Runtime under MLPerf LoadGen.\n\n"
+        + ("DeepSparse (Neural Magic's sparse CPU engine, compiled for static shapes) under MLPerf LoadGen.\n\n"
+           if runtime == "deepsparse" else "ONNX Runtime under MLPerf LoadGen.\n\n")
         + seeds + check +
         f"Reproduce: `python prune.py -m constraint=...`, `python export.py ...`, then "
         f"`python bench.py source=<sweep folder> task={task.name} scenario=[offline,single_stream]"
-        f"{' submission=true' if submission else ''}`.\n\n"
+        f"{' submission=true' if submission else ''}{' runtime=deepsparse' if runtime == 'deepsparse' else ''}`.\n\n"
         + ("" if submission else "These are LOCAL runs (short min_duration): not valid for an official submission; "
                                  "rerun with submission=true.\n")
         + ("" if type(get_kind(task.kind)) is BENCHMARK_KIND else

@@ -275,6 +275,7 @@ def describe(system_name: str, submitter: str, providers: set[str], config: Syst
     nic_types = sorted({n["type"] for n in m.nics})
     speeds = sorted({n["speed_mbit"] for n in m.nics if n["speed_mbit"]})
     ort = versions.get("onnxruntime") or versions.get("onnxruntime-gpu") or "?"
+    deepsparse = sorted(p for p in providers if p.startswith("DeepSparse"))  # runtime=deepsparse's runs
     freq = (f"{m.max_mhz:.0f} MHz" + (" (current clock; the maximum is not exposed)" if m.mhz_is_current else "")
             if m.max_mhz else "not exposed by the machine")
     desc = {
@@ -308,12 +309,14 @@ def describe(system_name: str, submitter: str, providers: set[str], config: Syst
         "accelerator_on-chip_memories": "N/A",
         "cooling": given("cooling", config.cooling),
         "hw_notes": ("GPU used through ONNX Runtime's CUDA provider" if gpu else "CPU only (no accelerator used)"),
-        "framework": f"onnxruntime {ort}",
+        "framework": ", ".join(p.lower() for p in deepsparse) if deepsparse else f"onnxruntime {ort}",
         "operating_system": m.os,
         "other_software_stack": ", ".join([f"Python {platform.python_version()}"] +
                                           [f"{k} {v}" for k, v in versions.items() if not k.startswith("onnxruntime")] +
                                           ([f"NVIDIA driver {m.gpu_driver}"] if m.gpu_driver else [])),
-        "sw_notes": f"execution providers: {', '.join(sorted(providers)) or 'CPUExecutionProvider'}",
+        "sw_notes": (f"{', '.join(deepsparse)} (sparse CPU engine) in its own venv, compiled for static shapes; "
+                     "harness in bertprune's environment" if deepsparse else
+                     f"execution providers: {', '.join(sorted(providers)) or 'CPUExecutionProvider'}"),
         "cloud_instance_type": given("cloud_instance", config.cloud_instance),
         "cost_per_hour_usd": given("cost_per_hour", config.cost_per_hour),
     }

@@ -1,0 +1,188 @@
+"""runtime=deepsparse (bertprune.onnx.deepsparse_runtime + deepsparse_worker): DeepSparse as a worker process
+in its own venv, fed static-shape batches, driven by the same SUT and LoadGen runs as ONNX Runtime.
+
+Most tests run the real worker under this venv's python with a stand-in ``deepsparse`` package
+(tests/fakes/deepsparse: ONNX Runtime underneath, refusing any shape it was not compiled for). The last test
+runs the real DeepSparse when ``make setup-deepsparse`` has made its venv."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import compose_cfg, csv_task, tiny_onnx, write_variant
+
+from bertprune.onnx import deepsparse_runtime as ds
+from bertprune.onnx.deepsparse_runtime import DeepSparseSession, check_runtime, compile_batch_sizes
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKES = Path(__file__).resolve().parent / "fakes"
+
+
+@pytest.fixture
+def fake_python(tmp_path) -> Path:
+    """A 'venv python' whose deepsparse is the stand-in: this interpreter with the fakes on its path."""
+    exe = tmp_path / "fake-venv" / "bin" / "python"
+    exe.parent.mkdir(parents=True)
+    exe.write_text(f'#!/bin/sh\nPYTHONPATH="{FAKES}" exec "{sys.executable}" "$@"\n')
+    exe.chmod(0o755)
+    return exe
+
+
+def feeds(b, seq, seed=0, real=None):
+    rng = np.random.default_rng(seed)
+    mask = np.ones((b, seq), np.int64)
+    if real is not None:
+        mask[:, real:] = 0
+    return {"input_ids": rng.integers(1000, 2000, (b, seq)), "input_mask": mask,
+            "segment_ids": np.zeros((b, seq), np.int64)}
+
+
+def ort_logits(path, f):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], f)[0]
+
+
+def test_compile_batch_sizes_per_scenario():
+    assert compile_batch_sizes("SingleStream", 8) == [1]
+    assert compile_batch_sizes("Offline", 32) == [32]
+    assert compile_batch_sizes("MultiStream", 8) == [8]
+    assert compile_batch_sizes("Server", 8) == [1, 2, 4, 8]
+    assert compile_batch_sizes("Server", 6) == [1, 2, 4, 6]
+    assert compile_batch_sizes("Server", 1) == [1]
+
+
+def test_session_pads_short_batches_and_cuts_long_ones_to_the_compiled_shapes(fake_python, tmp_path, monkeypatch):
+    log = tmp_path / "engine.log"
+    monkeypatch.setenv("FAKE_DEEPSPARSE_LOG", str(log))
+    path = tiny_onnx(tmp_path / "m.onnx")
+    with DeepSparseSession(path, 16, [1, 4], python=str(fake_python), num_cores=2) as s:
+        assert s.provider == "DeepSparse 0.0+fake" and s.output_names == ["logits"]
+        assert s.info["batch_sizes"] == [1, 4] and s.info["ir"] == 9 and s.info["zeros"] == 0.0
+        for b in (1, 3, 4, 5, 9):
+            f = feeds(b, 16, seed=b, real=11)
+            out = s.run(["logits"], f)[0]
+            assert out.shape == (b, 2)
+            np.testing.assert_allclose(out, ort_logits(path, f), rtol=1e-5, atol=1e-6)
+        with pytest.raises(ValueError, match=r"compiled for \[batch, 16\] \(static shapes"):
+            s.run(["logits"], feeds(2, 12))  # a trimmed batch: the SUT must never send one
+        stats = s.stats()
+        assert stats["calls"] == 5 and 0 < stats["engine_s"] <= stats["roundtrip_s"]
+    entries = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [e["batch_size"] for e in entries if e["op"] == "compile"] == [1, 4]
+    assert all(e["input_shapes"] == [[e["batch_size"], 16]] * 3 for e in entries if e["op"] == "compile")
+    # b = 1, 3 (padded to 4), 4, 5 (4 + 1), 9 (4 + 4 + 1): every engine call at a compiled shape
+    assert [e["shapes"][0] for e in entries if e["op"] == "run"] == [
+        [1, 16], [4, 16], [4, 16], [4, 16], [1, 16], [4, 16], [4, 16], [1, 16]]
+
+
+def test_worker_refuses_a_file_that_changed_after_export(fake_python, tmp_path):
+    path = tiny_onnx(tmp_path / "m.onnx")
+    with pytest.raises(RuntimeError, match=r"sha256 .* differs from the 0{64} its export recorded"):
+        DeepSparseSession(path, 16, [1], python=str(fake_python), sha256="0" * 64)
+
+
+def test_runtime_checks_name_the_value_and_the_fix(fake_python, tmp_path):
+    assert check_runtime("onnxruntime") is None
+    info = check_runtime("deepsparse", str(fake_python))
+    assert info["deepsparse"] == "0.0+fake" and info["python"] == str(fake_python)
+    with pytest.raises(ValueError, match=r"runtime='tensorrt'; expected one of \('onnxruntime', 'deepsparse'\)"):
+        check_runtime("tensorrt")
+    with pytest.raises(ValueError, match="CPU only, but hardware.runtime_device=cuda"):
+        check_runtime("deepsparse", str(fake_python), device="cuda")
+    with pytest.raises(FileNotFoundError, match=r"no Python interpreter at .*nowhere.*make setup-deepsparse"):
+        check_runtime("deepsparse", str(tmp_path / "nowhere" / "python"))
+    with pytest.raises(RuntimeError, match=r"cannot import deepsparse .*ModuleNotFoundError.*make setup-deepsparse"):
+        check_runtime("deepsparse", sys.executable)  # bertprune's own venv has no deepsparse
+    assert ds.default_python() == str(ROOT / ".venv-deepsparse" / "bin" / "python")
+
+
+def test_bench_config_takes_the_runtime_and_refuses_unknown_ones(tmp_path):
+    cfg = compose_cfg("bench", ["source=x"], tmp_path)
+    assert cfg.runtime == "onnxruntime" and cfg.deepsparse_python is None
+    cfg = compose_cfg("bench", ["source=x", "runtime=deepsparse", "deepsparse_python=/opt/ds/bin/python"], tmp_path)
+    assert cfg.runtime == "deepsparse" and cfg.deepsparse_python == "/opt/ds/bin/python"
+    with pytest.raises(Exception, match="runtime"):
+        compose_cfg("bench", ["source=x", "runtime=tensorrt"], tmp_path)
+
+
+@pytest.mark.integration
+def test_bench_cli_refuses_a_missing_deepsparse_venv_before_any_run(tiny_data, tmp_path):
+    variant = write_variant(tmp_path / "v", "dense")
+    train, dev = tiny_data
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "bench.py"), f"source={variant}", "task=csv", f"task.train_file={train}",
+           f"task.validation_file={dev}", "task.max_length=32", "runtime=deepsparse",
+           f"deepsparse_python={tmp_path / 'none' / 'python'}", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 1
+    assert "no Python interpreter at" in proc.stderr and "make setup-deepsparse" in proc.stderr
+    assert not (run_dir / "summary.json").exists() and not (run_dir / "dense").exists()
+
+
+@pytest.mark.integration
+def test_bench_runs_every_scenario_on_deepsparse_and_says_so(tiny_data, fake_python, tmp_path, monkeypatch):
+    """LoadGen over the worker: every scenario VALID, accuracy mode equal to the direct evaluation, the rows,
+    summary and submission tree naming DeepSparse, and every engine call at a compiled shape."""
+    from bertprune.jobs.bench import run_bench
+    from bertprune.mlperf.scenarios import ScenarioSettings
+
+    log = tmp_path / "engine.log"
+    monkeypatch.setenv("FAKE_DEEPSPARSE_LOG", str(log))
+    variant = write_variant(tmp_path / "v", "dense")
+    fast = dict(min_duration_ms=300, calibration_s=0.2)
+    scen = [ScenarioSettings(name="offline", batch_size=8, **fast), ScenarioSettings(name="single_stream", **fast),
+            ScenarioSettings(name="server", batch_size=4, workers=2, min_duration_ms=1500, calibration_s=0.2),
+            ScenarioSettings(name="multi_stream", batch_size=8, **fast)]
+    out = tmp_path / "bench"
+    summary = run_bench(variant, csv_task(tiny_data), scen, mode="both", output_dir=out, runtime="deepsparse",
+                        deepsparse_python=str(fake_python), system_name="box", write_back=False)
+    assert summary.complete, [r.error for r in summary.rows]
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [r["scenario"] for r in rows] == ["Offline", "SingleStream", "Server", "MultiStream"]
+    for r in rows:
+        assert r["valid"] == "VALID" and r["runtime"] == "DeepSparse 0.0+fake", r
+        assert r["metric_value"] == r["direct_metric_value"]
+    meta = json.loads((out / "summary.json").read_text())
+    assert meta["runtime"] == "deepsparse"
+    perf = next(x for x in meta["runs"] if x["scenario"] == "Server" and x["mode"] == "performance")
+    assert perf["runtime"] == "deepsparse" and perf["runtime_info"]["batch_sizes"] == [1, 2, 4]
+    assert perf["runtime_info"]["calls"] > 0 and perf["runtime_info"]["hop_ms_per_call"] is not None
+    sub = out / "submission" / "open" / "bertprune"
+    system = json.loads((sub / "systems" / "box.json").read_text())
+    assert system["framework"] == "deepsparse 0.0+fake" and "DeepSparse 0.0+fake" in system["sw_notes"]
+    assert "run with DeepSparse" in (sub / "src" / "README.md").read_text()
+    assert "runtime=deepsparse" in (sub / "results" / "box" / "csv-dense" / "Offline" / "README.md").read_text()
+    runs = [json.loads(x)["shapes"][0] for x in log.read_text().splitlines() if json.loads(x)["op"] == "run"]
+    assert runs and all(s[1] == 32 for s in runs)  # the full task.max_length: never trimmed
+    assert {s[0] for s in runs} <= {1, 2, 4, 8}
+
+
+def _real_deepsparse() -> str | None:
+    exe = ds.default_python()
+    return exe if os.path.isfile(exe) else None
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(_real_deepsparse() is None, reason="no DeepSparse venv: make setup-deepsparse (CI makes it)")
+def test_real_deepsparse_agrees_with_onnx_runtime(tmp_path):
+    info = check_runtime("deepsparse")
+    assert info["deepsparse"] == "1.8.0"
+    path = tiny_onnx(tmp_path / "m.onnx")
+    import onnx
+
+    model = onnx.load(str(path))
+    model.ir_version = 10  # as torch's exporter writes: the worker lowers it
+    onnx.save(model, str(path))
+    with DeepSparseSession(path, 16, [1, 4]) as s:
+        assert s.provider == "DeepSparse 1.8.0" and s.info["ir"] == 10
+        for b in (1, 3, 6):
+            f = feeds(b, 16, seed=b, real=9)
+            np.testing.assert_allclose(s.run(None, f)[0], ort_logits(path, f), rtol=1e-4, atol=1e-5)
