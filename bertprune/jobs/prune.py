@@ -444,7 +444,8 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     pruned_metric = pruned_metrics[metric]
     heads, ffn = result.heads_per_layer, result.ffn_per_layer
     final_stage = list(stage_metrics)[-1]
-    meta = {"constraint": constraint, "mac_ratio": result.mac_ratio, "macs": result.macs,
+    # structured=false: no constraint was applied (cfg.constraint is only the unused default), so none is recorded
+    meta = {"constraint": constraint if cfg.structured else None, "mac_ratio": result.mac_ratio, "macs": result.macs,
             "dense_macs": result.dense_macs, "mac_seq_len": mac_seq_len, "heads_per_layer": heads,
             "ffn_per_layer": ffn, "stage_metrics": {"dense": dense_metric, **stage_metrics}, "metric": metric,
             "task": OmegaConf.to_container(cfg.task, resolve=True), "teacher": teacher}

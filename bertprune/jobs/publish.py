@@ -258,6 +258,7 @@ def model_card(run_dir: Path, repo_id: str, license: str | None = None, rows: li
     from transformers import AutoConfig
 
     from bertprune.models.adapters import adapter_for
+    from bertprune.onnx.variants import unstructured_description
 
     results = _read_json(run_dir / RESULTS)
     meta = _read_json(run_dir / "pruned" / "bertprune.json")
@@ -269,7 +270,11 @@ def model_card(run_dir: Path, repo_id: str, license: str | None = None, rows: li
     license = card_license(local, license)
     dataset = dataset_of(task)
     name = repo_id.split("/")[-1]
-    tags = ["bertprune", "pruning", "structured-pruning", "post-training-pruning", "onnx", "mlperf-loadgen", kind]
+    structured = results.get("structured", True)  # False: structured=false, only the unstructured step
+    unstructured = run_metadata(results).get("unstructured")
+    tags = ["bertprune", "pruning", *(["structured-pruning"] if structured else []),
+            *(["unstructured-pruning", "sparse"] if unstructured else []), "post-training-pruning", "onnx",
+            "mlperf-loadgen", kind]
     data = ModelCardData(model_name=name, base_model=base, license=license, library_name="transformers",
                          pipeline_tag=PIPELINE_TAGS.get(kind), tags=tags,
                          datasets=[dataset["dataset_type"]] if task.get("source") in HUB_SOURCES else None,
@@ -287,12 +292,23 @@ def model_card(run_dir: Path, repo_id: str, license: str | None = None, rows: li
                     f"({', '.join(f'{k} {v}' for k, v in (prov['fine_tuning'] or {}).items() if v is not None)})"
                     if prov["fine_tuned_by_bertprune"] else f"`{results['teacher']}`")
 
-    lines = [f"# {name}", "",
-             f"{f'`{base}`' if base else 'A randomly initialised BERT'} fine-tuned on {dataset['dataset_name']} and pruned **without "
-             f"retraining** by bertprune to **{results['prune/mac_ratio']:.3f}** of its encoder's "
-             f"MACs (constraint {results['constraint']}): {sum(heads)} of {L * H} attention heads and {sum(ffn)} of "
-             f"{L * F} FFN neurons kept, {results['model/parameters']:,} parameters (dense "
-             f"{results['model/parameters_dense']:,}). A dense, physically smaller model: no masks at inference.", "",
+    start = (f"{f'`{base}`' if base else 'A randomly initialised BERT'} fine-tuned on {dataset['dataset_name']} and "
+             "pruned **without retraining** by bertprune")
+    if structured:
+        headline = (f"{start} to **{results['prune/mac_ratio']:.3f}** of its encoder's "
+                    f"MACs (constraint {results['constraint']}): {sum(heads)} of {L * H} attention heads and {sum(ffn)} of "
+                    f"{L * F} FFN neurons kept, {results['model/parameters']:,} parameters (dense "
+                    f"{results['model/parameters_dense']:,}). A dense, physically smaller model: no masks at inference.")
+    else:
+        headline = f"{start}, without its structured step: every head and FFN neuron is kept."
+    if unstructured:
+        gz = results.get("model/gzip_size")
+        headline += (f" Then {unstructured_description(unstructured)}: {results['model/nonzero_parameters']:,} of "
+                     f"{results['model/parameters']:,} parameters are non-zero. The zeros are stored in dense tensors: "
+                     "the files shrink once compressed" + (f" (model.safetensors gzipped: {gz / 1e6:.1f} MB of "
+                                                          f"{results['model/file_size'] / 1e6:.1f} MB)" if gz else "")
+                     + ", and a dense runtime (ONNX Runtime) runs them no faster.")
+    lines = [f"# {name}", "", headline, "",
              "## Results", "", f"| model | {metric} |", "|---|---|",
              f"| dense teacher | {fmt(results.get(f'eval/{metric}_dense'))} |"]
     lines += [f"| after {stage} | {fmt(results[f'eval/{metric}_{stage}'])} |" for stage in STAGES[1:]
@@ -306,7 +322,9 @@ def model_card(run_dir: Path, repo_id: str, license: str | None = None, rows: li
               "## Pruning recipe", "", "| | |", "|---|---|",
               f"| method | {METHODS.get(method, f'`{method}`')} |",
               f"| teacher | {teacher_line} |",
-              f"| constraint (fraction of the dense encoder's MACs kept) | {results['constraint']} |",
+              (f"| constraint (fraction of the dense encoder's MACs kept) | {results['constraint']} |" if structured
+               else "| structured step | none (`structured=false`) |"),
+              *([f"| unstructured step | {unstructured_description(unstructured)} |"] if unstructured else []),
               f"| cost model | `{cost}`" + (f" at {seq_len:.1f} tokens per sequence |" if seq_len else " |"),
               f"| MACs per sequence, pruned / dense | {_fmt(meta.get('macs'), 0)} / {_fmt(meta.get('dense_macs'), 0)} "
               f"({results['prune/mac_ratio']:.3f}) |",
@@ -376,10 +394,18 @@ def _fresh_folder(folder: Path) -> None:
 
 
 def variant_name(results: dict) -> str:
-    """A run's variant name, as its export and bench.py name it: ``c<constraint, 2 decimals>``."""
+    """A run's variant name, as its export and bench.py name it (``c0.50``, ``c0.50-obs0.50``, ``obs0.80``)."""
     from bertprune.onnx.variants import variant_name as export_name
 
-    return export_name({"constraint": results["constraint"]})
+    return export_name(run_metadata(results))
+
+
+def run_metadata(results: dict) -> dict:
+    """What a run's export sidecar says of its pruning, from its results.json: the constraint (None when
+    structured=false, whose constraint was never applied) and the unstructured step, if any."""
+    u = {k.split("/", 1)[1]: v for k, v in results.items() if k.startswith("unstructured/")}
+    return {"constraint": results["constraint"] if results.get("structured", True) else None,
+            **({"unstructured": u} if u else {})}
 
 
 def stage_variant(run_dir: Path, folder: Path, repo_id: str, name: str, license: str | None = None,

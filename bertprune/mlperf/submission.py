@@ -18,7 +18,7 @@ from pathlib import Path
 from bertprune.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from bertprune.mlperf.logs import logged_seeds
 from bertprune.mlperf.system import DIVISION, Machine, SystemConfig, default_system_name, describe, detect
-from bertprune.onnx.variants import Variant
+from bertprune.onnx.variants import Variant, unstructured_description
 from bertprune.tasks.kinds import QuestionAnswering, get_kind
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,15 @@ def measurements(variant: Variant, task, onnx_sha256: str | None = None) -> dict
     prov = meta.get("starting_weights") or teacher_provenance(meta.get("teacher") or meta.get("source_checkpoint"))
     start = prov.get("starting_weights") or variant.onnx.name
     constraint = meta.get("constraint")
+    unstructured = meta.get("unstructured")
+    how = []  # how pruning changed the weights it kept, without retraining
+    if constraint is not None:
+        how.append("it rescales kept heads and neurons by least squares")
+    if unstructured:
+        how.append("one-shot unstructured pruning" + (" with the second-order update of the remaining weights"
+                                                      if unstructured.get("method") == "obs" else
+                                                      " that only sets weights to zero"))
+    how = "; ".join(how) or "it does not change the weights"
     steps = []
     if prov.get("fine_tuned_by_bertprune"):
         ft = prov.get("fine_tuning") or {}
@@ -56,21 +65,24 @@ def measurements(variant: Variant, task, onnx_sha256: str | None = None) -> dict
                      f"({ft.get('epochs')} epochs, lr {ft.get('lr')}, batch size {ft.get('batch_size')}, "
                      f"seed {ft.get('seed')})")
         retraining = (f"yes: the dense teacher was fine-tuned from {start} by bertprune (train.py); pruning itself "
-                      "does not retrain (it rescales kept heads and neurons by least squares)")
+                      f"does not retrain ({how})")
     elif prov.get("fine_tuned_by_bertprune") is None:
         retraining = (f"unknown: the teacher {start} is not on this machine, so whether bertprune fine-tuned it "
                       "cannot be told; pruning itself does not retrain")
-    elif constraint is not None:
-        retraining = (f"no: bertprune pruned {start} without retraining (it rescales kept heads and neurons by "
-                      "least squares); it did not fine-tune that starting checkpoint")
+    elif constraint is not None or unstructured:
+        retraining = (f"no: bertprune pruned {start} without retraining ({how}); it did not fine-tune that "
+                      "starting checkpoint")
     else:
         retraining = f"no: bertprune exported {start} as it is (dense); it did not fine-tune it"
     if constraint is not None:
         steps.append(f"pruned (Kwon et al. 2022, retraining-free structured pruning of heads and FFN neurons; "
                      f"constraint={constraint}, mac_ratio={meta.get('mac_ratio')}, "
                      f"heads_per_layer={meta.get('heads_per_layer')}, ffn_per_layer={meta.get('ffn_per_layer')})")
-    else:
+    elif not unstructured:
         steps.append("not pruned (dense)")
+    if unstructured:
+        steps.append(f"{unstructured_description(unstructured)}; the zeros stay in dense tensors (the runtime "
+                     "decides whether they give any speed)")
     steps.append(f"exported to ONNX opset {meta.get('opset', '?')}")
     if variant.precision == "int8":
         steps.append("INT8 quantization (ONNX Runtime)")

@@ -297,6 +297,9 @@ def export_variant(checkpoint_dir: str | Path, out_dir: str | Path, task: Task, 
         "tokenizer": os.path.relpath(tok_dir, out_dir), "tokenizer_absolute": str(tok_dir),
         "teacher": meta.get("teacher"), "starting_weights": teacher_provenance(meta.get("teacher") or checkpoint),
         "prune_stage_metrics": meta.get("stage_metrics"),
+        # the unstructured step (OBS / magnitude), if the checkpoint had one: names the variant, goes into
+        # the submission's provenance; the zeros stay in dense tensors (a dense runtime gains no speed)
+        **({"unstructured": meta["unstructured"]} if meta.get("unstructured") else {}),
     }
 
     # ---- FP32: export, parity, accuracy; the folder appears only when all of it passed

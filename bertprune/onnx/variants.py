@@ -28,15 +28,42 @@ def int8_dir(out_dir: str | Path) -> Path:
     return out_dir.parent / f"{out_dir.name}_int8"
 
 
+PATTERN_TAGS = {"unstructured": "", "block4": "-block4", "nm_2_4": "-2of4"}  # name suffix of each pattern
+
+
 def variant_name(meta: dict, precision: str = "fp32") -> str:
-    """"dense", "c0.50" (pruned to a constraint), "pruned" (no metadata); "-int8" appended for INT8."""
+    """The variant's name, from its sidecar / checkpoint metadata (file-name safe):
+
+    "dense"; "c0.50" (structured, to a constraint); "pruned" (pruned, no constraint recorded); an unstructured
+    step adds "<method><sparsity>[-<pattern>]": "c0.50-obs0.50" (compound), "obs0.80" (structured=false, so no
+    constraint), "magnitude0.50-2of4"; "-int8" appended for INT8."""
+    u = meta.get("unstructured") or {}
     if meta.get("constraint") is not None:
         name = f"c{float(meta['constraint']):.2f}"
-    elif meta.get("heads_per_layer") is not None:
+    elif meta.get("heads_per_layer") is not None and not u:
         name = "pruned"
     else:
         name = "dense"
+    if u:
+        sparsity = u.get("target_sparsity", u.get("sparsity"))
+        step = f"{u.get('method', 'unstructured')}{float(sparsity):.2f}" + PATTERN_TAGS.get(u.get("pattern"), "")
+        name = step if name == "dense" else f"{name}-{step}"
     return name if precision == "fp32" else f"{name}-{precision}"
+
+
+def unstructured_description(u: dict) -> str:
+    """One line on an unstructured step (a sidecar's / checkpoint's ``unstructured`` entry), for provenance."""
+    method = {"obs": "second-order (Optimal BERT Surgeon, block-diagonal Fisher)",
+              "magnitude": "global magnitude"}.get(u.get("method"), str(u.get("method")))
+    parts = [f"{method} unstructured pruning of the encoder's linear weights, pattern {u.get('pattern')}, "
+             f"sparsity {float(u.get('sparsity', 0)):.4f}"]
+    if u.get("linear_weights"):
+        parts[0] += f" ({u.get('pruned_weights'):,} of {u['linear_weights']:,} weights set to zero)"
+    if u.get("method") == "obs":
+        parts.append(", ".join(f"{label} {u[k]}" for label, k in (
+            ("fisher_block_size", "fisher_block_size"), ("num_grads", "num_grads"), ("damp", "damp"),
+            ("num_recomputations", "num_recomputations")) if u.get(k) is not None))
+    return "; ".join(parts)
 
 
 @dataclass
