@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from bertprune.core.obs import (GROUP, GradientAccumulator, OBSOptions, check_me
                                 inverse_blocks, linear_sparsity, obs_update, prunable_linears, prune_unstructured,
                                 set_saliency, sparsity_schedule, weight_saliency)
 from bertprune.models import load_tokenizer, tiny_bert
+from bertprune.onnx.variants import variant_name
 from bertprune.resources import packaged_path
 
 from conftest import make_realistic
@@ -362,6 +364,16 @@ def test_compound_job_structured_then_obs_then_int8_with_onnx_parity(tiny_cfg, t
     assert 0 < r["export/onnx_gzip_size"] < r["export/onnx_file_size"]
     assert 0 < r["export/int8_gzip_size"] < r["export/int8_file_size"]
     assert r["export/runtime"] == "dense runtime"
+    # the exports name and describe the compound variant (bench.py, the submission tree and cards go by them)
+    from bertprune.jobs.publish import variant_name as run_variant_name
+    from bertprune.mlperf.submission import measurements
+    from bertprune.onnx.variants import load_variant
+
+    fp32, int8 = load_variant(Path(r["export/onnx_path"]).parent), load_variant(Path(r["export/int8_path"]).parent)
+    assert (fp32.name, int8.name) == ("c0.50-obs0.50", "c0.50-obs0.50-int8") == (run_variant_name(r), int8.name)
+    assert fp32.meta["unstructured"]["num_recomputations"] == 2 and fp32.meta["constraint"] == 0.5
+    steps = measurements(int8, SimpleNamespace(name="tiny"))["weight_transformations"]
+    assert "Kwon et al." in steps and "Optimal BERT Surgeon" in steps and "INT8" in steps, steps
     assert not (run / "obs_gradients.safetensors").exists()
     assert r["time/prune_s"] >= r["time/unstructured_s"] > 0
 
@@ -383,6 +395,17 @@ def test_unstructured_only_job_skips_the_structured_search(tiny_cfg, tmp_path, m
     assert r["unstructured/sparsity"] == 0.5 and r["unstructured/method"] == "magnitude"
     out = capsys.readouterr().out
     assert "no structured step (structured=false)" in out and "magnitude nm_2_4: sparsity 0.5000" in out
+    # no constraint was applied, so none is recorded: the variant is named and described by its one step
+    from bertprune.jobs.publish import model_card, variant_name as run_variant_name
+
+    run = Path(cfg.output_dir)
+    meta = json.loads((run / "pruned" / "bertprune.json").read_text())
+    assert meta["constraint"] is None and meta["unstructured"]["pattern"] == "nm_2_4"
+    assert run_variant_name(r) == variant_name(meta) == "magnitude0.50-2of4"
+    card = str(model_card(run, "me/rt-magnitude", license="apache-2.0"))
+    assert "without its structured step" in card and "| structured step | none (`structured=false`) |" in card
+    assert "global magnitude unstructured pruning" in card and "constraint 0.5" not in card
+    assert "- unstructured-pruning\n" in card and "- structured-pruning\n" not in card and "MACs (constraint" not in card
 
 
 def test_obs_sweep_jobs_get_their_own_folders(tiny_cfg):
@@ -565,3 +588,41 @@ def test_sparse_engine_benchmark_prepares_files_for_deepsparse(tmp_path):
     np.testing.assert_array_equal(numpy_helper.to_array(next(t for t in low.graph.initializer if t.name == "W")), a)
     with pytest.raises(ValueError, match=r"has inputs \['ids', 'input_mask', 'segment_ids'\]; expected the MLPerf"):
         prepare(tiny_onnx(tmp_path / "bad.onnx", names=("ids", "input_mask", "segment_ids")), tmp_path / "x.onnx")
+
+
+def test_variant_names_say_each_pruning_step():
+    obs = {"method": "obs", "pattern": "unstructured", "target_sparsity": 0.8, "sparsity": 0.79996}
+    assert variant_name({}) == "dense" and variant_name({"constraint": 0.5}) == "c0.50"
+    assert variant_name({"constraint": None, "heads_per_layer": [12] * 6, "unstructured": obs}) == "obs0.80"
+    assert variant_name({"constraint": 0.4, "unstructured": {**obs, "target_sparsity": 0.5}}, "int8") == "c0.40-obs0.50-int8"
+    assert variant_name({"unstructured": {"method": "obs", "pattern": "block4", "sparsity": 0.7}}) == "obs0.70-block4"
+    assert variant_name({"heads_per_layer": [3, 2]}) == "pruned"
+
+
+def test_submission_provenance_of_an_unstructured_only_variant_names_obs_not_kwon(tmp_path):
+    """structured=false: the export's measurements.json lists the OBS step with its settings, and no
+    structured pruning (an earlier version called it "pruned (Kwon et al.) constraint=0.5")."""
+    from bertprune.mlperf.submission import measurements
+    from bertprune.onnx.variants import Variant
+
+    u = {"method": "obs", "pattern": "unstructured", "target_sparsity": 0.8, "sparsity": 0.8, "pruned_weights": 80,
+         "linear_weights": 100, "fisher_block_size": 32, "num_grads": 256, "damp": 1e-7, "num_recomputations": 4}
+    v = Variant(name="obs0.80", onnx=tmp_path / "model.onnx",
+                meta={"constraint": None, "unstructured": u, "opset": 17, "teacher": str(tmp_path / "gone"),
+                      "starting_weights": {"starting_weights": "all-MiniLM-L6-v2", "fine_tuned_by_bertprune": False}})
+    m = measurements(v, SimpleNamespace(name="rotten_tomatoes"))
+    steps = m["weight_transformations"]
+    assert "Kwon" not in steps and "not pruned" not in steps, steps
+    assert "Optimal BERT Surgeon" in steps and "80 of 100 weights" in steps and "fisher_block_size 32" in steps
+    assert "second-order update" in m["retraining"] and "least squares" not in m["retraining"]
+
+
+def test_structured_false_job_folders_are_not_named_after_the_unused_constraint():
+    from hydra import compose, initialize_config_dir
+    from conftest import CONF
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        off = compose("prune", ["structured=false", "unstructured=obs"], return_hydra_config=True)
+        on = compose("prune", ["unstructured=obs", "constraint=0.4"], return_hydra_config=True)
+    assert str(off.hydra.sweep.subdir).startswith("dense-obs-s0.5-"), off.hydra.sweep.subdir
+    assert str(on.hydra.sweep.subdir).startswith("c0.4-obs-s0.5-"), on.hydra.sweep.subdir
