@@ -19,7 +19,7 @@ import pytest
 from conftest import compose_cfg, csv_task, tiny_onnx, write_variant
 
 from bertprune.onnx import deepsparse_runtime as ds
-from bertprune.onnx.deepsparse_runtime import DeepSparseSession, check_runtime, compile_batch_sizes
+from bertprune.onnx.deepsparse_runtime import DeepSparseSession, check_runtime, compile_batch_sizes, compile_seq_lens
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKES = Path(__file__).resolve().parent / "fakes"
@@ -59,28 +59,77 @@ def test_compile_batch_sizes_per_scenario():
     assert compile_batch_sizes("Server", 1) == [1]
 
 
+def test_compile_seq_lens_are_length_buckets_up_to_max_length():
+    assert compile_seq_lens(128) == [32, 64, 128]
+    assert compile_seq_lens(100) == [32, 64, 100]
+    assert compile_seq_lens(384, fixed=True) == [384]  # QA: per-token outputs at the full length
+    assert compile_seq_lens(32) == [32] and compile_seq_lens(16) == [16]
+    assert compile_seq_lens(512) == [32, 64, 128, 256, 512]
+
+
+def test_sut_cuts_each_batch_to_the_shortest_compiled_length_that_holds_it():
+    from bertprune.mlperf.scenarios import ScenarioSettings
+    from bertprune.mlperf.sut import OrtSUT
+    from bertprune.tasks.features import Features
+
+    lengths = np.array([5, 40, 64, 9, 33, 120], np.int64)
+    mask = (np.arange(128)[None, :] < lengths[:, None]).astype(np.int64)
+    f = Features(input_ids=mask * 7, input_mask=mask, segment_ids=np.zeros_like(mask), labels=np.zeros(6, np.int64))
+
+    class Static:
+        seq_lens = [32, 64, 128]
+        seen: list = []
+
+        def bucket_length(self, n):
+            return next(x for x in self.seq_lens if x >= n)
+
+        def run(self, names, feeds):
+            self.seen.append(feeds["input_ids"].shape)
+            return [np.zeros((feeds["input_ids"].shape[0], 2), np.float32)]
+
+    session = Static()
+    sut = OrtSUT(session, f, ScenarioSettings(name="offline", batch_size=2), "classification")
+    for idx, want in (([0], 32), ([0, 3], 32), ([1], 64), ([2, 0], 64), ([4, 5], 128)):
+        sut.infer(np.array(idx))
+        assert session.seen[-1] == (len(idx), want), (idx, session.seen[-1])
+    qa = OrtSUT(session, f, ScenarioSettings(name="offline", batch_size=2), "qa")  # per-token outputs: full length
+    try:
+        qa.infer(np.array([0]))
+    except Exception:  # noqa: BLE001 - the stand-in returns classification outputs; only the shape it got matters
+        pass
+    assert session.seen[-1] == (1, 128)
+
+
 def test_session_pads_short_batches_and_cuts_long_ones_to_the_compiled_shapes(fake_python, tmp_path, monkeypatch):
     log = tmp_path / "engine.log"
     monkeypatch.setenv("FAKE_DEEPSPARSE_LOG", str(log))
     path = tiny_onnx(tmp_path / "m.onnx")
-    with DeepSparseSession(path, 16, [1, 4], python=str(fake_python), num_cores=2) as s:
+    with DeepSparseSession(path, 16, [1, 4], python=str(fake_python), num_cores=2, seq_lens=[8, 16]) as s:
         assert s.provider == "DeepSparse 0.0+fake" and s.output_names == ["logits"]
         assert s.info["batch_sizes"] == [1, 4] and s.info["ir"] == 9 and s.info["zeros"] == 0.0
+        assert s.info["seq_lens"] == [8, 16] and [s.bucket_length(n) for n in (1, 8, 9, 16)] == [8, 8, 16, 16]
         for b in (1, 3, 4, 5, 9):
             f = feeds(b, 16, seed=b, real=11)
             out = s.run(["logits"], f)[0]
             assert out.shape == (b, 2)
             np.testing.assert_allclose(out, ort_logits(path, f), rtol=1e-5, atol=1e-6)
-        with pytest.raises(ValueError, match=r"compiled for \[batch, 16\] \(static shapes"):
-            s.run(["logits"], feeds(2, 12))  # a trimmed batch: the SUT must never send one
+        # a batch cut to the short bucket: the outputs of the full length (the padding is masked)
+        full = feeds(3, 16, seed=7, real=6)
+        short = {k: v[:, :8] for k, v in full.items()}
+        np.testing.assert_allclose(s.run(["logits"], short)[0], ort_logits(path, full), rtol=1e-5, atol=1e-6)
+        with pytest.raises(ValueError, match=r"compiled for \[batch, L\] with L in \[8, 16\] \(static shapes"):
+            s.run(["logits"], feeds(2, 12))  # not a compiled length: the SUT never sends one
         stats = s.stats()
-        assert stats["calls"] == 5 and 0 < stats["engine_s"] <= stats["roundtrip_s"]
+        assert stats["calls"] == 6 and 0 < stats["engine_s"] <= stats["roundtrip_s"]
+    with pytest.raises(ValueError, match=r"seq_lens=\[8, 32\]: expected positive lengths whose longest is seq_len=16"):
+        DeepSparseSession(path, 16, [1], python=str(fake_python), seq_lens=[8, 32])
     entries = [json.loads(x) for x in log.read_text().splitlines()]
-    assert [e["batch_size"] for e in entries if e["op"] == "compile"] == [1, 4]
-    assert all(e["input_shapes"] == [[e["batch_size"], 16]] * 3 for e in entries if e["op"] == "compile")
-    # b = 1, 3 (padded to 4), 4, 5 (4 + 1), 9 (4 + 4 + 1): every engine call at a compiled shape
+    assert [(e["batch_size"], e["input_shapes"][0][1]) for e in entries if e["op"] == "compile"] == [
+        (1, 8), (4, 8), (1, 16), (4, 16)]
+    assert all(e["input_shapes"] == [e["input_shapes"][0]] * 3 for e in entries if e["op"] == "compile")
+    # b = 1, 3 (padded to 4), 4, 5 (4 + 1), 9 (4 + 4 + 1), then 3 at length 8: every call at a compiled shape
     assert [e["shapes"][0] for e in entries if e["op"] == "run"] == [
-        [1, 16], [4, 16], [4, 16], [4, 16], [1, 16], [4, 16], [4, 16], [1, 16]]
+        [1, 16], [4, 16], [4, 16], [4, 16], [1, 16], [4, 16], [4, 16], [1, 16], [4, 8]]
 
 
 def test_worker_refuses_a_file_that_changed_after_export(fake_python, tmp_path):
@@ -142,7 +191,7 @@ def test_bench_runs_every_scenario_on_deepsparse_and_says_so(tiny_data, fake_pyt
             ScenarioSettings(name="server", batch_size=4, workers=2, min_duration_ms=1500, calibration_s=0.2),
             ScenarioSettings(name="multi_stream", batch_size=8, **fast)]
     out = tmp_path / "bench"
-    summary = run_bench(variant, csv_task(tiny_data), scen, mode="both", output_dir=out, runtime="deepsparse",
+    summary = run_bench(variant, csv_task(tiny_data, max_length=64), scen, mode="both", output_dir=out, runtime="deepsparse",
                         deepsparse_python=str(fake_python), system_name="box", write_back=False)
     assert summary.complete, [r.error for r in summary.rows]
     rows = list(csv.DictReader((out / "summary.csv").open()))
@@ -161,7 +210,9 @@ def test_bench_runs_every_scenario_on_deepsparse_and_says_so(tiny_data, fake_pyt
     assert "run with DeepSparse" in (sub / "src" / "README.md").read_text()
     assert "runtime=deepsparse" in (sub / "results" / "box" / "csv-dense" / "Offline" / "README.md").read_text()
     runs = [json.loads(x)["shapes"][0] for x in log.read_text().splitlines() if json.loads(x)["op"] == "run"]
-    assert runs and all(s[1] == 32 for s in runs)  # the full task.max_length: never trimmed
+    # length buckets 32 and 64 (task.max_length): the tiny reviews are short, so most batches run at 32
+    assert runs and {s[1] for s in runs} <= {32, 64} and any(s[1] == 32 for s in runs), runs[:20]
+    assert perf["runtime_info"]["seq_lens"] == [32, 64]
     assert {s[0] for s in runs} <= {1, 2, 4, 8}
 
 
@@ -181,8 +232,11 @@ def test_real_deepsparse_agrees_with_onnx_runtime(tmp_path):
     model = onnx.load(str(path))
     model.ir_version = 10  # as torch's exporter writes: the worker lowers it
     onnx.save(model, str(path))
-    with DeepSparseSession(path, 16, [1, 4]) as s:
+    with DeepSparseSession(path, 16, [1, 4], seq_lens=[8, 16]) as s:
         assert s.provider == "DeepSparse 1.8.0" and s.info["ir"] == 10
         for b in (1, 3, 6):
             f = feeds(b, 16, seed=b, real=9)
             np.testing.assert_allclose(s.run(None, f)[0], ort_logits(path, f), rtol=1e-4, atol=1e-5)
+            short = feeds(b, 16, seed=b, real=5)  # cut to the 8-token engine: the full length's outputs
+            np.testing.assert_allclose(s.run(None, {k: v[:, :8] for k, v in short.items()})[0],
+                                       ort_logits(path, short), rtol=1e-4, atol=1e-5)

@@ -93,18 +93,21 @@ def run_loadgen(spec: RunSpec) -> dict:
 def open_runtime(spec: RunSpec, sc: ScenarioSettings, max_length: int):
     """(session, provider, sha256 of the file it runs, the graph's fixed sequence length or None) for
     ``spec.runtime``: an ONNX Runtime session built from the hashed bytes, or a DeepSparse worker compiled
-    for [batch, max_length] (static shapes: the SUT then never trims a batch)."""
+    for [batch, L] at each length bucket L up to max_length (static shapes: the SUT cuts each batch to the
+    shortest L that holds it; QA's per-token outputs keep max_length)."""
     from bertprune.onnx.runtime import make_session
 
     model_bytes, onnx_sha256 = load_onnx_bytes(spec.onnx, spec.onnx_sha256)
     if spec.runtime == "deepsparse":
-        from bertprune.onnx.deepsparse_runtime import DeepSparseSession, compile_batch_sizes
+        from bertprune.onnx.deepsparse_runtime import DeepSparseSession, compile_batch_sizes, compile_seq_lens
+        from bertprune.tasks.kinds import get_kind
 
         del model_bytes  # the worker reads the file and checks the same sha256
+        fixed = get_kind(spec.kind).fixed_seq_len or spec.onnx_seq_len is not None
         session = DeepSparseSession(spec.onnx, max_length, compile_batch_sizes(sc.loadgen, sc.batch_size),
                                     python=spec.deepsparse_python, num_cores=sc.intra_op_threads,
-                                    sha256=onnx_sha256)
-        return session, session.provider, onnx_sha256, max_length
+                                    sha256=onnx_sha256, seq_lens=compile_seq_lens(max_length, fixed))
+        return session, session.provider, onnx_sha256, max_length if fixed else None
     if spec.runtime != "onnxruntime":
         raise ValueError(f"runtime={spec.runtime!r}; expected onnxruntime or deepsparse")
     has_external_data = Path(f"{spec.onnx}.data").is_file()  # then ONNX Runtime must read it next to the file

@@ -74,6 +74,7 @@ class OrtSUT:
         # a fixed-length kind (QA: logits per token [seq]) keeps the full length; the others may trim
         # each batch to its longest member when the graph's sequence dimension is dynamic
         self.trim = not self.kind.fixed_seq_len and onnx_seq_len is None
+        self._bucket = getattr(session, "bucket_length", None)  # engines compiled for a few fixed lengths
         self.batch_size = int(scenario.batch_size)
         self._complete = complete or loadgen_complete
         self._threaded = scenario.loadgen in ("Offline", "Server")
@@ -118,6 +119,8 @@ class OrtSUT:
         """Outputs for QSL ``indices`` [B]: float32 [B, num_labels] or (qa) [B, seq, 2], C-contiguous."""
         f = self.features
         length = max(1, int(f.lengths[indices].max())) if self.trim else f.max_length
+        if self._bucket is not None:  # a static-shape engine (DeepSparse): the shortest compiled length that fits
+            length = self._bucket(length)
         feeds = {name: getattr(f, name)[indices, :length] for name in INPUTS}
         return self.kind.stack_outputs(self.session.run(self.output_names, feeds))
 

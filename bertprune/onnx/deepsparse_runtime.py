@@ -6,8 +6,10 @@ its own venv (``make setup-deepsparse`` -> ``.venv-deepsparse``) and runs there 
 worker, has it compile the exported file for static shapes (one engine per batch size the scenario runs),
 and answers ``run(output_names, feeds)`` like an ONNX Runtime session, so the same SUT drives either.
 
-Static shapes: DeepSparse is fast only when compiled for them, so every batch runs at the features' full
-sequence length (no trimming to the longest member) and a short batch is padded to a compiled batch size.
+Static shapes: DeepSparse is fast only when compiled for them, so the engine is compiled for a few sequence
+lengths (``compile_seq_lens``: 32, 64, ... up to the task's max_length) and each batch is cut to the shortest
+compiled length that holds its longest member (ONNX Runtime cuts to that member exactly); a short batch is
+padded to a compiled batch size. Tasks whose outputs are per token (QA) run at the full length only.
 DeepSparse is CPU-only; its Community License allows evaluation and research, not production.
 """
 
@@ -95,24 +97,43 @@ def compile_batch_sizes(loadgen: str, batch_size: int) -> list[int]:
     return [batch_size]
 
 
+MIN_SEQ_LEN = 32  # the shortest compiled length (a length bucket): 32, 64, 128, ... up to max_length
+
+
+def compile_seq_lens(max_length: int, fixed: bool = False) -> list[int]:
+    """The sequence lengths the engine is compiled for: ``max_length`` alone when the graph's length is fixed
+    (QA's per-token outputs, a static export); else every power of two from ``MIN_SEQ_LEN`` below it, and it.
+    A batch runs at the shortest one that holds its longest member (padding beyond a real length is masked,
+    so the outputs are those of the full length)."""
+    max_length = int(max_length)
+    if fixed:
+        return [max_length]
+    return sorted({n for n in (MIN_SEQ_LEN * 2 ** i for i in range(16)) if n < max_length} | {max_length})
+
+
 class DeepSparseSession:
     """The worker process, seen as an ONNX Runtime session: ``run(output_names, feeds) -> [arrays]``.
 
-    path: the exported .onnx (hashed again by the worker against ``sha256``); seq_len: the static sequence
-    length every feed must have; batch_sizes: the engines to compile (``compile_batch_sizes``); num_cores:
+    path: the exported .onnx (hashed again by the worker against ``sha256``); seq_len: the longest sequence
+    length; seq_lens: the lengths compiled (``compile_seq_lens``; None: ``seq_len`` only), one of which every
+    feed must have (``seq_lens``); batch_sizes: the engines to compile (``compile_batch_sizes``); num_cores:
     DeepSparse's cores (None: all). Calls from several threads are served one at a time (the engine uses
     every core it is given). ``info``: the worker's load reply (version, compile time, zeros, supported ops);
     ``stats()`` adds the time spent in the engine and in the process hop."""
 
     def __init__(self, path, seq_len: int, batch_sizes, python: str | None = None, num_cores: int | None = None,
-                 sha256: str | None = None):
+                 sha256: str | None = None, seq_lens=None):
         self.python, self.seq_len = resolve_python(python), int(seq_len)
+        self.seq_lens = sorted({int(n) for n in (seq_lens or [seq_len])})
+        if self.seq_lens[-1] != self.seq_len or self.seq_lens[0] < 1:
+            raise ValueError(f"seq_lens={self.seq_lens}: expected positive lengths whose longest is seq_len="
+                             f"{self.seq_len}")
         self._lock = threading.Lock()
         self._proc = subprocess.Popen([self.python, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       env=_env())
         try:
             self.info = self._call({"op": "load", "path": str(Path(path).resolve()), "sha256": sha256,
-                                    "seq_len": self.seq_len, "batch_sizes": [int(b) for b in batch_sizes],
+                                    "seq_lens": self.seq_lens, "batch_sizes": [int(b) for b in batch_sizes],
                                     "num_cores": num_cores})[0]
         except BaseException:
             self.close()
@@ -120,10 +141,14 @@ class DeepSparseSession:
         self.info.pop("arrays", None)
         self.output_names = list(self.info["outputs"])
         self.calls, self.engine_s, self.roundtrip_s = 0, 0.0, 0.0
-        log.info("DeepSparse %s: %s compiled for batch %s x %d in %.1f s (%.1f%% of MatMul weights zero, %.0f%% of "
-                 "ops supported, %s%s, %d cores)", self.info["version"], Path(path).name, self.info["batch_sizes"],
-                 self.seq_len, self.info["compile_s"], 100 * self.info["zeros"], 100 * self.info["supported_ops"],
+        log.info("DeepSparse %s: %s compiled for batch %s x length %s in %.1f s (%.1f%% of MatMul weights zero, "
+                 "%.0f%% of ops supported, %s%s, %d cores)", self.info["version"], Path(path).name,
+                 self.info["batch_sizes"], self.seq_lens, self.info["compile_s"], 100 * self.info["zeros"], 100 * self.info["supported_ops"],
                  self.info["avx"], " VNNI" if self.info["vnni"] else "", self.info["num_cores"])
+
+    def bucket_length(self, length: int) -> int:
+        """The compiled length a batch whose longest member has ``length`` tokens runs at."""
+        return next((n for n in self.seq_lens if n >= length), self.seq_lens[-1])
 
     def stats(self) -> dict:
         """The load reply plus, over every ``run`` so far: calls, the worker's engine seconds and the round-trip
@@ -157,9 +182,10 @@ class DeepSparseSession:
 
     def run(self, output_names, feeds: dict) -> list[np.ndarray]:
         arrays = [np.ascontiguousarray(feeds[name], dtype=np.int64) for name in INPUTS]
-        if arrays[0].ndim != 2 or arrays[0].shape[1] != self.seq_len:
-            raise ValueError(f"feeds of shape {list(arrays[0].shape)}: the DeepSparse engine is compiled for "
-                             f"[batch, {self.seq_len}] (static shapes: pad every batch to the full length)")
+        if arrays[0].ndim != 2 or arrays[0].shape[1] not in self.seq_lens:
+            raise ValueError(f"feeds of shape {list(arrays[0].shape)}: the DeepSparse engines are compiled for "
+                             f"[batch, L] with L in {self.seq_lens} (static shapes: pad a batch to one of them, "
+                             "bucket_length)")
         t0 = time.perf_counter()
         head, out = self._call({"op": "run"}, arrays)
         with self._lock:

@@ -9,14 +9,14 @@ Protocol, on the worker's stdin/stdout (DeepSparse's own prints go to stderr): e
 an 8-byte little-endian length + a JSON header, followed by the raw bytes of the arrays the header lists
 (each an 8-byte length + C-order bytes). Requests and their replies:
 
-* ``{"op": "load", "path", "sha256", "seq_len", "batch_sizes", "num_cores"}`` -> the file's bytes are
-  hashed and checked, its IR version lowered to 9 (``prepare``), one engine compiled per batch size for
-  inputs ``[batch, seq_len]`` -> ``{"ok", "inputs", "outputs", "version", "compile_s", "zeros", "ir",
-  "supported_ops", "avx", "vnni", "num_cores"}``.
-* ``{"op": "run", "arrays": [...]}`` + the three MLPerf inputs (int64 ``[b, seq_len]``) -> each batch is
-  padded to the smallest compiled batch size >= b (rows repeated, their outputs dropped), or cut into
-  pieces of the largest one -> ``{"ok", "engine_s", "arrays": [...]}`` + one array per graph output, ``b``
-  rows each (engine_s: the worker's time for the request, padding included).
+* ``{"op": "load", "path", "sha256", "seq_lens", "batch_sizes", "num_cores"}`` -> the file's bytes are
+  hashed and checked, its IR version lowered to 9 (``prepare``), one engine compiled per batch size and
+  sequence length for inputs ``[batch, seq_len]`` -> ``{"ok", "inputs", "outputs", "version", "compile_s",
+  "zeros", "ir", "batch_sizes", "seq_lens", "supported_ops", "avx", "vnni", "num_cores"}``.
+* ``{"op": "run", "arrays": [...]}`` + the three MLPerf inputs (int64 ``[b, L]``, L one of the compiled
+  lengths) -> each batch is padded to the smallest compiled batch size >= b (rows repeated, their outputs
+  dropped), or cut into pieces of the largest one -> ``{"ok", "engine_s", "arrays": [...]}`` + one array per
+  graph output, ``b`` rows each (engine_s: the worker's time for the request, padding included).
 * ``{"op": "close"}`` (or end of input) -> exit 0.
 
 A request that fails gets ``{"ok": false, "error": "..."}``; the worker stays up for the next one.
@@ -112,10 +112,9 @@ def prepare(path: Path, out: Path, expected_sha256: str | None = None) -> tuple[
 
 class Worker:
     def __init__(self):
-        self.engines: dict[int, object] = {}
+        self.engines: dict[int, dict[int, object]] = {}  # seq_len -> batch size -> engine
         self.inputs: list[str] = []
         self.outputs: list[str] = []
-        self.seq_len = 0
         self._tmp = tempfile.TemporaryDirectory(prefix="bertprune-deepsparse-")
 
     def load(self, req: dict) -> dict:
@@ -124,43 +123,49 @@ class Worker:
         sizes = sorted({int(b) for b in req["batch_sizes"]})
         if not sizes or sizes[0] < 1:
             raise ValueError(f"batch_sizes={req['batch_sizes']}: expected positive batch sizes")
-        self.seq_len = int(req["seq_len"])
+        lens = sorted({int(n) for n in (req.get("seq_lens") or [req["seq_len"]])})
+        if lens[0] < 1:
+            raise ValueError(f"seq_lens={lens}: expected positive sequence lengths")
         low = Path(self._tmp.name) / "model.onnx"
         self.inputs, zeros, ir = prepare(Path(req["path"]), low, req.get("sha256"))
         t0 = time.perf_counter()
         cores = req.get("num_cores")
-        for b in sizes:
-            self.engines[b] = compile_model(str(low), batch_size=b, num_cores=cores,
-                                            input_shapes=[[b, self.seq_len]] * len(self.inputs))
-            print(f"deepsparse worker: compiled batch {b} x {self.seq_len} in {time.perf_counter() - t0:.1f} s",
-                  file=sys.stderr, flush=True)
-        engine = self.engines[sizes[-1]]
+        for n in lens:
+            for b in sizes:
+                self.engines.setdefault(n, {})[b] = compile_model(str(low), batch_size=b, num_cores=cores,
+                                                                  input_shapes=[[b, n]] * len(self.inputs))
+                print(f"deepsparse worker: compiled batch {b} x {n} ({time.perf_counter() - t0:.1f} s so far)",
+                      file=sys.stderr, flush=True)
+        engine = self.engines[lens[-1]][sizes[-1]]
         self.outputs = list(engine.output_names)
         return {"ok": True, "inputs": self.inputs, "outputs": self.outputs, "version": __version__,
                 "compile_s": time.perf_counter() - t0, "zeros": zeros, "ir": ir, "batch_sizes": sizes,
+                "seq_lens": lens,
                 "supported_ops": float(engine.fraction_of_supported_ops), "avx": str(engine.cpu_avx_type),
                 "vnni": bool(engine.cpu_vnni), "num_cores": int(engine.num_cores)}
 
     def run(self, arrays: list) -> list:
-        """``arrays``: input_ids, input_mask, segment_ids [b, seq_len] -> the graph's outputs, b rows each."""
+        """``arrays``: input_ids, input_mask, segment_ids [b, L] (L a compiled length) -> the graph's outputs,
+        b rows each."""
         import numpy as np
 
         if not self.engines:
             raise RuntimeError("run before load")
         feeds = dict(zip(INPUTS, arrays))
-        b = int(arrays[0].shape[0])
+        b, n_tok = (int(d) for d in arrays[0].shape) if arrays[0].ndim == 2 else (0, 0)
+        engines = self.engines.get(n_tok)
         for name, a in feeds.items():
-            if a.shape != (b, self.seq_len):
-                raise ValueError(f"{name} has shape {list(a.shape)}; the engine is compiled for [batch, "
-                                 f"{self.seq_len}]")
-        largest = max(self.engines)
+            if engines is None or a.shape != (b, n_tok):
+                raise ValueError(f"{name} has shape {list(a.shape)}; the engines are compiled for [batch, L] with "
+                                 f"L in {sorted(self.engines)}")
+        largest = max(engines)
         pieces = []
         for start in range(0, b, largest):
             n = min(largest, b - start)
-            size = min(s for s in self.engines if s >= n)
+            size = min(s for s in engines if s >= n)
             rows = np.arange(start, start + size)
             rows[n:] = start  # padding: repeats of the piece's first row, dropped below
-            outs = self.engines[size].run([np.ascontiguousarray(feeds[k][rows]) for k in self.inputs])
+            outs = engines[size].run([np.ascontiguousarray(feeds[k][rows]) for k in self.inputs])
             pieces.append([np.asarray(o)[:n] for o in outs])
         return [np.concatenate([p[i] for p in pieces]) if len(pieces) > 1 else pieces[0][i]
                 for i in range(len(self.outputs))]
