@@ -140,6 +140,8 @@ def test_worker_refuses_a_file_that_changed_after_export(fake_python, tmp_path):
 
 def test_runtime_checks_name_the_value_and_the_fix(fake_python, tmp_path):
     assert check_runtime("onnxruntime") is None
+    with pytest.raises(ValueError, match=r"deepsparse_python=.* is set but runtime=onnxruntime.*add runtime=deepsparse"):
+        check_runtime("onnxruntime", str(fake_python))
     info = check_runtime("deepsparse", str(fake_python))
     assert info["deepsparse"] == "0.0+fake" and info["python"] == str(fake_python)
     with pytest.raises(ValueError, match=r"runtime='tensorrt'; expected one of \('onnxruntime', 'deepsparse'\)"):

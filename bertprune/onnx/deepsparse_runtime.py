@@ -60,6 +60,9 @@ def check_runtime(runtime: str, python: str | None = None, device: str = "cpu") 
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime={runtime!r}; expected one of {RUNTIMES}")
     if runtime == "onnxruntime":
+        if python:  # most likely runtime=deepsparse was forgotten: measuring ONNX Runtime instead would mislead
+            raise ValueError(f"deepsparse_python={python!r} is set but runtime=onnxruntime, which does not use it; "
+                             "add runtime=deepsparse to run DeepSparse, or drop deepsparse_python")
         return None
     if device == "cuda":
         raise ValueError("runtime=deepsparse runs on the CPU only, but hardware.runtime_device=cuda; use hardware=cpu "
