@@ -13,7 +13,7 @@ LOCK   := requirements.lock
 LOCK_VENV ?= /tmp/bertprune-lock-venv
 OTHER_ORT := $(if $(filter gpu,$(ORT)),onnxruntime,onnxruntime-gpu)
 
-.PHONY: setup setup-deepsparse lock check-env demo test test-unit test-integration test-slow bench-prune bench-export bench-harness bench-latency bench-obs bench-accuracy clean
+.PHONY: setup setup-deepsparse lock check-env demo test test-unit test-integration test-slow bench-prune bench-export bench-harness bench-latency bench-obs bench-accuracy bench-runtimes clean
 
 $(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -86,6 +86,12 @@ bench-obs: $(STAMP)
 
 bench-accuracy: $(STAMP)
 	$(PY) -m benchmarks.accuracy
+
+# LoadGen on ONNX Runtime and DeepSparse over the OBS 80 % variant and its dense reference (made once, ~6 min)
+bench-runtimes: $(STAMP) $(DS_STAMP)
+	test -f outputs/obs80/job/onnx/model.json || $(PY) prune.py structured=false unstructured=obs \
+	  unstructured.sparsity=0.8 output_dir=outputs/obs80/job logger=none
+	$(PY) -m benchmarks.runtime_loadgen outputs/obs80 --rounds 3
 
 clean:
 	rm -rf outputs multirun
