@@ -103,6 +103,7 @@ def test_sut_cuts_each_batch_to_the_shortest_compiled_length_that_holds_it():
 def test_session_pads_short_batches_and_cuts_long_ones_to_the_compiled_shapes(fake_python, tmp_path, monkeypatch):
     log = tmp_path / "engine.log"
     monkeypatch.setenv("FAKE_DEEPSPARSE_LOG", str(log))
+    monkeypatch.setenv("FAKE_DEEPSPARSE_MS", json.dumps({"16": 5}))  # the short engine is the faster: kept
     path = tiny_onnx(tmp_path / "m.onnx")
     with DeepSparseSession(path, 16, [1, 4], python=str(fake_python), num_cores=2, seq_lens=[8, 16]) as s:
         assert s.provider == "DeepSparse 0.0+fake" and s.output_names == ["logits"]
@@ -126,10 +127,32 @@ def test_session_pads_short_batches_and_cuts_long_ones_to_the_compiled_shapes(fa
     entries = [json.loads(x) for x in log.read_text().splitlines()]
     assert [(e["batch_size"], e["input_shapes"][0][1]) for e in entries if e["op"] == "compile"] == [
         (1, 8), (4, 8), (1, 16), (4, 16)]
+    entries = [e for e in entries if e["op"] == "run"][16:]  # after the 4 x (1 warm-up + 3 timed) engine timings
     assert all(e["input_shapes"] == [e["input_shapes"][0]] * 3 for e in entries if e["op"] == "compile")
     # b = 1, 3 (padded to 4), 4, 5 (4 + 1), 9 (4 + 4 + 1), then 3 at length 8: every call at a compiled shape
     assert [e["shapes"][0] for e in entries if e["op"] == "run"] == [
         [1, 16], [4, 16], [4, 16], [4, 16], [1, 16], [4, 16], [4, 16], [1, 16], [4, 8]]
+
+
+def test_a_length_whose_engine_is_slower_runs_at_a_longer_one(fake_python, tmp_path, monkeypatch):
+    """A sparse engine can be slower at 32 tokens than at 64 (measured: DeepSparse on the OBS 80 % model,
+    batch 32): the worker times its engines and sends such batches, padded with masked columns, to the faster
+    longer engine, with the outputs of the short length."""
+    log = tmp_path / "engine.log"
+    monkeypatch.setenv("FAKE_DEEPSPARSE_LOG", str(log))
+    monkeypatch.setenv("FAKE_DEEPSPARSE_MS", json.dumps({"8": 20, "16": 2}))  # length 8 slower than 16
+    path = tiny_onnx(tmp_path / "m.onnx")
+    with DeepSparseSession(path, 16, [2], python=str(fake_python), seq_lens=[8, 16]) as s:
+        assert s.info["routes"] == {"8": {"2": 16}, "16": {"2": 16}}
+        assert s.info["bucket_ms"]["8"]["2"] > s.info["bucket_ms"]["16"]["2"]
+        full = feeds(2, 16, seed=3, real=5)
+        out = s.run(["logits"], {k: v[:, :8] for k, v in full.items()})[0]
+        np.testing.assert_allclose(out, ort_logits(path, full), rtol=1e-5, atol=1e-6)
+    runs = [json.loads(x)["shapes"][0] for x in log.read_text().splitlines() if json.loads(x)["op"] == "run"]
+    assert runs[-1] == [2, 16]  # the 8-token batch ran on the 16-token engine
+    monkeypatch.setenv("FAKE_DEEPSPARSE_MS", json.dumps({"8": 2, "16": 20}))
+    with DeepSparseSession(path, 16, [2], python=str(fake_python), seq_lens=[8, 16]) as s:
+        assert s.info["routes"] == {"8": {"2": 8}, "16": {"2": 16}}  # the short engine is faster: kept
 
 
 def test_worker_refuses_a_file_that_changed_after_export(fake_python, tmp_path):
@@ -187,6 +210,7 @@ def test_bench_runs_every_scenario_on_deepsparse_and_says_so(tiny_data, fake_pyt
 
     log = tmp_path / "engine.log"
     monkeypatch.setenv("FAKE_DEEPSPARSE_LOG", str(log))
+    monkeypatch.setenv("FAKE_DEEPSPARSE_MS", json.dumps({"64": 3}))  # the 32-token engines are the faster: kept
     variant = write_variant(tmp_path / "v", "dense")
     fast = dict(min_duration_ms=300, calibration_s=0.2)
     scen = [ScenarioSettings(name="offline", batch_size=8, **fast), ScenarioSettings(name="single_stream", **fast),

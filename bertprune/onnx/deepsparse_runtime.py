@@ -9,7 +9,8 @@ and answers ``run(output_names, feeds)`` like an ONNX Runtime session, so the sa
 Static shapes: DeepSparse is fast only when compiled for them, so the engine is compiled for a few sequence
 lengths (``compile_seq_lens``: 32, 64, ... up to the task's max_length) and each batch is cut to the shortest
 compiled length that holds its longest member (ONNX Runtime cuts to that member exactly); a short batch is
-padded to a compiled batch size. Tasks whose outputs are per token (QA) run at the full length only.
+padded to a compiled batch size. The worker times every engine once compiled and runs a length at a longer
+one where that engine is faster (DeepSparse's sparse kernels can be slower at 32 tokens than at 64). Tasks whose outputs are per token (QA) run at the full length only.
 DeepSparse is CPU-only; its Community License allows evaluation and research, not production.
 """
 
@@ -148,6 +149,11 @@ class DeepSparseSession:
                  "%.0f%% of ops supported, %s%s, %d cores)", self.info["version"], Path(path).name,
                  self.info["batch_sizes"], self.seq_lens, self.info["compile_s"], 100 * self.info["zeros"], 100 * self.info["supported_ops"],
                  self.info["avx"], " VNNI" if self.info["vnni"] else "", self.info["num_cores"])
+        rerouted = {(n, b): r for n, v in (self.info.get("routes") or {}).items() for b, r in v.items() if int(r) != int(n)}
+        for (n, b), r in rerouted.items():
+            ms = self.info["bucket_ms"]
+            log.info("DeepSparse: batch %s of length %s runs at length %s, whose engine is faster (%.1f ms vs %.1f ms)",
+                     b, n, r, ms[str(r)][b], ms[n][b])
 
     def bucket_length(self, length: int) -> int:
         """The compiled length a batch whose longest member has ``length`` tokens runs at."""

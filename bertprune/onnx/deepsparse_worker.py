@@ -11,11 +11,13 @@ an 8-byte little-endian length + a JSON header, followed by the raw bytes of the
 
 * ``{"op": "load", "path", "sha256", "seq_lens", "batch_sizes", "num_cores"}`` -> the file's bytes are
   hashed and checked, its IR version lowered to 9 (``prepare``), one engine compiled per batch size and
-  sequence length for inputs ``[batch, seq_len]`` -> ``{"ok", "inputs", "outputs", "version", "compile_s",
-  "zeros", "ir", "batch_sizes", "seq_lens", "supported_ops", "avx", "vnni", "num_cores"}``.
+  sequence length for inputs ``[batch, seq_len]``; with several lengths, each engine is timed and a length
+  whose engine is slower than a longer one's is routed to that longer one (``routes``: a sparse engine can be
+  slower at 32 tokens than at 64) -> ``{"ok", "inputs", "outputs", "version", "compile_s", "zeros", "ir",
+  "batch_sizes", "seq_lens", "routes", "bucket_ms", "supported_ops", "avx", "vnni", "num_cores"}``.
 * ``{"op": "run", "arrays": [...]}`` + the three MLPerf inputs (int64 ``[b, L]``, L one of the compiled
   lengths) -> each batch is padded to the smallest compiled batch size >= b (rows repeated, their outputs
-  dropped), or cut into pieces of the largest one -> ``{"ok", "engine_s", "arrays": [...]}`` + one array per
+  dropped), or cut into pieces of the largest one, and padded with masked columns to its route's length -> ``{"ok", "engine_s", "arrays": [...]}`` + one array per
   graph output, ``b`` rows each (engine_s: the worker's time for the request, padding included).
 * ``{"op": "close"}`` (or end of input) -> exit 0.
 
@@ -113,6 +115,7 @@ def prepare(path: Path, out: Path, expected_sha256: str | None = None) -> tuple[
 class Worker:
     def __init__(self):
         self.engines: dict[int, dict[int, object]] = {}  # seq_len -> batch size -> engine
+        self.routes: dict[int, dict[int, int]] = {}  # seq_len -> batch size -> the length it runs at (>=)
         self.inputs: list[str] = []
         self.outputs: list[str] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="bertprune-deepsparse-")
@@ -138,11 +141,41 @@ class Worker:
                       file=sys.stderr, flush=True)
         engine = self.engines[lens[-1]][sizes[-1]]
         self.outputs = list(engine.output_names)
+        bucket_ms = self.time_buckets(int(req.get("timing_runs", 3))) if len(lens) > 1 else {}
+        self.routes = {n: {b: self._route(n, b, bucket_ms) for b in sizes} for n in lens}
         return {"ok": True, "inputs": self.inputs, "outputs": self.outputs, "version": __version__,
                 "compile_s": time.perf_counter() - t0, "zeros": zeros, "ir": ir, "batch_sizes": sizes,
-                "seq_lens": lens,
+                "seq_lens": lens, "routes": {str(n): {str(b): r for b, r in v.items()} for n, v in self.routes.items()},
+                "bucket_ms": {str(n): {str(b): t for b, t in v.items()} for n, v in bucket_ms.items()},
                 "supported_ops": float(engine.fraction_of_supported_ops), "avx": str(engine.cpu_avx_type),
                 "vnni": bool(engine.cpu_vnni), "num_cores": int(engine.num_cores)}
+
+    def time_buckets(self, runs: int) -> dict[int, dict[int, float]]:
+        """Median ms of ``runs`` calls (after one warm-up) of every engine, on inputs of its compiled shape."""
+        import numpy as np
+
+        out: dict[int, dict[int, float]] = {}
+        for n, by_size in self.engines.items():
+            for b, engine in by_size.items():
+                feeds = [np.full((b, n), 1000, np.int64), np.ones((b, n), np.int64), np.zeros((b, n), np.int64)]
+                feeds = [feeds[INPUTS.index(name)] for name in self.inputs]
+                engine.run(feeds)
+                times = []
+                for _ in range(max(1, runs)):
+                    t0 = time.perf_counter()
+                    engine.run(feeds)
+                    times.append(1e3 * (time.perf_counter() - t0))
+                out.setdefault(n, {})[b] = sorted(times)[len(times) // 2]
+        return out
+
+    @staticmethod
+    def _route(n: int, b: int, bucket_ms: dict) -> int:
+        """The length a length-``n`` piece of batch size ``b`` runs at: the fastest compiled length >= n
+        (``n`` itself when untimed or fastest; ties keep the shorter)."""
+        if not bucket_ms:
+            return n
+        options = [(bucket_ms[m][b], m) for m in sorted(bucket_ms) if m >= n]
+        return min(options)[1]
 
     def run(self, arrays: list) -> list:
         """``arrays``: input_ids, input_mask, segment_ids [b, L] (L a compiled length) -> the graph's outputs,
@@ -165,7 +198,11 @@ class Worker:
             size = min(s for s in engines if s >= n)
             rows = np.arange(start, start + size)
             rows[n:] = start  # padding: repeats of the piece's first row, dropped below
-            outs = engines[size].run([np.ascontiguousarray(feeds[k][rows]) for k in self.inputs])
+            run_len = self.routes.get(n_tok, {}).get(size, n_tok)
+            piece = [np.ascontiguousarray(feeds[k][rows]) for k in self.inputs]
+            if run_len > n_tok:  # masked columns (ids, mask and segment 0): the outputs of the shorter length
+                piece = [np.pad(a, ((0, 0), (0, run_len - n_tok))) for a in piece]
+            outs = self.engines[run_len][size].run(piece)
             pieces.append([np.asarray(o)[:n] for o in outs])
         return [np.concatenate([p[i] for p in pieces]) if len(pieces) > 1 else pieces[0][i]
                 for i in range(len(self.outputs))]

@@ -3,10 +3,13 @@
 ``compile_model`` returns an engine that runs the file on ONNX Runtime and, like a static-shape engine,
 refuses any input whose shape is not the one it was compiled for. ``FAKE_DEEPSPARSE_LOG`` (a file path), when
 set, gets one line per compile and per run with the shapes, so a test can see what the worker asked for.
+``FAKE_DEEPSPARSE_MS`` (JSON ``{"<length>": ms}``), when set, makes each run of an engine compiled for that
+length sleep that long, so a test decides what the worker's timing of its engines finds.
 """
 
 import json
 import os
+import time
 
 __version__ = "0.0+fake"
 
@@ -38,6 +41,8 @@ class Engine:
         if shapes != self.input_shapes:
             raise ValueError(f"inputs of shapes {shapes}; the engine is compiled for {self.input_shapes}")
         _log(op="run", shapes=shapes)
+        n = self.input_shapes[0][1]
+        time.sleep(json.loads(os.environ.get("FAKE_DEEPSPARSE_MS") or "{}").get(str(n), 0) / 1e3)
         return self.session.run(self.output_names, dict(zip(self.input_names, inputs)))
 
 
