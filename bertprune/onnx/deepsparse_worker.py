@@ -37,6 +37,7 @@ import traceback
 from pathlib import Path
 
 INPUTS = ("input_ids", "input_mask", "segment_ids")  # the MLPerf BERT interface (bertprune.onnx.interface)
+ROUTE_MARGIN = 0.10  # a length runs at a longer one only when that engine is > 10 % faster
 IR_MAX = 9  # the ONNX Runtime inside DeepSparse 1.8 reads IR versions <= 9
 _LEN = struct.Struct("<Q")
 
@@ -170,12 +171,13 @@ class Worker:
 
     @staticmethod
     def _route(n: int, b: int, bucket_ms: dict) -> int:
-        """The length a length-``n`` piece of batch size ``b`` runs at: the fastest compiled length >= n
-        (``n`` itself when untimed or fastest; ties keep the shorter)."""
+        """The length a length-``n`` piece of batch size ``b`` runs at: the fastest compiled length >= n, when
+        it is faster than ``n``'s own engine by more than ``ROUTE_MARGIN`` (timings of a few calls are noisy,
+        and a longer length needlessly taken costs time); else ``n`` (also when untimed)."""
         if not bucket_ms:
             return n
-        options = [(bucket_ms[m][b], m) for m in sorted(bucket_ms) if m >= n]
-        return min(options)[1]
+        best_ms, best = min((bucket_ms[m][b], m) for m in sorted(bucket_ms) if m >= n)
+        return best if bucket_ms[n][b] > (1 + ROUTE_MARGIN) * best_ms else n
 
     def run(self, arrays: list) -> list:
         """``arrays``: input_ids, input_mask, segment_ids [b, L] (L a compiled length) -> the graph's outputs,
