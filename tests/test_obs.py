@@ -405,6 +405,7 @@ def test_unstructured_only_job_skips_the_structured_search(tiny_cfg, tmp_path, m
     card = str(model_card(run, "me/rt-magnitude", license="apache-2.0"))
     assert "without its structured step" in card and "| structured step | none (`structured=false`) |" in card
     assert "global magnitude unstructured pruning" in card and "constraint 0.5" not in card
+    assert "| mask tuning |" not in card and "Kept per layer" not in card and "| method |" not in card
     assert "- unstructured-pruning\n" in card and "- structured-pruning\n" not in card and "MACs (constraint" not in card
 
 

@@ -319,12 +319,15 @@ def model_card(run_dir: Path, repo_id: str, license: str | None = None, rows: li
     lines += [f"| MLPerf LoadGen accuracy run, {r['scenario']} ({r['precision']}) | {fmt(r['metric_value'])} |"
               for r in rows if r.get("metric_value") is not None]
     lines += ["", f"Evaluated on {dataset['dataset_name']}, split {dataset.get('dataset_split')}.", "",
-              "## Pruning recipe", "", "| | |", "|---|---|",
-              f"| method | {METHODS.get(method, f'`{method}`')} |",
-              f"| teacher | {teacher_line} |",
+              "## Pruning recipe", "", "| | |", "|---|---|"]
+    # the structured step's rows (method, budget, calibration, tuning, kept structure) only when it ran
+    lines += ([f"| method | {METHODS.get(method, f'`{method}`')} |"] if structured else [])
+    lines += [f"| teacher | {teacher_line} |",
               (f"| constraint (fraction of the dense encoder's MACs kept) | {results['constraint']} |" if structured
                else "| structured step | none (`structured=false`) |"),
-              *([f"| unstructured step | {unstructured_description(unstructured)} |"] if unstructured else []),
+              *([f"| unstructured step | {unstructured_description(unstructured)} |"] if unstructured else [])]
+    if structured:
+        lines += [
               f"| cost model | `{cost}`" + (f" at {seq_len:.1f} tokens per sequence |" if seq_len else " |"),
               f"| MACs per sequence, pruned / dense | {_fmt(meta.get('macs'), 0)} / {_fmt(meta.get('dense_macs'), 0)} "
               f"({results['prune/mac_ratio']:.3f}) |",
@@ -332,15 +335,16 @@ def model_card(run_dir: Path, repo_id: str, license: str | None = None, rows: li
                   ("training samples", "num_samples"), ("batch", "batch_size"), ("seed", "seed")) if results.get(k) is not None) + " |",
               (f"| iterative | " + (", ".join(f"{k} {v}" for k, v in (job.get("iterative") or {}).items())
                                     or "see results.json") + " |" if method == "iterative" else
-               f"| mask tuning | " + (", ".join(f"{k} {v}" for k, v in tuning.items()) or "see results.json") + " |"),
-              f"| parameters, pruned / dense | {results['model/parameters']:,} / {results['model/parameters_dense']:,} |",
+               f"| mask tuning | " + (", ".join(f"{k} {v}" for k, v in tuning.items()) or "see results.json") + " |")]
+    lines += [f"| parameters, pruned / dense | {results['model/parameters']:,} / {results['model/parameters_dense']:,} |",
               f"| size of model.safetensors | {results['model/file_size'] / 1e6:.1f} MB |",
-              f"| pruning time | {results['time/prune_s']:.1f} s |", "",
-              "Kept per layer (of " + f"{H} heads and {F} FFN neurons):", "",
-              "| layer | " + " | ".join(str(i) for i in range(len(heads))) + " |",
-              "|---|" + "---|" * len(heads),
-              "| heads | " + " | ".join(map(str, heads)) + " |",
-              "| neurons | " + " | ".join(map(str, ffn)) + " |", ""]
+              f"| pruning time | {results['time/prune_s']:.1f} s |", ""]
+    if structured:
+        lines += ["Kept per layer (of " + f"{H} heads and {F} FFN neurons):", "",
+                  "| layer | " + " | ".join(str(i) for i in range(len(heads))) + " |",
+                  "|---|" + "---|" * len(heads),
+                  "| heads | " + " | ".join(map(str, heads)) + " |",
+                  "| neurons | " + " | ".join(map(str, ffn)) + " |", ""]
     if rows:
         lines += ["## MLPerf LoadGen", "",
                   "| scenario | precision | valid | throughput (samples/s) | p90 (ms) | p99 (ms) | "
