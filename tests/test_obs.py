@@ -391,6 +391,7 @@ def test_unstructured_only_job_skips_the_structured_search(tiny_cfg, tmp_path, m
                              "unstructured.pattern=nm_2_4", "export=false"])
     r = prune_mod.prune(cfg)
     assert r["prune/mac_ratio"] == 1.0 and r["structured"] is False
+    assert r["constraint"] is None  # results.json, as the checkpoint's metadata: no budget was applied
     assert "prune/parity_max_abs_diff" not in r and "eval/accuracy_search" not in r
     assert r["unstructured/sparsity"] == 0.5 and r["unstructured/method"] == "magnitude"
     out = capsys.readouterr().out
@@ -458,6 +459,7 @@ def test_damp_num_grads_grid_runs_as_typed_with_its_summary(tmp_path, tiny_data)
     header = md.splitlines()[0]
     for col in ("method", "sparsity", "| m |", "damp", "| B |", "unstructured"):
         assert col in header, (col, header)
+    assert "constraint" not in header  # structured=false: the unused default is not shown as the jobs' budget
     assert "* best at sparsity 0.5: " in md and "INCOMPLETE" not in md
 
 
@@ -482,6 +484,39 @@ def test_sweep_summary_has_the_unstructured_columns_and_the_best_job_per_sparsit
     assert "| b | 0.50 | 1.000 | obs | unstructured | 0.500 | 512 | 1e-07 | 32 | 4 | 90.00 | 87.50 |" in md
     assert "* best at sparsity 0.5: b (accuracy 87.50, m 512, damp 1e-07, B 32, recomp. 4)" in md
     assert "best at sparsity 0.8" not in md  # a single job is no choice
+
+
+def test_sweep_summary_of_structured_false_jobs_shows_no_constraint(tmp_path):
+    """structured=false jobs record no constraint (None): their rows leave it empty, and a sweep of such jobs
+    only has no constraint column; a failed job's row reads the same from its config."""
+    from bertprune.jobs.sweep import collect, tidy, write_summary
+
+    def job(name, constraint, acc):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps({
+            "constraint": constraint, "structured": constraint is not None, "prune/mac_ratio": 1.0 if constraint is None
+            else 0.5, "metric": "accuracy", "eval/accuracy_dense": 90.0, "eval/accuracy": acc,
+            "unstructured/method": "obs", "unstructured/sparsity": 0.5, "unstructured/target_sparsity": 0.5}))
+
+    job("dense-obs", None, 85.0)
+    failed = tmp_path / "dense-failed" / ".hydra"
+    failed.mkdir(parents=True)
+    (failed / "config.yaml").write_text("constraint: 0.5\nstructured: false\n")
+    md = write_summary(tmp_path)
+    header = [line for line in md.splitlines() if line.startswith("| job |")][0]
+    assert header.startswith("| job | MAC ratio |") and "constraint" not in header
+    assert all(r["constraint"] is None for r in collect(tmp_path))
+    job("c0.5-obs", 0.5, 84.0)
+    md = write_summary(tmp_path)
+    header = [line for line in md.splitlines() if line.startswith("| job |")][0]
+    assert header.startswith("| job | constraint | MAC ratio |")
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1] for line in md.splitlines() if line.startswith("| c0.5-obs")
+            or line.startswith("| dense-")}
+    assert rows == {"c0.5-obs": "0.50", "dense-obs": "", "dense-failed": ""}
+    df = tidy(tmp_path)
+    assert df.set_index("job")["constraint"].isna().to_dict() == {"c0.5-obs": False, "dense-failed": True,
+                                                                  "dense-obs": True}
 
 
 def test_inverse_of_a_rank_deficient_block_with_tiny_damping_is_still_computed():

@@ -456,7 +456,8 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     prune_time = sum(timings.get(k, 0.0) for k in (*PRUNE_STEPS, *GUARD_STEPS, UNSTRUCTURED_STEP))
 
     results = {
-        "constraint": constraint, "prune/mac_ratio": result.mac_ratio, "prune/mac_seq_len": mac_seq_len,
+        # structured=false: None, as in the checkpoint's metadata (sweep tables leave the cell empty)
+        "constraint": meta["constraint"], "prune/mac_ratio": result.mac_ratio, "prune/mac_seq_len": mac_seq_len,
         "prune/heads_per_layer": heads, "prune/ffn_per_layer": ffn,
         "prune/kept_heads": sum(heads), "prune/kept_neurons": sum(ffn),
         f"eval/{metric}_dense": dense_metric,

@@ -408,6 +408,7 @@ def run_metadata(results: dict) -> dict:
     """What a run's export sidecar says of its pruning, from its results.json: the constraint (None when
     structured=false, whose constraint was never applied) and the unstructured step, if any."""
     u = {k.split("/", 1)[1]: v for k, v in results.items() if k.startswith("unstructured/")}
+    # results.json from before structured=false recorded None kept the unused default: drop it here too
     return {"constraint": results["constraint"] if results.get("structured", True) else None,
             **({"unstructured": u} if u else {})}
 

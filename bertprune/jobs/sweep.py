@@ -119,7 +119,8 @@ def columns(rows: list[dict]) -> list[tuple[str, str, str]]:
         quality += [(f"eval/{m}_{s}", f"dense {short}" if s == "dense" else s if len(metrics) == 1 else f"{s} {short}",
                      fmt) for s in STAGES]
     onnx = [(f"export/onnx_{m}", f"ONNX {SHORT.get(m, m)}", metric_format(m)) for m in metrics]
-    return [c for c in HEAD + UNSTRUCTURED + quality + TAIL + onnx if any(c[0] in r for r in rows)]
+    # a column no row has a value for is left out (e.g. the constraint of a sweep run with structured=false)
+    return [c for c in HEAD + UNSTRUCTURED + quality + TAIL + onnx if any(r.get(c[0]) is not None for r in rows)]
 
 
 def best_per_sparsity(rows: list[dict]) -> list[str]:
@@ -147,11 +148,13 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _job_constraint(job: Path):
-    """The constraint a job was started with (its .hydra/config.yaml), for the rows of jobs without results."""
+    """The constraint a job was started with (its .hydra/config.yaml), for the rows of jobs without results;
+    None for a structured=false job (its constraint is an unused default)."""
     try:
         from omegaconf import OmegaConf
 
-        return OmegaConf.load(job / ".hydra" / "config.yaml").get("constraint")
+        cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
+        return cfg.get("constraint") if cfg.get("structured", True) else None
     except Exception:  # noqa: BLE001 - a row without a constraint is still a row
         return None
 
@@ -282,7 +285,7 @@ def aggregate_markdown(sweep_dir: Path, rows: list[dict], keys: list[str]) -> li
         ("prune/mac_ratio", "MAC ratio", "{:.3f}"), ("prune/kept_heads", "heads", "{:.1f}"),
         ("prune/kept_neurons", "neurons", "{:.0f}"), ("time/prune_s", "prune s", "{:.1f}")]
     shown = [c for c in shown if f"{c[0]} mean" in df.columns]
-    by = [k for k in keys if k != SEED] + ["constraint"]
+    by = [k for k in keys if k != SEED] + (["constraint"] if "constraint" in df.columns else [])
     seeds = sorted({_plain(r["_overrides"].get(SEED)) for r in rows})
     lines = [f"Over seeds {', '.join(seeds)} (mean ± std of the finished jobs; `aggregate.csv`):", "",
              "| " + " | ".join(by) + " | " + " | ".join(h for _, h, _ in shown) + " | ok | failed |",
