@@ -500,6 +500,9 @@ def test_sweep_summary_of_structured_false_jobs_shows_no_constraint(tmp_path):
             "unstructured/method": "obs", "unstructured/sparsity": 0.5, "unstructured/target_sparsity": 0.5}))
 
     job("dense-obs", None, 85.0)
+    old = json.loads((tmp_path / "dense-obs" / "results.json").read_text())
+    (tmp_path / "dense-old").mkdir()  # written before structured=false recorded None: the unused 0.5
+    (tmp_path / "dense-old" / "results.json").write_text(json.dumps({**old, "constraint": 0.5, "structured": False}))
     failed = tmp_path / "dense-failed" / ".hydra"
     failed.mkdir(parents=True)
     (failed / "config.yaml").write_text("constraint: 0.5\nstructured: false\n")
@@ -513,10 +516,10 @@ def test_sweep_summary_of_structured_false_jobs_shows_no_constraint(tmp_path):
     assert header.startswith("| job | constraint | MAC ratio |")
     rows = {line.split(" | ")[0][2:]: line.split(" | ")[1] for line in md.splitlines() if line.startswith("| c0.5-obs")
             or line.startswith("| dense-")}
-    assert rows == {"c0.5-obs": "0.50", "dense-obs": "", "dense-failed": ""}
+    assert rows == {"c0.5-obs": "0.50", "dense-obs": "", "dense-old": "", "dense-failed": ""}
     df = tidy(tmp_path)
     assert df.set_index("job")["constraint"].isna().to_dict() == {"c0.5-obs": False, "dense-failed": True,
-                                                                  "dense-obs": True}
+                                                                  "dense-obs": True, "dense-old": True}
 
 
 def test_inverse_of_a_rank_deficient_block_with_tiny_damping_is_still_computed():

@@ -166,6 +166,8 @@ def collect(sweep_dir: Path) -> list[dict]:
         results, status = _read_json(job / RESULTS), _read_json(job / STATUS)
         if results is not None:
             row = {**results, "status": OK, "error": ""}
+            if results.get("structured") is False:  # older structured=false jobs recorded the unused default
+                row["constraint"] = None
         elif status is not None or (job / ".hydra").is_dir():
             state = (status or {}).get("status")
             row = {"constraint": _job_constraint(job), "error": (status or {}).get("error", ""),
