@@ -244,6 +244,21 @@ class TrainConfig(TeacherJobConfig):
 
 
 @dataclass
+class BenchOptions:
+    """prune.py's ``bench_options`` (bench=true): bertprune.lightning.bench_callback.LoadgenCallback's arguments."""
+    scenarios: List[Scenario] = field(default_factory=lambda: [Scenario.offline, Scenario.single_stream])
+    mode: BenchMode = BenchMode.performance
+    device: RuntimeDevice = RuntimeDevice.cpu   # prune.yaml: ${hardware.runtime_device}
+    submission: bool = False
+    min_duration_ms: Optional[int] = None     # null: each scenario's own
+    timeout_s: Optional[float] = None
+    output_subdir: str = "bench"
+    runtime: BenchRuntime = BenchRuntime.onnxruntime
+    deepsparse_python: Optional[str] = None
+    deepsparse_seq_lens: Any = None           # runtime=deepsparse: null/auto, full or a list of lengths
+
+
+@dataclass
 class PruneConfig(TeacherJobConfig):
     cost: CostConfig = MISSING
     constraint: float = MISSING
@@ -261,7 +276,7 @@ class PruneConfig(TeacherJobConfig):
     export: bool = MISSING
     quantize: Optional[Quantize] = None
     bench: bool = MISSING
-    bench_options: Optional[Dict[str, Any]] = None
+    bench_options: BenchOptions = field(default_factory=BenchOptions)
     sweep_group: Optional[str] = None
     structured: bool = True  # false: skip the Kwon search (Fisher, masks, tuning); needs an unstructured step
     unstructured: UnstructuredConfig = field(default_factory=UnstructuredConfig)
@@ -311,6 +326,7 @@ class BenchConfig:
     wandb_write_back: bool = True    # each variant's LoadGen results onto the W&B run of the job that exported it
     runtime: BenchRuntime = BenchRuntime.onnxruntime
     deepsparse_python: Optional[str] = None  # runtime=deepsparse: that venv's python; null = .venv-deepsparse
+    deepsparse_seq_lens: Any = None  # runtime=deepsparse: null/auto, full, or a list of lengths (checked in plan_bench)
     output_dir: str = MISSING
 
 
@@ -531,8 +547,6 @@ def validate_prune(cfg):
                          f"e.g. guard.samples={held_out_samples(cfg.num_samples, None)} (or null: that many)")
     if cfg.batch_size is not None:
         _at_least(cfg, ("batch_size",), 1, hint=" (or null: the paper's calibration batch size)")
-    if cfg.bench_options is not None and not isinstance(cfg.bench_options, (dict, DictConfig)):
-        raise ValueError(f"bench_options={cfg.bench_options!r} must be a mapping of LoadgenCallback arguments or null")
     validate_unstructured(cfg)
     return task
 

@@ -65,6 +65,32 @@ def test_compile_seq_lens_are_length_buckets_up_to_max_length():
     assert compile_seq_lens(384, fixed=True) == [384]  # QA: per-token outputs at the full length
     assert compile_seq_lens(32) == [32] and compile_seq_lens(16) == [16]
     assert compile_seq_lens(512) == [32, 64, 128, 256, 512]
+    assert compile_seq_lens(128, requested="auto") == [32, 64, 128]
+    assert compile_seq_lens(128, requested="full") == [128]  # deepsparse_seq_lens=full: no buckets
+    assert compile_seq_lens(128, requested=[48, 16]) == [16, 48, 128]  # max_length always compiled
+    assert compile_seq_lens(384, fixed=True, requested="full") == [384]
+
+
+@pytest.mark.parametrize("value, kwargs, match", [
+    ("half", {}, r"deepsparse_seq_lens='half'; expected null/auto .*, full .* or a list such as \[32,64\]"),
+    ([16, "x"], {}, r"deepsparse_seq_lens=\[16, 'x'\]; expected"),
+    ([], {}, r"deepsparse_seq_lens=\[\]; expected"),
+    ([32.5], {}, r"deepsparse_seq_lens=\[32.5\]; expected"),
+    ([32, 256], {}, r"\[256\] outside \[1, 128\] \(task.max_length\)"),
+    ([0], {}, r"\[0\] outside \[1, 128\]"),
+    ([32], {"fixed": True}, r"this graph runs at its full length 128 only .*deepsparse_seq_lens=full"),
+    ("full", {"runtime": "onnxruntime"}, r"deepsparse_seq_lens='full' is set but runtime=onnxruntime.*add runtime=deepsparse"),
+])
+def test_bad_deepsparse_seq_lens_get_one_error_naming_the_value(value, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ds.check_seq_lens(value, 128, **kwargs)
+
+
+def test_good_deepsparse_seq_lens_pass_the_check():
+    for value in (None, "auto", "full", [32], [128], [16, 64]):
+        ds.check_seq_lens(value, 128)
+    ds.check_seq_lens(None, 128, runtime="onnxruntime")
+    ds.check_seq_lens([128], 128, fixed=True)
 
 
 def test_sut_cuts_each_batch_to_the_shortest_compiled_length_that_holds_it():
@@ -188,6 +214,57 @@ def test_bench_config_takes_the_runtime_and_refuses_unknown_ones(tmp_path):
     assert cfg.runtime == "deepsparse" and cfg.deepsparse_python == "/opt/ds/bin/python"
     with pytest.raises(Exception, match="runtime"):
         compose_cfg("bench", ["source=x", "runtime=tensorrt"], tmp_path)
+    assert compose_cfg("bench", ["source=x"], tmp_path).deepsparse_seq_lens is None
+    assert compose_cfg("bench", ["source=x", "deepsparse_seq_lens=full"], tmp_path).deepsparse_seq_lens == "full"
+    assert list(compose_cfg("bench", ["source=x", "deepsparse_seq_lens=[32,64]"], tmp_path).deepsparse_seq_lens) == [32, 64]
+
+
+def test_bench_refuses_bad_seq_lens_before_any_run(tiny_data, fake_python, tmp_path):
+    from bertprune.jobs.bench import run_bench
+
+    variant = write_variant(tmp_path / "v", "dense")
+    out = tmp_path / "bench"
+    with pytest.raises(ValueError, match=r"\[128\] outside \[1, 64\]"):
+        run_bench(variant, csv_task(tiny_data, max_length=64), ["offline"], output_dir=out, runtime="deepsparse",
+                  deepsparse_python=str(fake_python), deepsparse_seq_lens=[32, 128], write_back=False)
+    with pytest.raises(ValueError, match=r"deepsparse_seq_lens='full' is set but runtime=onnxruntime"):
+        run_bench(variant, csv_task(tiny_data, max_length=64), ["offline"], output_dir=out, deepsparse_seq_lens="full",
+                  write_back=False)
+    assert not out.exists()
+
+
+def test_prune_checks_deepsparse_lengths_against_the_task_before_any_work(tiny_cfg, fake_python, monkeypatch):
+    import bertprune.jobs.train as train
+    from bertprune.jobs.prune import prune
+
+    monkeypatch.setattr(train, "ensure_teacher", lambda cfg: pytest.fail("teacher must not be trained"))
+    monkeypatch.setattr("bertprune.jobs.prune.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
+    cfg = tiny_cfg("prune", ["bench=true", "bench_options.runtime=deepsparse", "bench_options.deepsparse_seq_lens=[16,64]",
+                             f"bench_options.deepsparse_python={fake_python}"])  # task.max_length=32
+    with pytest.raises(ValueError, match=r"\[64\] outside \[1, 32\] \(task.max_length\)"):
+        prune(cfg)
+    assert not (Path(cfg.output_dir) / "results.json").exists()
+
+
+@pytest.mark.integration
+def test_bench_deepsparse_seq_lens_full_runs_every_batch_at_max_length(tiny_data, fake_python, tmp_path, monkeypatch):
+    """deepsparse_seq_lens=full from the command line: one engine length, task.max_length, for every call."""
+    log = tmp_path / "engine.log"
+    variant = write_variant(tmp_path / "v", "dense")
+    train, dev = tiny_data
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "bench.py"), f"source={variant}", "task=csv", f"task.train_file={train}",
+           f"task.validation_file={dev}", "task.max_length=64", "runtime=deepsparse", "scenario=[offline]",
+           "scenario.offline.min_duration_ms=300", "scenario.offline.calibration_s=0.2", "mode=performance",
+           f"deepsparse_python={fake_python}", "deepsparse_seq_lens=full", "wandb_write_back=false",
+           f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**os.environ, "FAKE_DEEPSPARSE_LOG": str(log)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [json.loads(x)["shapes"][0] for x in log.read_text().splitlines() if json.loads(x)["op"] == "run"]
+    assert runs and {s[1] for s in runs} == {64}, runs[:10]
+    result = json.loads(next(run_dir.rglob("Offline/performance/result.json")).read_text())
+    assert result["runtime_info"]["seq_lens"] == [64]
 
 
 @pytest.mark.integration

@@ -350,6 +350,51 @@ def test_prune_refuses_cuda_onnx_runtime_without_a_gpu_before_any_work(tiny_cfg,
     assert not Path(cfg.output_dir).exists()
 
 
+@pytest.mark.parametrize("overrides,exc,match", [
+    (["bench=true", "bench_options={runtime: deepsparse, deepsparse_python: /nowhere/bin/python}"],
+     FileNotFoundError, r"no Python interpreter at /nowhere/bin/python.*make setup-deepsparse"),
+    (["bench=true", "bench_options.deepsparse_seq_lens=[32,128]"],
+     ValueError, r"deepsparse_seq_lens=\[32, 128\] is set but runtime=onnxruntime"),
+    (["bench=true", "export=false"], ValueError, r"bench=true needs export=true"),
+])
+def test_prune_checks_the_bench_options_before_any_work(tiny_cfg, overrides, exc, match, monkeypatch):
+    """bench=true: LoadGen's options (and DeepSparse's venv) are checked when the job starts, not after the prune."""
+    import bertprune.jobs.train as train
+
+    monkeypatch.setattr(train, "ensure_teacher", lambda cfg: pytest.fail("teacher must not be trained"))
+    monkeypatch.setattr("bertprune.jobs.prune.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
+    cfg = tiny_cfg("prune", overrides)
+    with pytest.raises(exc, match=match):
+        prune(cfg)
+    assert not (Path(cfg.output_dir) / "results.json").exists()
+
+
+@pytest.mark.parametrize("override,key", [("bench_options.runtme=deepsparse", "runtme"),
+                                          ("bench_options.mode=fast", "mode"),
+                                          ("bench_options.scenarios=[offline,turbo]", "scenarios"),
+                                          ("bench_options.runtime=tensorrt", "runtime")])
+def test_bench_options_are_typed_keys_refused_by_composition(tiny_cfg, override, key):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as e:
+        tiny_cfg("prune", ["bench=true", override])
+    assert key in str(e.value) + str(e.value.__cause__)
+
+
+def test_bench_options_as_the_readme_types_them(tiny_cfg):
+    """`bench=true bench_options='{runtime: deepsparse}'` (and the dotted form) compose; the LoadGen device
+    follows hardware.runtime_device like the export's."""
+    from bertprune.jobs.prune import default_callbacks
+
+    cfg = tiny_cfg("prune", ["bench=true", "bench_options={runtime: deepsparse, mode: both}"])
+    assert cfg.bench_options.runtime == "deepsparse" and cfg.bench_options.mode == "both"
+    assert cfg.bench_options.scenarios == ["offline", "single_stream"] and cfg.bench_options.device == "cpu"
+    cfg = tiny_cfg("prune", ["bench=true", "bench_options.scenarios=[server]", "bench_options.min_duration_ms=500"])
+    cb = default_callbacks(cfg)[-1]
+    assert [s.name for s in cb.scenarios] == ["server"] and cb.scenarios[0].min_duration_ms == 500
+    assert cb.runtime == "onnxruntime" and type(cb.runtime) is str and cb.device == "cpu"
+
+
 def test_nan_importance_is_rejected():
     from bertprune.core.fisher import check_importance
 

@@ -49,7 +49,14 @@ def bench(cfg) -> BenchSummary:
                      system_name=cfg.get("system_name"), submitter=cfg.get("submitter") or "bertprune",
                      timeout_s=cfg.get("run_timeout_s"), system=system,
                      write_back=bool(cfg.get("wandb_write_back", True)), runtime=str(cfg.get("runtime", "onnxruntime")),
-                     deepsparse_python=cfg.get("deepsparse_python"))
+                     deepsparse_python=cfg.get("deepsparse_python"), deepsparse_seq_lens=_plain(cfg.get("deepsparse_seq_lens")))
+
+
+def _plain(value):
+    """A config value as plain Python (a ListConfig as a list)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 def loadgen_metrics(rows, scenarios, modes) -> dict:
@@ -112,20 +119,25 @@ class _Plan:
 
 
 def plan_bench(source, task, scenarios, mode: str, tokenizer=None, device: str = "auto", runtime: str = "onnxruntime",
-               deepsparse_python: str | None = None) -> tuple[list[_Plan], list[ScenarioSettings], list[str]]:
+               deepsparse_python: str | None = None,
+               deepsparse_seq_lens=None) -> tuple[list[_Plan], list[ScenarioSettings], list[str]]:
     """Validate everything before anything runs: modes, scenarios, the runtime (DeepSparse: its venv imports
     it) and device, every variant's ONNX interface against the task and its file against the sha256 its
     export recorded, and a tokenizer for each variant (``tokenizer`` given: it wins over the sidecars')."""
-    from bertprune.onnx.deepsparse_runtime import check_runtime
+    from bertprune.onnx.deepsparse_runtime import check_runtime, check_seq_lens
     from bertprune.onnx.runtime import choose_providers
+    from bertprune.tasks.kinds import get_kind
 
     modes = resolve_modes(mode)
     scen = resolve_scenarios(scenarios)
+    check_seq_lens(deepsparse_seq_lens, task.max_length, get_kind(task.kind).fixed_seq_len, runtime)
     if check_runtime(runtime, deepsparse_python, device) is None:
         choose_providers(device)  # device=cuda without a usable GPU: one error here, not one per run
     plans = []
     for v in variants.discover_variants(source):
         sig = variants.check_variant(v, task.kind, task.num_labels, task.max_length, task.name)
+        if sig.onnx_seq_len is not None:  # a static export: its own length only
+            check_seq_lens(deepsparse_seq_lens, task.max_length, True, runtime)
         v.check_sha256()
         if tokenizer:
             tok = Path(tokenizer)
@@ -149,18 +161,20 @@ def run_bench(source, task, scenarios=("offline", "single_stream"), mode: str = 
               submission: bool = False, device: str = "auto", tokenizer=None, system_name: str | None = None,
               submitter: str = "bertprune", timeout_s: float | None = None, retries: int = 1,
               system: SystemConfig | None = None, write_back: bool = True, runtime: str = "onnxruntime",
-              deepsparse_python: str | None = None) -> BenchSummary:
+              deepsparse_python: str | None = None, deepsparse_seq_lens=None) -> BenchSummary:
     """Benchmark every variant under ``source`` (a .onnx, a variant folder, a sweep folder or a list).
 
     task: a ``bertprune.tasks.data.Task``. scenarios: names, a {name: settings} mapping or ScenarioSettings.
     tokenizer: used for variants whose sidecar names none. system: what the machine cannot tell (cooling, cost
     per hour ...; ``bertprune.mlperf.system``). write_back: each variant's LoadGen results are added to the W&B
     run of the prune job that exported it (``write_back_to_runs``). runtime: onnxruntime, or deepsparse (the
-    sparse CPU engine, a worker in the venv whose python is ``deepsparse_python``; bertprune.onnx.deepsparse_runtime).
-    Returns the summary (also written to disk).
+    sparse CPU engine, a worker in the venv whose python is ``deepsparse_python``; bertprune.onnx.deepsparse_runtime),
+    compiled for the lengths ``deepsparse_seq_lens`` says (None / "auto": 32, 64, ... up to max_length; "full";
+    a list). Returns the summary (also written to disk).
     """
     system = system or SystemConfig()
-    plans, scen, modes = plan_bench(source, task, scenarios, mode, tokenizer, device, runtime, deepsparse_python)
+    plans, scen, modes = plan_bench(source, task, scenarios, mode, tokenizer, device, runtime, deepsparse_python,
+                                    deepsparse_seq_lens)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name in SUMMARY_FILES:  # a stale summary must never pass for this run's
@@ -179,7 +193,7 @@ def run_bench(source, task, scenarios=("offline", "single_stream"), mode: str = 
                            out_dir=str(out / safe_name(p.variant.name) / s.loadgen / m),
                            device=device, submission=submission, onnx_sha256=p.variant.sha256,
                            metrics=list(task.metrics) if task.metrics else None, runtime=runtime,
-                           deepsparse_python=deepsparse_python)
+                           deepsparse_python=deepsparse_python, deepsparse_seq_lens=deepsparse_seq_lens)
             result = mlperf_runs.run_isolated(spec, timeout_s=timeout_s, retries=retries)
             runs[(p.variant.name, s.loadgen, m)] = result
             if result.get("status") != "ok":

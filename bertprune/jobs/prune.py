@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import time
+from enum import Enum
 from pathlib import Path
 
 import torch
@@ -307,6 +308,8 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     constraint = check_prune_config(cfg)
     task = Task.from_config(cfg.task)
     kind = task.task_kind
+    if callbacks is None:  # built (and so checked: bench_options, the DeepSparse venv) before any long work
+        callbacks = default_callbacks(cfg, task)
     if not kind.labelled_text and not cfg.teacher:
         raise ValueError(f"task={task.name} (question answering) needs teacher=<folder of a fine-tuned QA model, e.g. "
                          "BERT fine-tuned on SQuAD>; prune.py fine-tunes cached teachers for text tasks only")
@@ -498,7 +501,7 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     if latency_settings is not None:
         results.update(latency_results(cost, result, latency_settings, cost_s))
 
-    for cb in callbacks if callbacks is not None else default_callbacks(cfg):
+    for cb in callbacks:
         results.update(cb.on_variant_saved(run_dir, pruned_dir, task, results) or {})
     if latency_settings is not None:
         results.update(measured_latency(run_dir, pruned, model, kind, latency_settings, results))
@@ -630,8 +633,10 @@ def run_unstructured(pruned, options, cfg, kind, train_rows, grad_batches, colla
                 "unstructured/steps": report.steps} if options.method == "obs" else {})}
 
 
-def default_callbacks(cfg) -> list:
-    """Export / LoadGen callbacks switched on by ``export=true`` / ``bench=true``."""
+def default_callbacks(cfg, task: Task | None = None) -> list:
+    """Export / LoadGen callbacks switched on by ``export=true`` / ``bench=true``; ``bench_options`` are
+    LoadgenCallback's arguments, checked here (a wrong key or value is one error before the job prunes; with
+    ``task``, DeepSparse's lengths against its max_length too)."""
     cbs = []
     if cfg.get("export", False):
         from bertprune.lightning.callbacks import ExportCallback
@@ -642,8 +647,18 @@ def default_callbacks(cfg) -> list:
     if cfg.get("bench", False):
         from bertprune.lightning.bench_callback import LoadgenCallback
 
-        cbs.append(LoadgenCallback(**OmegaConf.to_container(cfg.bench_options, resolve=True))
-                   if cfg.get("bench_options") else LoadgenCallback())
+        # typed and closed by the schema (bertprune.config.BenchOptions): a wrong key or value fails composition
+        options = OmegaConf.to_container(cfg.bench_options, resolve=True) if cfg.get("bench_options") else {}
+        options = {k: (str(v) if isinstance(v, Enum) else [str(x) for x in v] if k == "scenarios" else v)
+                   for k, v in options.items()}
+        if not cfg.get("export", False):
+            raise ValueError("bench=true needs export=true: LoadGen runs the job's exported ONNX variant")
+        cb = LoadgenCallback(**options)
+        if task is not None:
+            from bertprune.onnx.deepsparse_runtime import check_seq_lens
+
+            check_seq_lens(cb.deepsparse_seq_lens, task.max_length, task.task_kind.fixed_seq_len, cb.runtime)
+        cbs.append(cb)
     return cbs
 
 

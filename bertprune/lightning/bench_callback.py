@@ -24,12 +24,13 @@ class LoadgenCallback:
 
     def __init__(self, scenarios=("offline", "single_stream"), mode: str = "performance", device: str = "auto",
                  submission: bool = False, min_duration_ms: int | None = None, timeout_s: float | None = None,
-                 output_subdir: str = "bench", runtime: str = "onnxruntime", deepsparse_python: str | None = None):
+                 output_subdir: str = "bench", runtime: str = "onnxruntime", deepsparse_python: str | None = None,
+                 deepsparse_seq_lens=None):
         from bertprune.mlperf.scenarios import resolve_modes, resolve_scenarios
         from bertprune.onnx.deepsparse_runtime import check_runtime
 
         check_runtime(runtime, deepsparse_python, device)  # before the job prunes anything
-        self.runtime, self.deepsparse_python = runtime, deepsparse_python
+        self.runtime, self.deepsparse_python, self.deepsparse_seq_lens = runtime, deepsparse_python, deepsparse_seq_lens
 
         self.scenarios = resolve_scenarios(dict(scenarios) if isinstance(scenarios, Mapping) else list(scenarios))
         if min_duration_ms is not None:
@@ -54,7 +55,8 @@ class LoadgenCallback:
         summary = run_bench(sources, task, self.scenarios, mode=self.mode, output_dir=run_dir / self.output_subdir,
                             submission=self.submission, device=self.device, tokenizer=checkpoint_dir,
                             timeout_s=self.timeout_s, write_back=False, runtime=self.runtime,
-                            deepsparse_python=self.deepsparse_python)  # the job logs them on its live run
+                            deepsparse_python=self.deepsparse_python,
+                            deepsparse_seq_lens=self.deepsparse_seq_lens)  # the job logs them on its live run
         from bertprune.jobs.bench import loadgen_metrics
 
         return {"bench/summary": summary.files.get("json"), "bench/complete": summary.complete,

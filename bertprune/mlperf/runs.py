@@ -61,6 +61,7 @@ class RunSpec:
     metrics: list[str] | None = None  # the task's metrics, primary first (Task.metric_names); None: the kind's
     runtime: str = "onnxruntime"  # onnxruntime | deepsparse (bertprune.onnx.deepsparse_runtime: a worker in its own venv)
     deepsparse_python: str | None = None  # runtime=deepsparse: that venv's python (None: .venv-deepsparse)
+    deepsparse_seq_lens: str | list | None = None  # the lengths compiled (deepsparse_runtime.compile_seq_lens)
 
     @classmethod
     def load(cls, path: str | Path) -> "RunSpec":
@@ -106,7 +107,7 @@ def open_runtime(spec: RunSpec, sc: ScenarioSettings, max_length: int):
         fixed = get_kind(spec.kind).fixed_seq_len or spec.onnx_seq_len is not None
         session = DeepSparseSession(spec.onnx, max_length, compile_batch_sizes(sc.loadgen, sc.batch_size),
                                     python=spec.deepsparse_python, num_cores=sc.intra_op_threads,
-                                    sha256=onnx_sha256, seq_lens=compile_seq_lens(max_length, fixed))
+                                    sha256=onnx_sha256, seq_lens=compile_seq_lens(max_length, fixed, spec.deepsparse_seq_lens))
         return session, session.provider, onnx_sha256, max_length if fixed else None
     if spec.runtime != "onnxruntime":
         raise ValueError(f"runtime={spec.runtime!r}; expected onnxruntime or deepsparse")

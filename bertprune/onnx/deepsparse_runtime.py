@@ -7,7 +7,7 @@ worker, has it compile the exported file for static shapes (one engine per batch
 and answers ``run(output_names, feeds)`` like an ONNX Runtime session, so the same SUT drives either.
 
 Static shapes: DeepSparse is fast only when compiled for them, so the engine is compiled for a few sequence
-lengths (``compile_seq_lens``: 32, 64, ... up to the task's max_length) and each batch is cut to the shortest
+lengths (``compile_seq_lens``: 32, 64, ... up to the task's max_length, or ``deepsparse_seq_lens``) and each batch is cut to the shortest
 compiled length that holds its longest member (ONNX Runtime cuts to that member exactly); a short batch is
 padded to a compiled batch size. The worker times every engine once compiled and runs a length at a longer
 one where that engine is faster (DeepSparse's sparse kernels can be slower at 32 tokens than at 64). Tasks whose outputs are per token (QA) run at the full length only.
@@ -104,14 +104,51 @@ def compile_batch_sizes(loadgen: str, batch_size: int) -> list[int]:
 MIN_SEQ_LEN = 32  # the shortest compiled length (a length bucket): 32, 64, 128, ... up to max_length
 
 
-def compile_seq_lens(max_length: int, fixed: bool = False) -> list[int]:
+SEQ_LENS_CHOICES = "null/auto (32, 64, ... up to max_length), full (max_length only) or a list such as [32,64]"
+
+
+def check_seq_lens(requested, max_length: int, fixed: bool = False, runtime: str = "deepsparse") -> None:
+    """One error naming the value and the fix, before any run, for ``deepsparse_seq_lens``: null / ``auto``,
+    ``full`` or a list of lengths in [1, max_length]; a fixed-length graph (QA, a static export) takes only its
+    own length; any value but null with ``runtime=onnxruntime`` (which cuts each batch to its longest member
+    itself) is refused rather than ignored."""
+    if requested is None:
+        return
+    if runtime != "deepsparse":
+        raise ValueError(f"deepsparse_seq_lens={requested!r} is set but runtime={runtime}, which does not use it; add "
+                         "runtime=deepsparse, or drop deepsparse_seq_lens")
+    if isinstance(requested, str):
+        if requested not in ("auto", "full"):
+            raise ValueError(f"deepsparse_seq_lens={requested!r}; expected {SEQ_LENS_CHOICES}")
+        return
+    try:
+        lens = [int(n) for n in requested]
+        ok = lens and all(float(n) == int(n) for n in requested)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"deepsparse_seq_lens={requested!r}; expected {SEQ_LENS_CHOICES}")
+    bad = [n for n in lens if not 1 <= n <= int(max_length)]
+    if bad:
+        raise ValueError(f"deepsparse_seq_lens={list(requested)}: {bad} outside [1, {int(max_length)}] (task.max_length); "
+                         "give lengths up to the task's max_length (it is always compiled)")
+    if fixed and set(lens) != {int(max_length)}:
+        raise ValueError(f"deepsparse_seq_lens={list(requested)}, but this graph runs at its full length {int(max_length)} "
+                         "only (per-token outputs, or a static export); use deepsparse_seq_lens=full or null")
+
+
+def compile_seq_lens(max_length: int, fixed: bool = False, requested=None) -> list[int]:
     """The sequence lengths the engine is compiled for: ``max_length`` alone when the graph's length is fixed
-    (QA's per-token outputs, a static export); else every power of two from ``MIN_SEQ_LEN`` below it, and it.
+    (QA's per-token outputs, a static export) or ``requested`` is ``full``; the ``requested`` lengths and
+    ``max_length`` for a list; else (null / ``auto``) every power of two from ``MIN_SEQ_LEN`` below it, and it.
     A batch runs at the shortest one that holds its longest member (padding beyond a real length is masked,
     so the outputs are those of the full length)."""
     max_length = int(max_length)
-    if fixed:
+    check_seq_lens(requested, max_length, fixed)
+    if fixed or requested == "full":
         return [max_length]
+    if requested is not None and not isinstance(requested, str):
+        return sorted({int(n) for n in requested} | {max_length})
     return sorted({n for n in (MIN_SEQ_LEN * 2 ** i for i in range(16)) if n < max_length} | {max_length})
 
 
