@@ -325,3 +325,28 @@ def test_joblib_launcher_gives_the_basic_launchers_numbers(grid_sweep):
         basic = json.loads((grid / basic_name / "results.json").read_text())
         assert {k: mine.get(k) for k in numbers} == {k: basic.get(k) for k in numbers}, job.name
     assert len(list(out.glob("*/results.json"))) == 4
+
+
+@pytest.mark.integration
+def test_ablation_notebook_plots_a_structured_false_seed_sweep_against_its_sparsity(tmp_path):
+    """An OBS-only grid (`prune.py -m structured=false unstructured=obs unstructured.sparsity=0.5,0.8 seed=0,1`)
+    has no constraint: the aggregate has none, and the notebook plots against the sparsity instead."""
+    out = tmp_path / "obs-grid"
+    for s in (0.5, 0.8):
+        for seed in (0, 1):
+            job = out / f"dense-obs-unstructured.sparsity={s}-seed={seed}"
+            (job / ".hydra").mkdir(parents=True)
+            (job / ".hydra" / "overrides.yaml").write_text(
+                f"- structured=false\n- unstructured=obs\n- unstructured.sparsity={s}\n- seed={seed}\n")
+            acc = 85.0 - 10 * s + seed
+            (job / "results.json").write_text(json.dumps({
+                "constraint": None, "structured": False, "prune/mac_ratio": 1.0, "metric": "accuracy",
+                "eval/accuracy_dense": 86.0, "eval/accuracy_unstructured": acc, "eval/accuracy": acc,
+                "unstructured/method": "obs", "unstructured/sparsity": s, "time/prune_s": 1.0}))
+    md = sweep.write_summary(out)
+    assert "constraint" not in md
+    agg = list(csv.DictReader((out / "aggregate.csv").open()))
+    assert [(r["unstructured.sparsity"], r["ok"], r["eval/accuracy mean"]) for r in agg] == [
+        ("0.5", "2", "80.5"), ("0.8", "2", "77.5")]
+    _notebook("ablation.ipynb", out, tmp_path)
+    assert (out / "figures" / "ablation.png").stat().st_size > 10_000
