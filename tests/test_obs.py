@@ -389,7 +389,12 @@ def test_unstructured_only_job_skips_the_structured_search(tiny_cfg, tmp_path, m
     folder = save_checkpoint(teacher, tok, tmp_path / "teacher")
     cfg = tiny_cfg("prune", [f"teacher={folder}", "structured=false", "unstructured=magnitude",
                              "unstructured.pattern=nm_2_4", "export=false"])
+    import bertprune.lightning.loggers as loggers_mod
+
+    names, make = [], loggers_mod.make_loggers
+    monkeypatch.setattr(loggers_mod, "make_loggers", lambda cfg_, d, name, **k: names.append(name) or make(cfg_, d, name, **k))
     r = prune_mod.prune(cfg)
+    assert names == ["prune-csv-tiny-dense-magnitude0.5"]  # the run (W&B, CSV) is named after what it did
     assert r["prune/mac_ratio"] == 1.0 and r["structured"] is False
     assert r["constraint"] is None  # results.json, as the checkpoint's metadata: no budget was applied
     assert "prune/parity_max_abs_diff" not in r and "eval/accuracy_search" not in r

@@ -406,7 +406,9 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
         return stage_values[stage][metric]
 
     group = Path(cfg.output_dir).parent.name if cfg.get("sweep_group") is None else cfg.sweep_group
-    job_loggers.open(cfg.logger, str(run_dir), name=f"prune-{task.name}-{cfg.model.name}-c{constraint}",
+    steps = (f"c{constraint}" if cfg.structured else "dense") + (
+        f"-{unstructured.method}{unstructured.sparsity:g}" if unstructured is not None else "")  # what the run does
+    job_loggers.open(cfg.logger, str(run_dir), name=f"prune-{task.name}-{cfg.model.name}-{steps}",
                      group=f"prune-{group}", config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     dense_metrics = timed(timings, "eval_dense", lambda: eval_metrics(model, "eval dense"))
     dense_metric = dense_metrics[metric]
