@@ -521,3 +521,19 @@ def test_plot_never_mixes_scenarios_and_marks_failed_runs(tmp_path, monkeypatch)
     assert axes["Offline"].get_xlabel() == "Offline throughput (samples/s)"
     assert axes["SingleStream"].get_xlabel() == "SingleStream p90 latency (ms)"
     assert all(ax.get_ylabel() == "accuracy (%)" for ax in axes.values())
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_a_scenario_named_alone_runs_as_its_config_file_says(name, tmp_path):
+    """prune.py's bench_options.scenarios, run_bench's default and the callback take names: each must run as
+    bench.py's `scenario=[<name>]` composes it (an earlier version ran Offline at batch 1 and, without the
+    file's min_query_count 1, at mlperf.conf's 10,833 samples)."""
+    composed = compose_cfg("bench", ["source=x", f"scenario=[{name}]"], tmp_path).scenario[name]
+    from omegaconf import OmegaConf
+
+    expected = ScenarioSettings.from_config(name, OmegaConf.to_container(composed))
+    assert scenarios.resolve_scenarios([name]) == [expected]
+    assert LoadgenCallback(scenarios=[name]).scenarios == [expected]
+    if name == "offline":
+        assert expected.batch_size == 32 and expected.min_query_count == 1
+    assert ScenarioSettings.named(name, batch_size=4).batch_size == 4

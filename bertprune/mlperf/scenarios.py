@@ -9,7 +9,10 @@ uses LoadGen's name (``settings.loadgen``), which is also what folders and summa
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Mapping
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "scenario"  # the scenario config group's files
 
 # Config-group name -> LoadGen scenario name.
 SCENARIOS = {"offline": "Offline", "single_stream": "SingleStream", "multi_stream": "MultiStream", "server": "Server"}
@@ -81,6 +84,24 @@ class ScenarioSettings:
             raise ValueError(f"scenario {name}: unknown keys {unknown}; known keys: {sorted(known)}")
         return cls(name=name, **data)
 
+    @classmethod
+    def named(cls, name: str, **overrides) -> "ScenarioSettings":
+        """The settings of ``conf/scenario/<name>.yaml`` (what bench.py's ``scenario=[<name>]`` composes), with
+        ``overrides``: a scenario given by name alone runs as configured (Offline at its batch size 32, with
+        min_query_count 1), never at this class's bare defaults."""
+        import yaml
+
+        key = scenario_key(name)
+        path = CONF_DIR / f"{key}.yaml"
+        try:
+            data = (yaml.safe_load(path.read_text()) or {}).get(key)
+        except OSError as e:
+            raise FileNotFoundError(f"scenario {key}: its settings file {path} is missing ({e}); reinstall "
+                                    "bertprune (pip install -e .)") from e
+        if not isinstance(data, Mapping):
+            raise ValueError(f"scenario {key}: {path} holds no '{key}:' mapping of settings")
+        return cls.from_config(key, {**data, **overrides})
+
     @property
     def query_size(self) -> int:
         """Samples per LoadGen query in Single/MultiStream (MultiStream: mlperf.conf's 8 unless set)."""
@@ -90,7 +111,8 @@ class ScenarioSettings:
 
 
 def resolve_scenarios(scenarios) -> list[ScenarioSettings]:
-    """Names, a {name: settings} mapping (the composed ``scenario`` config group) or ScenarioSettings."""
+    """Names (each as its ``conf/scenario/<name>.yaml`` says: ``ScenarioSettings.named``), a {name: settings}
+    mapping (the composed ``scenario`` config group) or ScenarioSettings."""
     if scenarios is None:
         scenarios = []
     if isinstance(scenarios, str):
@@ -98,7 +120,7 @@ def resolve_scenarios(scenarios) -> list[ScenarioSettings]:
     if isinstance(scenarios, Mapping):
         out = [ScenarioSettings.from_config(k, v) for k, v in scenarios.items()]
     else:
-        out = [s if isinstance(s, ScenarioSettings) else ScenarioSettings(name=s) for s in scenarios]
+        out = [s if isinstance(s, ScenarioSettings) else ScenarioSettings.named(s) for s in scenarios]
     if not out:
         raise ValueError(f"no scenario selected; choose some, e.g. scenario=[offline,single_stream] "
                          f"(available: {sorted(SCENARIOS)})")
