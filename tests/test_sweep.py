@@ -110,6 +110,22 @@ def _start(sweep_dir: Path, name: str, constraint: float):
     return cfg
 
 
+def test_a_failed_single_run_does_not_speak_of_a_sweep(tmp_path, capsys):
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra.types import RunMode
+
+    cb = sweep.SweepSummary()
+    for mode, name in ((RunMode.RUN, "single"), (RunMode.MULTIRUN, "c0.5")):
+        cfg = _start(tmp_path, name, 0.5)
+        cfg.hydra.mode = mode
+        cb.on_job_start(cfg, task_function=None)
+        cb.on_job_end(cfg, JobReturn(status=JobStatus.FAILED, _return_value=ValueError("constraint=2.0 must be in (0, 1)")))
+    err = capsys.readouterr().err
+    assert "job single FAILED (ValueError: constraint=2.0 must be in (0, 1))\n" in err
+    assert "job c0.5 FAILED (ValueError: constraint=2.0 must be in (0, 1)); the sweep goes on" in err
+    assert json.loads((tmp_path / "single" / "status.json").read_text())["status"] == "failed"
+
+
 def test_summary_is_written_after_every_job_and_on_interrupt(tmp_path, monkeypatch):
     """The callback, driven as Hydra drives it: one job ok, one failed, one interrupted (no on_job_end)."""
     from hydra.core.utils import JobReturn, JobStatus

@@ -353,7 +353,10 @@ class SweepSummary(Callback):
         else:
             err = job_return._return_value
             _write_status(job_dir, FAILED, f"{type(err).__name__}: {err}".splitlines()[0][:500])
-            print(f"\njob {job_dir.name} FAILED ({type(err).__name__}: {err}); the sweep goes on", file=sys.stderr)
+            from hydra.types import RunMode
+
+            more = "; the sweep goes on" if config.hydra.mode == RunMode.MULTIRUN else ""
+            print(f"\njob {job_dir.name} FAILED ({type(err).__name__}: {err}){more}", file=sys.stderr)
         self.running = None
         self._refresh()
 
