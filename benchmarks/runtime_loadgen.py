@@ -2,7 +2,8 @@
 
     make setup-deepsparse
     python -m benchmarks.runtime_loadgen SOURCE [--rounds 3] [--scenarios offline,single_stream]
-        [--min-duration-ms 10000] [--task rotten_tomatoes] [--out outputs/bench-runtimes]
+        [--min-duration-ms 10000] [--task rotten_tomatoes] [--deepsparse-seq-lens auto|full|32,64]
+        [--out outputs/bench-runtimes]
 
 SOURCE is what bench.py takes (a sweep folder, e.g. prune.py's output with its dense/ reference). Each round
 runs ``bench.run_bench`` once per runtime, alternating (onnxruntime, deepsparse, deepsparse, onnxruntime,
@@ -82,28 +83,35 @@ def main(argv=None) -> int:
     ap.add_argument("--min-duration-ms", type=int, default=10000)
     ap.add_argument("--task", default="rotten_tomatoes")
     ap.add_argument("--deepsparse-python", default=None, help="null: .venv-deepsparse (make setup-deepsparse)")
+    ap.add_argument("--deepsparse-seq-lens", default="auto",
+                    help="the lengths DeepSparse is compiled for: auto (32, 64, ... max_length), full, or e.g. 32,64")
     ap.add_argument("--out", type=Path, default=Path("outputs/bench-runtimes"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from bertprune.jobs.bench import plan_bench, run_bench
     from bertprune.mlperf.scenarios import ScenarioSettings
-    from bertprune.onnx.deepsparse_runtime import check_runtime
-    from bertprune.resources import CONF_DIR
-    from omegaconf import OmegaConf
+    from bertprune.onnx.deepsparse_runtime import check_runtime, check_seq_lens
 
     if args.rounds < 1:
         sys.exit(f"runtime_loadgen: --rounds {args.rounds}: expected >= 1")
     task = load_task(args.task)
     scen = []
     for name in [s.strip() for s in args.scenarios.split(",") if s.strip()]:
-        path = CONF_DIR / "scenario" / f"{name}.yaml"
-        if not path.is_file():
-            sys.exit(f"runtime_loadgen: --scenarios {name}: no {path}; expected offline, single_stream, server, "
-                     "multi_stream")
-        s = ScenarioSettings.from_config(name, OmegaConf.to_container(OmegaConf.load(path))[name])
-        s.min_duration_ms = args.min_duration_ms
-        scen.append(s)
+        try:  # conf/scenario/<name>.yaml, as bench.py's scenario=[<name>]
+            scen.append(ScenarioSettings.named(name, min_duration_ms=args.min_duration_ms))
+        except ValueError as e:
+            sys.exit(f"runtime_loadgen: --scenarios {name}: {e}")
+    seq_lens = args.deepsparse_seq_lens
+    if seq_lens not in ("auto", "full"):
+        try:
+            seq_lens = [int(n) for n in seq_lens.split(",")]
+        except ValueError:
+            sys.exit(f"runtime_loadgen: --deepsparse-seq-lens {seq_lens}: expected auto, full or lengths such as 32,64")
+    try:
+        check_seq_lens(seq_lens, task.max_length)
+    except ValueError as e:
+        sys.exit(f"runtime_loadgen: --deepsparse-seq-lens: {e}")
     ds = check_runtime("deepsparse", args.deepsparse_python)  # one error before any run
     plan_bench(args.source, task, scen, "both")
     log.info("DeepSparse %s at %s (%s)", ds["deepsparse"], ds["python"], ds["cpu"])
@@ -114,7 +122,8 @@ def main(argv=None) -> int:
             mode = "both" if r == 0 else "performance"
             log.info("round %d/%d: %s (%s), %.0f s so far", r + 1, args.rounds, rt, mode, time.time() - t0)
             summary = run_bench(args.source, task, scen, mode=mode, output_dir=args.out / f"{r}-{rt}", runtime=rt,
-                                deepsparse_python=args.deepsparse_python, write_back=False)
+                                deepsparse_python=args.deepsparse_python, write_back=False,
+                                deepsparse_seq_lens=seq_lens if rt == "deepsparse" else None)
             if not summary.complete:
                 log.error("round %d %s: %s", r + 1, rt, "; ".join(x.error for x in summary.rows if x.error))
             results[(r, rt)] = summary.rows
@@ -122,7 +131,7 @@ def main(argv=None) -> int:
     import importlib.metadata as md
 
     versions = {p: md.version(p) for p in ("onnxruntime", "mlcommons-loadgen", "torch")}
-    text += (f"\n{time.time() - t0:.0f} s; DeepSparse {ds['deepsparse']} ({ds['cpu']}); "
+    text += (f"\n{time.time() - t0:.0f} s; DeepSparse {ds['deepsparse']} ({ds['cpu']}, lengths {args.deepsparse_seq_lens}); "
              + ", ".join(f"{k} {v}" for k, v in versions.items()) + "\n")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "runtimes.md").write_text(text)

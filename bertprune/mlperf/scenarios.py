@@ -9,10 +9,7 @@ uses LoadGen's name (``settings.loadgen``), which is also what folders and summa
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Mapping
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "scenario"  # the scenario config group's files
 
 # Config-group name -> LoadGen scenario name.
 SCENARIOS = {"offline": "Offline", "single_stream": "SingleStream", "multi_stream": "MultiStream", "server": "Server"}
@@ -89,12 +86,14 @@ class ScenarioSettings:
         """The settings of ``conf/scenario/<name>.yaml`` (what bench.py's ``scenario=[<name>]`` composes), with
         ``overrides``: a scenario given by name alone runs as configured (Offline at its batch size 32, with
         min_query_count 1), never at this class's bare defaults."""
-        import yaml
+        from omegaconf import OmegaConf
+
+        from bertprune.resources import CONF_DIR
 
         key = scenario_key(name)
-        path = CONF_DIR / f"{key}.yaml"
+        path = CONF_DIR / "scenario" / f"{key}.yaml"
         try:
-            data = (yaml.safe_load(path.read_text()) or {}).get(key)
+            data = (OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}).get(key)
         except OSError as e:
             raise FileNotFoundError(f"scenario {key}: its settings file {path} is missing ({e}); reinstall "
                                     "bertprune (pip install -e .)") from e

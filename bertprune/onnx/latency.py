@@ -99,15 +99,11 @@ def check_settings(s: LatencySettings) -> None:
 def scenario_serving(name: str) -> tuple[int, int | None]:
     """(batch size, intra-op threads) of the LoadGen scenario ``name`` as ``conf/scenario/<name>.yaml`` sets
     them (SingleStream 1; Offline its configured batch), i.e. what ``bench.py`` serves the model with."""
-    from omegaconf import OmegaConf
-
     from bertprune.mlperf.scenarios import ScenarioSettings
 
     if name not in SCENARIO_NAMES:
         _fail("scenario", name, f"one of {', '.join(SCENARIO_NAMES)}")
-    path = Path(__file__).resolve().parent.parent / "conf" / "scenario" / f"{name}.yaml"
-    node = OmegaConf.to_container(OmegaConf.load(path), resolve=True)[name]
-    sc = ScenarioSettings.from_config(name, node)
+    sc = ScenarioSettings.named(name)
     return (sc.query_size if sc.loadgen == "SingleStream" else int(sc.batch_size)), sc.intra_op_threads
 
 
