@@ -49,10 +49,10 @@ def bench(cfg) -> BenchSummary:
                      system_name=cfg.get("system_name"), submitter=cfg.get("submitter") or "bertprune",
                      timeout_s=cfg.get("run_timeout_s"), system=system,
                      write_back=bool(cfg.get("wandb_write_back", True)), runtime=str(cfg.get("runtime", "onnxruntime")),
-                     deepsparse_python=cfg.get("deepsparse_python"), deepsparse_seq_lens=_plain(cfg.get("deepsparse_seq_lens")))
+                     deepsparse_python=cfg.get("deepsparse_python"), deepsparse_seq_lens=_to_python(cfg.get("deepsparse_seq_lens")))
 
 
-def _plain(value):
+def _to_python(value):
     """A config value as plain Python (a ListConfig as a list)."""
     from omegaconf import OmegaConf
 

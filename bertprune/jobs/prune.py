@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import time
-from enum import Enum
 from pathlib import Path
 
 import torch
@@ -650,9 +649,8 @@ def default_callbacks(cfg, task: Task | None = None) -> list:
         from bertprune.lightning.bench_callback import LoadgenCallback
 
         # typed and closed by the schema (bertprune.config.BenchOptions): a wrong key or value fails composition
-        options = OmegaConf.to_container(cfg.bench_options, resolve=True) if cfg.get("bench_options") else {}
-        options = {k: (str(v) if isinstance(v, Enum) else [str(x) for x in v] if k == "scenarios" else v)
-                   for k, v in options.items()}
+        options = (OmegaConf.to_container(cfg.bench_options, resolve=True, enum_to_str=True)
+                   if cfg.get("bench_options") else {})
         if not cfg.get("export", False):
             raise ValueError("bench=true needs export=true: LoadGen runs the job's exported ONNX variant")
         cb = LoadgenCallback(**options)
