@@ -123,6 +123,50 @@ def test_offline_run_files_read_back(tmp_path):
         loggers.read_offline_run(bad)
 
 
+def test_offline_run_log_that_is_torn_late_or_corrupt(tmp_path):
+    """W&B's service finishes the log after run.finish() returns: a torn tail is waited for while the file is
+    fresh, returned as incomplete when it is old, and a damaged record is one clear error."""
+    import os
+    import shutil
+    import threading
+    import time
+
+    import wandb
+
+    run = wandb.init(project="t", mode="offline", dir=str(tmp_path / "src"), job_type="prune")
+    loggers.log_stages(run, [("dense", {"accuracy": 90.0}), ("pruned", {"accuracy": 86.0})])
+    run.finish(exit_code=0)
+    [full] = loggers.offline_runs(tmp_path / "src", run.id)
+    assert full["complete"] and full["exit_code"] == 0
+    [log] = (tmp_path / "src").rglob(f"offline-run-*/run-{run.id}.wandb")
+    data = log.read_bytes()
+
+    def copy(name, content, age_s):
+        folder = tmp_path / name / f"offline-run-x-{run.id}"
+        shutil.copytree(log.parent, folder)
+        target = folder / log.name
+        target.write_bytes(content)
+        os.utime(target, (time.time() - age_s,) * 2)
+        return folder, target
+
+    old, _ = copy("old", data[:-5], age_s=60)  # killed mid-write of its last record (the exit record)
+    torn = loggers.read_offline_run(old)
+    assert not torn["complete"] and torn["exit_code"] is None
+    assert [h["stage/accuracy"] for h in torn["history"] if "stage/accuracy" in h] == [90.0, 86.0]
+
+    fresh, target = copy("fresh", data[:len(data) // 2], age_s=0)  # the service is still writing
+    threading.Timer(0.5, target.write_bytes, args=(data,)).start()
+    late = loggers.read_offline_run(fresh)
+    assert late["complete"] and late["exit_code"] == 0
+    assert late["history"] == full["history"]
+
+    damaged = bytearray(data)
+    damaged[len(data) // 2] ^= 0xFF
+    bad, _ = copy("bad", bytes(damaged), age_s=60)
+    with pytest.raises(ValueError, match="corrupt record at byte"):
+        loggers.read_offline_run(bad)
+
+
 def test_jobs_side_by_side_share_the_cores(monkeypatch):
     import torch
 

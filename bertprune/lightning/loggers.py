@@ -19,6 +19,8 @@ import logging
 import os
 import re
 import struct
+import time
+import zlib
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -331,23 +333,35 @@ def log_sweep_table(sweep_dir: str | Path, logger_cfg, group: str, tables: dict)
 _BLOCK, _HEADER = 32768, 7
 
 
-def _records(path: Path):
+class _Torn(Exception):
+    """The record log ends inside a chunk: the writer is still at it, or it was killed mid-write."""
+
+
+def _records(path: Path, data: bytes):
+    """The log's records in order. A chunk whose checksum does not match is corruption (ValueError naming
+    the offset); a log that ends inside a chunk raises ``_Torn`` after the complete records before it."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    data = path.read_bytes()
     if data[:4] != b":W&B":
         raise ValueError(f"{path} is not a W&B run file (no :W&B header)")
     pos, buf = _HEADER, b""
-    while pos + _HEADER <= len(data):
+    while pos < len(data):
         left = _BLOCK - pos % _BLOCK
         if left < _HEADER:  # a block's tail too short for a chunk header is padding
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + _HEADER])
+        if pos + _HEADER > len(data):
+            raise _Torn
+        crc, length, kind = struct.unpack("<IHB", data[pos:pos + _HEADER])
         if length == 0 and kind == 0:
             pos += left
             continue
         chunk = data[pos + _HEADER:pos + _HEADER + length]
+        if len(chunk) < length:
+            raise _Torn
+        if zlib.crc32(chunk, zlib.crc32(bytes([kind]))) != crc:
+            raise ValueError(f"{path}: corrupt record at byte {pos} (checksum mismatch); "
+                             "the file was damaged after W&B wrote it")
         pos += _HEADER + length
         buf = chunk if kind in (1, 2) else buf + chunk  # 1 full, 2 first, 3 middle, 4 last
         if kind in (1, 4):
@@ -355,43 +369,67 @@ def _records(path: Path):
             record.ParseFromString(buf)
             yield record
             buf = b""
+    if buf:
+        raise _Torn
 
 
-def read_offline_run(folder: str | Path) -> dict:
-    """An offline run folder (``offline-run-<time>-<id>``) as plain data: ``id``, ``job_type``, ``group``,
-    ``config``, ``history`` (list of rows), ``summary``, ``artifacts`` (name, type, metadata, entries
-    [(path, ref)]) and the media files under ``files/media``."""
+def _parse_run(path: Path, out: dict) -> bool:
+    """Fill ``out`` from the log at ``path``; False when the log ends inside a record."""
     import json
-
-    folder = Path(folder)
-    files = list(folder.glob("run-*.wandb"))
-    if not files:
-        raise FileNotFoundError(f"{folder}: no run-*.wandb file (not a W&B offline run folder)")
-    out = {"id": None, "job_type": None, "group": None, "config": {}, "history": [], "summary": {},
-           "artifacts": [], "exit_code": None,
-           "media": sorted(str(p.relative_to(folder / "files")) for p in (folder / "files" / "media").rglob("*")
-                           if p.is_file()) if (folder / "files" / "media").is_dir() else []}
 
     def value(item):
         return "/".join(item.nested_key) if item.nested_key else item.key, json.loads(item.value_json)
 
-    for r in _records(files[0]):
-        kind = r.WhichOneof("record_type")
-        if kind == "run":
-            out.update(id=r.run.run_id, job_type=r.run.job_type, group=r.run.run_group)
-            out["config"].update(dict(value(i) for i in r.run.config.update))
-        elif kind == "config":
-            out["config"].update(dict(value(i) for i in r.config.update))
-        elif kind == "history":
-            out["history"].append(dict(value(i) for i in r.history.item))
-        elif kind == "summary":
-            out["summary"].update(dict(value(i) for i in r.summary.update))
-        elif kind == "artifact":
-            a = r.artifact
-            out["artifacts"].append({"name": a.name, "type": a.type, "metadata": json.loads(a.metadata or "{}"),
-                                     "entries": [(e.path, e.ref) for e in a.manifest.contents]})
-        elif kind == "exit":
-            out["exit_code"] = r.exit.exit_code
+    try:
+        for r in _records(path, path.read_bytes()):
+            kind = r.WhichOneof("record_type")
+            if kind == "run":
+                out.update(id=r.run.run_id, job_type=r.run.job_type, group=r.run.run_group)
+                out["config"].update(dict(value(i) for i in r.run.config.update))
+            elif kind == "config":
+                out["config"].update(dict(value(i) for i in r.config.update))
+            elif kind == "history":
+                out["history"].append(dict(value(i) for i in r.history.item))
+            elif kind == "summary":
+                out["summary"].update(dict(value(i) for i in r.summary.update))
+            elif kind == "artifact":
+                a = r.artifact
+                out["artifacts"].append({"name": a.name, "type": a.type,
+                                         "metadata": json.loads(a.metadata or "{}"),
+                                         "entries": [(e.path, e.ref) for e in a.manifest.contents]})
+            elif kind == "exit":
+                out["exit_code"] = r.exit.exit_code
+    except _Torn:
+        return False
+    return True
+
+
+def read_offline_run(folder: str | Path, settle_s: float = 2.0, wait_s: float = 15.0) -> dict:
+    """An offline run folder (``offline-run-<time>-<id>``) as plain data: ``id``, ``job_type``, ``group``,
+    ``config``, ``history`` (list of rows), ``summary``, ``artifacts`` (name, type, metadata, entries
+    [(path, ref)]), ``exit_code``, the media files under ``files/media`` and ``complete`` (the log holds
+    the run's exit record and ends on a record boundary).
+
+    W&B's service writes the log on its own after ``run.finish()`` returns, so a log without its exit record
+    that changed less than ``settle_s`` ago is read again until it is complete, for at most ``wait_s``. An
+    older incomplete log (a live or killed run) is returned as far as it goes, with ``complete`` False."""
+    folder = Path(folder)
+    files = list(folder.glob("run-*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no run-*.wandb file (not a W&B offline run folder)")
+    start = time.monotonic()
+    while True:
+        out = {"id": None, "job_type": None, "group": None, "config": {}, "history": [], "summary": {},
+               "artifacts": [], "exit_code": None}
+        whole = _parse_run(files[0], out)
+        out["complete"] = whole and out["exit_code"] is not None
+        recent = time.time() - files[0].stat().st_mtime < settle_s
+        if out["complete"] or not recent or time.monotonic() - start > wait_s:
+            break
+        time.sleep(0.1)
+    media = folder / "files" / "media"
+    out["media"] = sorted(str(p.relative_to(folder / "files")) for p in media.rglob("*")
+                          if p.is_file()) if media.is_dir() else []
     return out
 
 
