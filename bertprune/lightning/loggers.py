@@ -342,6 +342,8 @@ def _records(path: Path, data: bytes):
     the offset); a log that ends inside a chunk raises ``_Torn`` after the complete records before it."""
     from wandb.proto import wandb_internal_pb2 as pb
 
+    if len(data) < _HEADER and b":W&B".startswith(data[:4]):
+        raise _Torn  # created, its header not (or not wholly) written yet
     if data[:4] != b":W&B":
         raise ValueError(f"{path} is not a W&B run file (no :W&B header)")
     pos, buf = _HEADER, b""
@@ -417,15 +419,21 @@ def read_offline_run(folder: str | Path, settle_s: float = 2.0, wait_s: float = 
     files = list(folder.glob("run-*.wandb"))
     if not files:
         raise FileNotFoundError(f"{folder}: no run-*.wandb file (not a W&B offline run folder)")
-    start = time.monotonic()
+    start, said = time.monotonic(), False
     while True:
         out = {"id": None, "job_type": None, "group": None, "config": {}, "history": [], "summary": {},
                "artifacts": [], "exit_code": None}
         whole = _parse_run(files[0], out)
         out["complete"] = whole and out["exit_code"] is not None
         recent = time.time() - files[0].stat().st_mtime < settle_s
-        if out["complete"] or not recent or time.monotonic() - start > wait_s:
+        if out["complete"] or not recent:
             break
+        if time.monotonic() - start > wait_s:
+            log.warning("%s: still incomplete after %.0f s; read up to its last whole record", files[0], wait_s)
+            break
+        if not said:
+            log.info("%s: W&B is still writing it; waiting up to %.0f s for its exit record", files[0], wait_s)
+            said = True
         time.sleep(0.1)
     media = folder / "files" / "media"
     out["media"] = sorted(str(p.relative_to(folder / "files")) for p in media.rglob("*")
