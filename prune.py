@@ -1,8 +1,10 @@
 """Prune a fine-tuned BERT without retraining: python prune.py [-m] constraint=0.4,0.5,0.6 (conf/prune.yaml)."""
 
+import sys
+
 import hydra
 
-from bertprune.config import register
+from bertprune.config import refuse_old_method_keys, register
 
 register()
 
@@ -15,4 +17,5 @@ def main(cfg) -> float:
 
 
 if __name__ == "__main__":
+    refuse_old_method_keys(sys.argv[1:])  # tuning.damping=... & co. moved under method.: one message naming the new key
     main()

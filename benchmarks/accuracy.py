@@ -4,7 +4,7 @@ In one process, on the embedded default (cached MiniLM teacher, Rotten Tomatoes)
 name, with prune.py's calibration sample and options: for each constraint, the methods side by side
 (``method=kwon``: search -> rearrange -> tune, the default; ``method=iterative``: one sub-layer at a time,
 importance re-measured, output projections refitted; ``--methods`` adds e.g. ``kwon+projection``, the Kwon
-pipeline with ``tuning.method=projection``), run one after the other at each constraint (interleaved):
+pipeline with ``method.tuning=projection``), run one after the other at each constraint (interleaved):
   * validation metric after every stage, the final one, the MAC ratio, kept heads / neurons per layer;
   * parity of the physically pruned model with the masked one (max |Δ logits| on the first 256 dev examples);
   * the pruning time: the one Fisher pass (shared: every method reads the same per-batch gradients; methods
@@ -20,8 +20,7 @@ import json
 import time
 from pathlib import Path
 
-METHODS = {"kwon": {"method": "kwon"}, "iterative": {"method": "iterative"},
-           "kwon+projection": {"method": "kwon", "tuning_method": "projection"}}
+METHODS = ("kwon", "iterative", "kwon+projection")  # kwon+projection: method=kwon method.tuning=projection
 
 
 def _compose(overrides: list[str]):
@@ -41,8 +40,10 @@ def main(argv=None) -> dict:
     from bertprune.core.cost import MacCost
     from bertprune.core.fisher import collect_fisher
     from bertprune.core.masks import MaskHooks
-    from bertprune.core.pipeline import STEPS, prune_model
-    from bertprune.jobs.prune import calibration_batches, check_prune_config, paper_batch_size, prune_options
+    from bertprune.core.iterative import Iterative
+    from bertprune.core.kwon import Kwon
+    from bertprune.core.pipeline import prune_model, pruning_time
+    from bertprune.jobs.prune import calibration_batches, check_prune_config, paper_batch_size, prune_method
     from bertprune.jobs.train import ensure_teacher
     from bertprune.mlperf.system import package_versions
     from bertprune.models import load_model, load_tokenizer
@@ -92,7 +93,10 @@ def main(argv=None) -> dict:
               "head_grads": g.head_grads, "neuron_grads": g.neuron_grads}
     out["fisher_s"] = fisher_s
     print(f"dense {metric} {dense:.2f}; Fisher of {len(calib)} batches in {fisher_s:.1f} s", flush=True)
-    base = prune_options(cfg)
+    base = prune_method(cfg)  # the composed method keeps its overrides (method.*); the other one its defaults
+    kwon = base if isinstance(base, Kwon) else Kwon()
+    methods = {"kwon": kwon, "iterative": base if isinstance(base, Iterative) else Iterative(),
+               "kwon+projection": dataclasses.replace(kwon, tuning="projection")}
 
     def masked_eval(model, h, n, stage):
         with MaskHooks(model, h, n):
@@ -100,12 +104,11 @@ def main(argv=None) -> dict:
 
     for c in args.constraints:
         for name in args.methods:
-            options = dataclasses.replace(base, **METHODS[name])
-            r = prune_model(teacher, calib, kind, cost, c, options, fisher=fisher, evaluate=masked_eval)
+            r = prune_model(teacher, calib, kind, cost, c, methods[name], fisher=fisher, evaluate=masked_eval)
             with MaskHooks(r.masked_model, r.head_mask, r.neuron_mask):
                 masked, _ = predict_logits(r.masked_model, parity_loader, "cpu", progress=False)
             pruned, _ = predict_logits(r.model, parity_loader, "cpu", progress=False)
-            steps_s = sum(v for k, v in r.timings.items() if k in STEPS or k.startswith("guard_"))
+            steps_s = pruning_time(r.timings)  # the method's steps and the physical pruning (Fisher given: shared)
             row = {"method": name, "constraint": c, "mac_ratio": r.mac_ratio, "stages": r.stage_metrics,
                    "final": list(r.stage_metrics.values())[-1], "heads_per_layer": r.heads_per_layer,
                    "ffn_per_layer": r.ffn_per_layer, "kept_heads": sum(r.heads_per_layer),

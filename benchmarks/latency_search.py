@@ -98,7 +98,7 @@ def main(argv=None) -> dict:
     from bertprune.core.cost import LatencyCost, MacCost
     from bertprune.core.fisher import collect_fisher
     from bertprune.core.pipeline import prune_model
-    from bertprune.jobs.prune import calibration_batches, paper_batch_size, prune_options
+    from bertprune.jobs.prune import calibration_batches, paper_batch_size, prune_method
     from bertprune.jobs.train import ensure_teacher
     from bertprune.models import load_model, load_tokenizer
     from bertprune.onnx import latency as lat
@@ -169,7 +169,7 @@ def main(argv=None) -> dict:
         g = collect_fisher(teacher, calib, kind, "cpu", progress=True)
         fisher = {"head_importance": g.head_importance, "neuron_importance": g.neuron_importance,
                   "head_grads": g.head_grads, "neuron_grads": g.neuron_grads}
-    options = prune_options(cfg0)
+    options = prune_method(cfg0)
     # the teacher's validation metric as its fine-tuning measured it (the same split; saves a pass)
     dense_acc = json.loads((Path(teacher_dir) / "metrics.json").read_text())[f"eval/{metric}"]
     out["dense"] = {metric: dense_acc}

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = [f"constraint={a.constraint}", "model=tiny", "task=csv", f"task.train_file={train}",
                      f"task.validation_file={dev}", "task.max_length=32", "training=fast",
                      "training.max_train_samples=null", "training.epochs=3", "logger=none", "num_samples=128",
-                     "tuning.num_samples=64"]
+]
 
         def plain(i: int, constraint: float = a.constraint) -> float:
             return _timed([sys.executable, str(ROOT / "prune.py"), "-m", f"constraint={constraint}", *overrides[1:],

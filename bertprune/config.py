@@ -77,26 +77,6 @@ class Accelerator(StrEnum):
     gpu = "gpu"
 
 
-class TuningTeacher(StrEnum):
-    sqrt = "sqrt"  # the search mask at constraint √C (the paper)
-    dense = "dense"  # the unpruned model
-
-
-class Method(StrEnum):
-    kwon = "kwon"  # one-shot: Fisher -> search -> rearrange -> tune (the paper)
-    iterative = "iterative"  # sub-layer by sub-layer, importance re-measured, projections refitted (core/iterative.py)
-
-
-class TuningMethod(StrEnum):
-    scales = "scales"  # one scale per kept head / neuron (the paper's mask tuning)
-    projection = "projection"  # the whole attention / FFN output projections refitted by ridge least squares
-
-
-class LastLayerTokens(StrEnum):
-    cls = "cls"  # the last layer's FFN is fitted on the CLS token only (the only one a classifier reads)
-    all = "all"  # on every token
-
-
 class UnstructuredMethod(StrEnum):
     none = "none"  # no unstructured step (the default: the Kwon pipeline alone)
     obs = "obs"  # the Optimal BERT Surgeon (block Fisher inverse, saliency, optimal update)
@@ -180,32 +160,6 @@ class HardwareConfig:
 
 
 @dataclass
-class TuningConfig:
-    enabled: bool = MISSING
-    teacher: TuningTeacher = MISSING
-    num_samples: int = MISSING
-    damping: float = MISSING
-    max_scale: float = MISSING
-    last_layer_tokens: LastLayerTokens = LastLayerTokens.all
-    method: TuningMethod = TuningMethod.scales
-    refit_damping: float = 1e-2  # projection refits: ridge toward the dense weights (relative to mean xᵀx)
-
-
-@dataclass
-class IterativeConfig:
-    importance_samples: int = 512  # calibration samples of each re-measured importance (a prefix of the fit ones)
-    damping: float = 1e-3  # ridge of the refits toward the dense weights (relative to mean xᵀx)
-    last_layer_tokens: LastLayerTokens = LastLayerTokens.cls  # cls: the last FFN fitted on the token the classifier reads
-    rearrange: bool = False  # rearrange each step's sub-layer (which units, count fixed)
-
-
-@dataclass
-class GuardConfig:
-    enabled: bool = False  # keep rearrangement / tuning per layer only where they lower a held-out loss
-    samples: Optional[int] = None  # calibration samples held out (the last batches; used for nothing else); null: held_out_samples
-
-
-@dataclass
 class UnstructuredConfig:
     """The unstructured step after the structured one (``conf/unstructured/``: none, obs, magnitude)."""
 
@@ -268,11 +222,9 @@ class PruneConfig(TeacherJobConfig):
     batch_size: Optional[int] = None  # calibration batch; null = the paper's (CALIBRATION_BATCH in jobs/prune.py)
     eval_batch_size: int = MISSING
     seed: int = MISSING
-    method: Method = Method.iterative
-    rearrange: bool = MISSING
-    tuning: TuningConfig = field(default_factory=TuningConfig)
-    iterative: IterativeConfig = field(default_factory=IterativeConfig)
-    guard: GuardConfig = field(default_factory=GuardConfig)
+    # the pruning method: {_target_: a bertprune.core.method.PruneMethod dataclass, its options} (conf/method/);
+    # typed and checked by that class (build_method), before any work
+    method: Any = MISSING
     export: bool = MISSING
     quantize: Optional[Quantize] = None
     bench: bool = MISSING
@@ -348,6 +300,26 @@ COST_RUNTIME_ARGS = ("model", "task")
 # Keys that were renamed: old -> new. Set, the old key gets one error naming the new one.
 RENAMED = {"checkpoint": "teacher"}
 
+# prune.py's method options before they became the method group (conf/method/): old key -> the new spelling.
+# The command line is checked before composition (refuse_old_method_keys), so each gets its own message.
+OLD_METHOD_KEYS = {
+    "rearrange": "method=kwon method.rearrange",
+    "tuning.enabled": "method=kwon method.tuning (true: scales; false: none)",
+    "tuning.method": "method=kwon method.tuning",
+    "tuning.teacher": "method=kwon method.tuning_teacher",
+    "tuning.num_samples": "method=kwon method.tuning_samples",
+    "tuning.damping": "method=kwon method.damping",
+    "tuning.refit_damping": "method=kwon method.tuning=projection method.damping",
+    "tuning.max_scale": "method=kwon method.max_scale",
+    "tuning.last_layer_tokens": "method=kwon method.last_layer_tokens",
+    "iterative.importance_samples": "method.importance_samples",
+    "iterative.damping": "method.damping",
+    "iterative.last_layer_tokens": "method.last_layer_tokens",
+    "iterative.rearrange": "method.rearrange",
+    "guard.enabled": "method=kwon method.guard",
+    "guard.samples": "method.held_out_samples",
+}
+
 SCHEMAS = {"train_schema": TrainConfig, "prune_schema": PruneConfig, "export_schema": ExportConfig,
            "bench_schema": BenchConfig, "publish_schema": PublishConfig}
 
@@ -367,16 +339,6 @@ def register() -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Checks Hydra cannot express (ranges, vocabularies); each error names the key
-
-
-HELD_OUT_SAMPLES = 256  # guard.samples=null: at most this many calibration samples held out, and 1/8 of them
-
-
-def held_out_samples(num_samples: int, samples: int | None) -> int:
-    """The calibration samples held out for the guard and the refits' checks: ``guard.samples``, or when it is
-    null ``min(256, num_samples // 8)`` (at least 1): 256 of the default 2,048, and a small calibration sample
-    still keeps 7/8 of its samples for the fits."""
-    return int(samples) if samples is not None else max(1, min(HELD_OUT_SAMPLES, int(num_samples) // 8))
 
 
 def _at_least(cfg, keys: tuple[str, ...], low: int, prefix: str = "", hint: str = "") -> None:
@@ -535,20 +497,70 @@ def validate_prune(cfg):
     task = validate_train(cfg)
     validate_cost(cfg.cost)
     _at_least(cfg, ("num_samples", "eval_batch_size"), 1)
-    if cfg.guard.samples is not None:
-        _at_least(cfg.guard, ("samples",), 1, "guard.", " (the held-out calibration samples), or null: "
-                  f"min({HELD_OUT_SAMPLES}, num_samples // 8)")
-    refits = cfg.get("method") == Method.iterative or cfg.tuning.get("method") == TuningMethod.projection
-    if (cfg.guard.enabled or refits) and cfg.guard.samples is not None and cfg.guard.samples >= cfg.num_samples:
-        why = "the guard" if cfg.guard.enabled else ("method=iterative" if cfg.get("method") == Method.iterative
-                                                    else "tuning.method=projection")
-        raise ValueError(f"guard.samples={cfg.guard.samples} must be smaller than num_samples={cfg.num_samples}: "
-                         f"{why} holds these samples out of the calibration sample to check its fits; "
-                         f"e.g. guard.samples={held_out_samples(cfg.num_samples, None)} (or null: that many)")
+    build_method(cfg.method, int(cfg.num_samples))  # the method's keys, types and values (its class checks them)
     if cfg.batch_size is not None:
         _at_least(cfg, ("batch_size",), 1, hint=" (or null: the paper's calibration batch size)")
     validate_unstructured(cfg)
     return task
+
+
+def refuse_old_method_keys(overrides: list[str]) -> None:
+    """One error for a command-line override that spells a method option the old way (``tuning.damping=0.1``,
+    ``rearrange=false``, ``guard.enabled=true`` ...), naming its new key; called before Hydra composes."""
+    for arg in overrides:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key in OLD_METHOD_KEYS or key.split(".", 1)[0] in ("tuning", "iterative", "guard"):
+            new = OLD_METHOD_KEYS.get(key, "method.<key> (python prune.py --cfg job shows the method's keys)")
+            raise SystemExit(f"{arg}: {key} is now {new}; the method's options live under method. (conf/method/"
+                             "iterative.yaml, conf/method/kwon.yaml; docs/method.md)")
+
+
+def build_method(node, num_samples: int):
+    """The ``method`` node (``conf/method/<name>.yaml``: ``_target_`` + options) as its PruneMethod instance.
+
+    The class's fields are the schema: an unknown key or a wrong type is one error naming ``method.<key>``; its
+    ``__post_init__`` checks the values. The held-out calibration samples must leave samples to fit on."""
+    import dataclasses as dc
+
+    from hydra.utils import get_object
+
+    from bertprune.core.method import PruneMethod
+
+    target = node.get("_target_") if isinstance(node, (dict, DictConfig)) else None
+    if not target:
+        raise ValueError("method must name its class: method=iterative, method=kwon, or a conf/method/<name>.yaml "
+                         "with _target_: <module.PruneMethod subclass>")
+    try:
+        cls = get_object(str(target))
+    except Exception as e:  # noqa: BLE001 - any import failure is the same user error
+        raise ValueError(f"method._target_={target!r} cannot be imported ({str(e).splitlines()[0]}); give an "
+                         "importable bertprune.core.method.PruneMethod subclass") from None
+    if not (isinstance(cls, type) and issubclass(cls, PruneMethod) and dc.is_dataclass(cls)):
+        raise ValueError(f"method._target_={target!r} is not a PruneMethod dataclass (bertprune.core.method)")
+    values = {k: v for k, v in (OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig)
+                                else dict(node)).items() if k != "_target_"}
+    known = [f.name for f in dc.fields(cls)]
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean method.{close[0]}?" if close else f"its keys are: {', '.join(known) or 'none'}"
+            raise ValueError(f"method.{key} is not an option of {target} ({hint})")
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(cls), values)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ValueError(f"method.{key}={values.get(key)!r}: {str(e).splitlines()[0]}") from None
+    try:
+        method = OmegaConf.to_object(typed)
+    except OmegaConfBaseException as e:  # __post_init__'s own check, wrapped by OmegaConf
+        cause = e.__cause__ or e
+        raise ValueError(str(cause).splitlines()[0]) from None
+    held = method.held_out(int(num_samples))
+    if held and held >= int(num_samples):
+        raise ValueError(f"method.held_out_samples={held} must be smaller than num_samples={num_samples}: "
+                         f"method={method.name} holds these samples out of the calibration sample to check its "
+                         "fits; e.g. method.held_out_samples=null (min(256, num_samples // 8))")
+    return method
 
 
 def validate_unstructured(cfg) -> None:

@@ -17,7 +17,7 @@ from bertprune.config import validate_export, validate_prune, validate_train
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = {"train": ("model", "task", "training", "logger", "hardware"),
-          "prune": ("model", "task", "training", "cost", "hardware", "logger", "unstructured"),
+          "prune": ("model", "task", "training", "method", "cost", "hardware", "logger", "unstructured"),
           "export": ("task", "hardware"), "bench": ("task", "scenario")}
 REQUIRED = {"export": ["source=x"], "bench": ["source=x"]}
 VALIDATE = {"train": validate_train, "prune": validate_prune, "export": validate_export}
@@ -66,8 +66,7 @@ def test_all_scenarios_at_once_and_a_sweep_value_compose(tmp_path):
     ("prune", "constriant=0.5", "constriant"),
     ("prune", "hardware.accelerator=tpu", "hardware.accelerator"),
     ("prune", "cost=energy", "cost"),
-    ("prune", "tuning.teacher=half", "tuning.teacher"),
-    ("prune", "tuning.last_layer_tokens=some", "tuning.last_layer_tokens"),
+    ("prune", "method=fastest", "method"),
     ("prune", "training.epochs=two", "training.epochs"),
     ("export", "quantize=int4", "quantize"),
     ("export", "hardware.runtime_device=tpu", "runtime_device"),
@@ -87,7 +86,8 @@ def test_bad_values_fail_at_composition_naming_the_key(config, override, key, tm
     ("batch_size=0", "^batch_size=0 must be"),
     ("num_samples=0", "^num_samples=0 must be"),
     ("+constriant=0.5", "constriant is not a config key .did you mean constraint"),
-    ("+tuning.dampnig=1", "tuning.dampnig is not a config key .did you mean tuning.damping"),
+    ("+method.dampnig=1", "method.dampnig is not an option of bertprune.core.iterative.Iterative .did you mean method.damping"),
+    ("method.last_layer_tokens=some", "method.last_layer_tokens='some': Invalid value 'some'"),
     ("+task.nmu_labels=3", "task.nmu_labels is not a key of the task group"),
     ("task.max_length=abc", "task.max_length='abc'"),
     ("training.epochs=0", "training.epochs=0"),
@@ -124,6 +124,10 @@ def _cli(script: str, args: list[str], tmp_path: Path) -> subprocess.CompletedPr
      "logger._target_='bertprune.lightning.loggers.tensorboard' cannot be imported"),
     ("prune.py", "eval_batch_size=0", "eval_batch_size=0 must be an integer >= 1"),
     ("prune.py", "checkpoint=/my/fine-tuned", "checkpoint=/my/fine-tuned is now teacher=/my/fine-tuned"),
+    ("prune.py", "tuning.damping=0.1", "tuning.damping is now method=kwon method.damping"),
+    ("prune.py", "rearrange=false", "rearrange is now method=kwon method.rearrange"),
+    ("prune.py", "iterative.importance_samples=64", "iterative.importance_samples is now method.importance_samples"),
+    ("prune.py", "guard.samples=64", "guard.samples is now method.held_out_samples"),
     ("prune.py", "quantize=int4", "full_key: quantize"),
     ("train.py", "hardware.precision=bogus", "hardware.precision='bogus' is not a Lightning precision"),
 ])

@@ -371,7 +371,8 @@ import json, sys
 import torch
 from bertprune.core.cost import MacCost
 from bertprune.core.masks import MaskHooks
-from bertprune.core.pipeline import PruneOptions, prune_model
+from bertprune.core.kwon import Kwon
+from bertprune.core.pipeline import prune_model
 from bertprune.models import model_shape, tiny_bert
 
 torch.manual_seed(0)
@@ -388,7 +389,7 @@ for i in range(6):
                     "labels": torch.randint(0, 2, (8,))})
 cost = MacCost.for_model(model, seq_len=10.0)
 stages = []
-result = prune_model(model, batches, "classification", cost, 0.5, PruneOptions(method="kwon", tune_samples=24, progress=False),
+result = prune_model(model, batches, "classification", cost, 0.5, Kwon(tuning_samples=24), progress=False,
                      evaluate=lambda m, hm, nm, stage: stages.append(stage) or float(hm.sum()))
 diff = 0.0
 with torch.no_grad():
@@ -398,7 +399,7 @@ with torch.no_grad():
             masked = model(**inputs).logits
         pruned = result.model(**inputs).logits
         diff = max(diff, float((pruned - masked).abs().max()))
-again = prune_model(model, batches, "classification", cost, 0.5, PruneOptions(method="kwon", tune_samples=24, progress=False),
+again = prune_model(model, batches, "classification", cost, 0.5, Kwon(tuning_samples=24), progress=False,
                     fisher=result.fisher)
 print(json.dumps({
     "modules": sorted(m for m in sys.modules if m.split(".")[0] in ("hydra", "omegaconf", "pytorch_lightning", "lightning")),

@@ -154,7 +154,8 @@ def test_a_new_task_kind_is_one_class_in_kinds(tmp_path, monkeypatch):
 
     from bertprune.core.cost import MacCost
     from bertprune.core.fisher import collect_fisher
-    from bertprune.core.pipeline import PruneOptions, prune_model
+    from bertprune.core.kwon import Kwon
+    from bertprune.core.pipeline import prune_model
     from bertprune.resources import packaged_path
     from bertprune.tasks import kinds
     from bertprune.tasks.data import make_loader, tokenize
@@ -191,5 +192,5 @@ def test_a_new_task_kind_is_one_class_in_kinds(tmp_path, monkeypatch):
     assert set(evaluate(model, loader, "scored")) == {"mae"}
     assert collect_fisher(model, loader, "scored", progress=False).head_importance.sum() > 0
     result = prune_model(model, list(loader), "scored", MacCost.for_model(model, 6.0), 0.6,
-                         PruneOptions(method="kwon", progress=False), evaluate=lambda m, hm, nm, stage: 0.0)
+                         Kwon(), progress=False, evaluate=lambda m, hm, nm, stage: 0.0)
     assert result.mac_ratio <= 0.6 and isinstance(result.model, torch.nn.Module)

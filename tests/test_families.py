@@ -17,7 +17,9 @@ from conftest import make_realistic
 from bertprune.core.cost import MacCost
 from bertprune.core.masks import MaskHooks, mask_shapes, ones_masks
 from bertprune.core.physical import prune_physically
-from bertprune.core.pipeline import PruneOptions, prune_model
+from bertprune.core.iterative import Iterative
+from bertprune.core.kwon import Kwon
+from bertprune.core.pipeline import prune_model
 from bertprune.models import check_prunable, load_model, model_inputs, model_shape, save_checkpoint, tiny_bert
 from bertprune.models.adapters import ADAPTERS, UnsupportedFamilyError, adapter_for
 from bertprune.resources import packaged_path
@@ -125,7 +127,7 @@ def test_prune_model_meets_the_mac_budget(family, kind):
     batches = [_batch(kind, i) for i in range(2)]
     cost = MacCost.for_model(model, seq_len=12.0)
     assert (cost.hidden_size, cost.head_size) == (32, 8)
-    result = prune_model(model, batches, kind, cost, 0.5, PruneOptions(method="kwon", progress=False, tune_samples=12))
+    result = prune_model(model, batches, kind, cost, 0.5, Kwon(tuning_samples=12), progress=False)
     assert 0.49 <= result.mac_ratio <= 0.5
     assert result.macs / result.dense_macs == pytest.approx(result.mac_ratio)
     assert model_shape(result.model) == (result.heads_per_layer, result.ffn_per_layer)
@@ -176,7 +178,7 @@ def test_every_adapter_gives_the_same_pruning_on_the_same_function():
         model = _same_function_as(bert, family)
         assert (_outputs(model, batches) - ref).abs().max() <= TOL, family
         results[family] = prune_model(model, batches, "qa", MacCost.for_model(model, 10.0), 0.5,
-                                      PruneOptions(method="kwon", progress=False))
+                                      Kwon(), progress=False)
         assert (_outputs(results[family].model, batches) - _outputs(model, batches, results[family].head_mask,
                                                                     results[family].neuron_mask)).abs().max() <= TOL
     base = results["bert"]
@@ -285,7 +287,7 @@ def test_prune_job_on_a_tiny_family_teacher_ends_with_an_onnx_export(family, tin
     folder = save_checkpoint(teacher, tok, tmp_path / f"{family}-teacher")
     assert json.loads((folder / "config.json").read_text())["model_type"] == family
     cfg = tiny_cfg("prune", [f"teacher={folder}", "constraint=0.5", "num_samples=64", "batch_size=16",
-                             "export=true", "tuning.max_scale=100"])
+                             "export=true"])
     r = prune(cfg)
     run = Path(cfg.output_dir)
     assert abs(r["prune/mac_ratio"] - 0.5) <= 0.01 and r["prune/parity_max_abs_diff"] <= TOL
@@ -402,13 +404,10 @@ def test_prune_job_fine_tunes_and_prunes_a_tiny_distilbert(tiny_cfg):
 def test_iterative_method_on_every_family_and_kind(family, kind):
     """method=iterative (sub-layer steps, from-layer importance, projection refits) on each family and kind: within
     budget, and the physically pruned model equals the refitted masked one."""
-    from bertprune.core.pipeline import IterativeOptions
-
     model = _model(family, kind)
     batches = [_batch(kind, i) for i in range(5)]
     r = prune_model(model, batches, kind, MacCost.for_model(model, seq_len=12.0), 0.4,
-                    PruneOptions(method="iterative", guard_samples=6, iterative=IterativeOptions(importance_samples=12),
-                                 progress=False))
+                    Iterative(held_out_samples=6, importance_samples=12), progress=False)
     assert r.mac_ratio <= 0.4 and len(r.iterative_report.steps) == 2 * len(r.heads_per_layer)
     assert any(e["status"] == "fitted" for e in r.reconstruction_report.entries)
     masked = _outputs(r.masked_model, batches, r.head_mask, r.neuron_mask)

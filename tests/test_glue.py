@@ -279,7 +279,7 @@ def test_prune_stsb_tsv_regression_exports_benches_and_submits(tmp_path):
     d = tmp_path / "STS-B"
     write(d / "train.tsv", _stsb_rows(192, 0))
     write(d / "dev.tsv", _stsb_rows(64, 1))
-    cfg = glue_prune_cfg(tmp_path, "stsb", d, ["task.max_length=48", "export=true", "tuning.last_layer_tokens=cls"])
+    cfg = glue_prune_cfg(tmp_path, "stsb", d, ["task.max_length=48", "export=true", "method.last_layer_tokens=cls"])
     r = prune(cfg)
     assert r["metric"] == "pearson" and not [k for k in r if "accuracy" in k]
     for stage in ("dense", "iterative", "pruned_model"):

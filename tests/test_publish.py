@@ -30,7 +30,7 @@ def benched_sweep(tmp_path_factory):
     sweep = tmp / "sweep"
     proc = subprocess.run([sys.executable, str(ROOT / "prune.py"), "-m", "constraint=0.3,0.6", "model=tiny", *task,
                            "training=fast", "training.max_train_samples=null", "training.epochs=4", "training.lr=2e-3",
-                           "logger=none", "num_samples=128", "tuning.num_samples=64", f"hydra.sweep.dir={sweep}"],
+                           "logger=none", "num_samples=128", f"hydra.sweep.dir={sweep}"],
                           cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = subprocess.run([sys.executable, str(ROOT / "bench.py"), f"source={sweep}", *task, "scenario=[offline]",
@@ -80,7 +80,7 @@ def test_cards_load_back_and_their_metrics_equal_results_and_loadgen(benched_swe
         assert f"| neurons | {' | '.join(map(str, results['prune/ffn_per_layer']))} |" in text
         assert f"{results['model/parameters']:,}" in text and "MacCost" in text
         assert results["method"] == "iterative" and "bertprune's iterative method" in text  # the method that ran
-        assert f"| after iterative | " in text and "| iterative | importance_samples" in text
+        assert f"| after iterative | " in text and "| method options (iterative) | importance_samples" in text
         assert "Fisher-based mask search" not in text and "| mask tuning |" not in text  # not kwon's
         assert f"python prune.py constraint={results['constraint']} model=tiny task=csv" in text  # the Hydra record
         assert "host_processor_core_count" in text  # the system LoadGen ran on (the bench's submission tree)

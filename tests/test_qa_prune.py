@@ -74,7 +74,7 @@ def test_qa_prune_export_bench_submission(tmp_path):
 
     teacher = qa_teacher(tmp_path / "teacher")
     cfg = qa_cfg(tmp_path, [f"teacher={teacher}", "constraint=0.5", "num_samples=48", "batch_size=16",
-                            "tuning.num_samples=32", "tuning.max_scale=100", "export=true"])
+                            "export=true"])
     r = prune(cfg)
     run = Path(cfg.output_dir)
     assert abs(r["prune/mac_ratio"] - 0.5) <= 0.01

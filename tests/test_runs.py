@@ -19,7 +19,7 @@ def test_rerun_into_the_same_folder_leaves_nothing_stale_and_logger_none_writes_
     run = Path(first["pruned_dir"]).parent
     assert (run / "onnx" / "model.json").is_file() and (run / "csv" / "metrics.csv").is_file()
     assert (run / "iterative.json").is_file() and (run / "reconstruction.json").is_file()  # the default method's
-    second = prune(tiny_cfg("prune", [*base, "export=false", "method=kwon", "tuning.enabled=false", "logger=none"]))
+    second = prune(tiny_cfg("prune", [*base, "export=false", "method=kwon", "method.tuning=none", "logger=none"]))
     assert Path(second["pruned_dir"]).parent == run
     # the first run's export (another model than the new pruned/), method reports and CSV log are gone
     assert not (run / "onnx").exists() and not (run / "iterative.json").exists()

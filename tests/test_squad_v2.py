@@ -135,7 +135,7 @@ def test_squad_v2_prune_export_bench(tmp_path):
     from bertprune.jobs.prune import prune
 
     cfg = v2_cfg(tmp_path, [f"teacher={qa_teacher(tmp_path / 'teacher')}", "constraint=0.5", "num_samples=48",
-                            "tuning.num_samples=32", "tuning.max_scale=100", "export=true"])
+                            "export=true"])
     r = prune(cfg)
     assert r["batch_size"] == 12 and r["metric"] == "f1"
     assert abs(r["prune/mac_ratio"] - 0.5) <= 0.01 and r["prune/parity_max_abs_diff"] <= 1e-4

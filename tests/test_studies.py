@@ -314,7 +314,7 @@ def test_pareto_and_structure_notebooks_run_on_the_sweep(demo_sweep):
     assert (lat.groupby("variant")["latency_ms"].apply(lambda v: v.is_monotonic_increasing)).all()
 
 
-GRID = ["constraint=0.4,0.6", "rearrange=true,false", "tuning.enabled=true,false", "num_samples=64,100000",
+GRID = ["constraint=0.4,0.6", "method.rearrange=true,false", "method.tuning=scales,none", "num_samples=64,100000",
         "seed=0,1"]
 
 
@@ -335,7 +335,7 @@ def test_ablation_grid_runs_as_typed_into_a_tidy_summary(grid_sweep):
     assert proc.returncode != 0  # failed jobs: the exit code says so, the summary keeps them
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert len(rows) == 32 and len({r["job"] for r in rows}) == 32  # one folder per job
-    assert list(rows[0])[:5] == ["job", "rearrange", "tuning.enabled", "num_samples", "seed"]
+    assert list(rows[0])[:5] == ["job", "method.rearrange", "method.tuning", "num_samples", "seed"]
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(failed) == 16 and all(r["num_samples"] == "100000" for r in failed)
     assert all("larger than the training split" in r["error"] for r in failed)
@@ -344,8 +344,8 @@ def test_ablation_grid_runs_as_typed_into_a_tidy_summary(grid_sweep):
     for r in agg:
         assert (r["ok"], r["failed"]) == (("2", "0") if r["num_samples"] == "64" else ("0", "2"))
     ok = [r for r in rows if r["status"] == "ok"]
-    assert all(float(r["eval/accuracy_tune"]) >= 0 for r in ok if r["tuning.enabled"] == "true")
-    assert all(r["eval/accuracy_tune"] == "" for r in ok if r["tuning.enabled"] == "false")
+    assert all(float(r["eval/accuracy_tune"]) >= 0 for r in ok if r["method.tuning"] == "scales")
+    assert all(r["eval/accuracy_tune"] == "" for r in ok if r["method.tuning"] == "none")
     _notebook("ablation.ipynb", out, tmp)
     assert (out / "figures" / "ablation.png").stat().st_size > 10_000
 
@@ -355,7 +355,7 @@ def test_joblib_launcher_gives_the_basic_launchers_numbers(grid_sweep):
     _, grid, tmp = grid_sweep
     out = tmp / "joblib"
     proc = _run("prune.py", ["-m", *_tiny(tmp), "logger=csv", "method=kwon", "export=false", "batch_size=16",
-                             "constraint=0.4,0.6", "rearrange=true,false", "tuning.enabled=true", "num_samples=64",
+                             "constraint=0.4,0.6", "method.rearrange=true,false", "method.tuning=scales", "num_samples=64",
                              "seed=0", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={out}"],
                 tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -365,7 +365,7 @@ def test_joblib_launcher_gives_the_basic_launchers_numbers(grid_sweep):
     for job in sorted(p for p in out.iterdir() if (p / "results.json").is_file()):
         mine = json.loads((job / "results.json").read_text())
         assert mine["hardware/torch_threads"] == max(1, cpus // 2)  # 2 jobs side by side share the cores
-        basic_name = f"{job.name.split('-')[0]}-{job.name.split('-', 1)[1]}-tuning.enabled=true-num_samples=64-seed=0"
+        basic_name = f"{job.name.split('-')[0]}-{job.name.split('-', 1)[1]}-method.tuning=scales-num_samples=64-seed=0"
         basic = json.loads((grid / basic_name / "results.json").read_text())
         assert {k: mine.get(k) for k in numbers} == {k: basic.get(k) for k in numbers}, job.name
     assert len(list(out.glob("*/results.json"))) == 4

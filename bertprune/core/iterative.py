@@ -24,12 +24,16 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
 
 from bertprune.core.fisher import freeze
+from bertprune.core.kwon import tune_prefix
 from bertprune.core.masks import MaskHooks, mask_shapes
+from bertprune.core.method import (LastLayerTokens, MethodOutput, PruneContext, PruneMethod, check_choice,
+                                   check_number, held_out_samples)
 from bertprune.core.rearrange import rearrange_layer
 from bertprune.core.reconstruct import LayerwiseReconstructor, ReconstructionReport
 from bertprune.core.search import search_fixed
@@ -158,3 +162,39 @@ def prune_iterative(model, fit_batches: list[dict], held_out: list[dict], kind: 
             bar.set_postfix(layer=li, part=part, kept=int(entry["kept"]))
     bar.close()
     return work, head_mask, neuron_mask, report
+
+
+@dataclass(frozen=True)
+class Iterative(PruneMethod):
+    """The default method (``method=iterative``); its options are ``method.<field>``."""
+
+    name = "iterative"
+    importance_samples: int = 512  # calibration samples of each re-measured importance (a prefix of the fit ones)
+    damping: float = 1e-3  # ridge of each refit toward the dense weights (relative to the mean diagonal of xᵀx)
+    last_layer_tokens: LastLayerTokens = LastLayerTokens.cls  # the last FFN refitted on the token the head reads
+    rearrange: bool = False  # rearrange each step's sub-layer (which units, count fixed); measured no better
+    held_out_samples: Optional[int] = None  # samples held out to check each refit; null: min(256, num_samples // 8)
+
+    def __post_init__(self) -> None:
+        check_choice("last_layer_tokens", self.last_layer_tokens, LastLayerTokens)
+        check_number("importance_samples", self.importance_samples, 1, int,
+                     " (each re-measured importance needs calibration samples)")
+        check_number("damping", self.damping, 0.0, why=" (a ridge toward the dense weights; negative is meaningless)")
+        if self.held_out_samples is not None:
+            check_number("held_out_samples", self.held_out_samples, 1, int, " (or null: min(256, num_samples // 8))")
+
+    def held_out(self, num_samples: int) -> int:
+        return held_out_samples(num_samples, self.held_out_samples)
+
+    def prune(self, ctx: PruneContext) -> MethodOutput:
+        fisher = ctx.fisher()
+        grads = {"head_grads": fisher["head_grads"], "neuron_grads": fisher["neuron_grads"]} if self.rearrange else {}
+        work, head_mask, neuron_mask, report = ctx.timed(
+            "iterative", prune_iterative, ctx.model, ctx.fit_batches, ctx.held_out, ctx.kind, ctx.cost,
+            ctx.constraint, fisher["head_importance"].to(ctx.device), fisher["neuron_importance"].to(ctx.device),
+            len(tune_prefix(ctx.fit_batches, self.importance_samples)), damping=self.damping,
+            last_layer_tokens=str(self.last_layer_tokens) if ctx.kind.reads_cls else "all", device=ctx.device,
+            progress=ctx.progress, **grads)
+        ctx.stage("iterative", work, head_mask, neuron_mask)
+        return MethodOutput(work, head_mask, neuron_mask,
+                            {"iterative": report, "reconstruction": report.reconstruction})

@@ -1,15 +1,18 @@
-"""The pruning pipeline as one plain-PyTorch function: Fisher -> search -> rearrange -> tune -> physical.
+"""The pruning pipeline as one plain-PyTorch function: Fisher -> a pruning method -> physically smaller model.
 
 ``prune_model`` needs no Hydra, no Lightning and no files: a fine-tuned model, a list of padded
-calibration batches, the task kind, a cost model and the constraint. It is what ``prune.py`` runs
-(``bertprune.jobs.prune`` adds the checks, the teacher, the data, the multi-process Fisher, the files
-and the callbacks around it) and what a notebook calls::
+calibration batches, the task kind, a cost model, the constraint and a method (``bertprune.core.method``:
+``Iterative``, the default, sub-layer by sub-layer with refits; ``Kwon``, the paper's search -> rearrange ->
+tune). It is what ``prune.py`` runs (``bertprune.jobs.prune`` adds the checks, the teacher, the data, the
+multi-process Fisher, the files and the callbacks around it) and what a notebook calls::
 
-    from bertprune.core.cost import LatencyCost, MacCost, mac_model
-    from bertprune.core.pipeline import PruneOptions, prune_model
+    from bertprune.core.cost import MacCost
+    from bertprune.core.kwon import Kwon
+    from bertprune.core.pipeline import prune_model
 
     result = prune_model(model, batches, "classification", MacCost.for_model(model, seq_len=40.0), 0.5)
     result.model        # the physically smaller model; result.mac_ratio <= 0.5
+    paper = prune_model(model, batches, "classification", cost, 0.5, Kwon(tuning_samples=512))
 
 Every step is logged when it starts and when it ends (``"<step> ..."`` / ``"<step> done in X s"``) and
 timed into ``PruneResult.timings``.
@@ -28,71 +31,27 @@ import torch
 
 from bertprune.core.cost import LatencyCost, MacCost, mac_model
 from bertprune.core.fisher import check_importance, collect_fisher, freeze
-from bertprune.core.guard import Guard, GuardReport, split_held_out
-from bertprune.core.iterative import IterativeReport, prune_iterative
+from bertprune.core.guard import GuardReport, split_held_out
+from bertprune.core.iterative import Iterative, IterativeReport
 from bertprune.core.masks import mask_shapes, ones_masks
+from bertprune.core.method import PruneContext, PruneMethod
 from bertprune.core.physical import prune_physically
-from bertprune.core.rearrange import rearrange_masks
-from bertprune.core.reconstruct import ReconstructionReport, reconstruct
-from bertprune.core.search import check_constraint, cost_ratio, mac_ratio, search_masks
-from bertprune.core.tuning import LAST_LAYER_TOKENS, TuneReport, tune_masks
+from bertprune.core.reconstruct import ReconstructionReport
+from bertprune.core.search import check_constraint, cost_ratio, mac_ratio
+from bertprune.core.tuning import TuneReport
 from bertprune.models import model_shape
 from bertprune.tasks.kinds import TaskKind, get_kind
 
 log = logging.getLogger(__name__)
 
-# The steps prune_model times; with the job's "save" they are the pruning time (evaluations are apart).
-STEPS = ("fisher", "search", "rearrange", "tune", "iterative", "physical")
-GUARD_STEPS = ("guard_rearrange", "guard_tune")  # with options.guard: part of the pruning time too
-TUNING_TEACHERS = ("sqrt", "dense")
-METHODS = ("kwon", "iterative")  # one-shot search -> rearrange -> tune | sub-layer by sub-layer (core/iterative.py)
-TUNING_METHODS = ("scales", "projection")  # per-unit scales (the paper) | whole output projections refitted
 FISHER_KEYS = ("head_importance", "neuron_importance", "head_grads", "neuron_grads")
+# Timed steps that are not pruning work: evaluation passes and the masked-vs-pruned parity check.
+NOT_PRUNING = ("eval_", "parity")
 
 
-@dataclass(frozen=True)
-class IterativeOptions:
-    """``method="iterative"``'s own options (``conf/prune.yaml``'s ``iterative:``)."""
-
-    importance_samples: int = 512  # calibration samples of each re-measured importance (a prefix of the fit ones)
-    damping: float = 1e-3  # ridge of the refits toward the dense weights (relative to the mean diagonal of xᵀx)
-    last_layer_tokens: str = "cls"  # cls: the last FFN fitted on the token the classifier reads (kinds that read it)
-    rearrange: bool = False  # rearrange each step's sub-layer (which units, count fixed) on that step's gradients
-
-    def __post_init__(self) -> None:
-        if self.last_layer_tokens not in LAST_LAYER_TOKENS:
-            raise ValueError(f"iterative.last_layer_tokens={self.last_layer_tokens!r}; expected one of {LAST_LAYER_TOKENS}")
-
-
-@dataclass(frozen=True)
-class PruneOptions:
-    """How the pipeline runs (the defaults are ``conf/prune.yaml``'s; ``method="kwon"`` with the rest at their
-    defaults is the paper's pipeline)."""
-
-    method: str = "iterative"  # iterative: core/iterative.py; kwon: Fisher -> search -> rearrange -> tune (the paper)
-    rearrange: bool = True
-    tune: bool = True
-    tuning_method: str = "scales"  # scales: mask tuning (the paper); projection: core/reconstruct.py
-    refit_damping: float = 1e-2  # tuning_method=projection: ridge toward the dense weights (relative to mean xᵀx)
-    iterative: IterativeOptions = IterativeOptions()
-    tuning_teacher: str = "sqrt"  # sqrt: the search mask at constraint √C; dense: the unpruned model
-    tune_samples: int = 512  # calibration samples (a prefix of the calibration batches) for the fits
-    damping: float = 1e-2
-    max_scale: float = 10.0
-    last_layer_tokens: str = "all"  # cls: the last layer's FFN fitted on [CLS] (kinds that read it)
-    guard: bool = False  # keep each stage after the search per layer only where it lowers a held-out loss
-    guard_samples: int = 256  # calibration samples held out for the guard (the last batches; used for nothing else)
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r}; expected one of {METHODS}")
-        if self.tuning_method not in TUNING_METHODS:
-            raise ValueError(f"tuning_method={self.tuning_method!r}; expected one of {TUNING_METHODS}")
-        if self.tuning_teacher not in TUNING_TEACHERS:
-            raise ValueError(f"tuning_teacher={self.tuning_teacher!r}; expected one of {TUNING_TEACHERS}")
-        if self.last_layer_tokens not in LAST_LAYER_TOKENS:
-            raise ValueError(f"last_layer_tokens={self.last_layer_tokens!r}; expected one of {LAST_LAYER_TOKENS}")
+def pruning_time(timings: Mapping[str, float]) -> float:
+    """Seconds of pruning proper: every timed step but the evaluation passes and the parity check."""
+    return sum(v for k, v in timings.items() if not k.startswith(NOT_PRUNING))
 
 
 @dataclass
@@ -111,11 +70,13 @@ class PruneResult:
     timings: dict[str, float] = field(default_factory=dict)  # step -> wall seconds, in run order
     stage_metrics: dict[str, float] = field(default_factory=dict)  # stage -> evaluate(...) (when given)
     tune_report: TuneReport | None = None
-    reconstruction_report: ReconstructionReport | None = None  # tuning_method=projection / method=iterative
+    reconstruction_report: ReconstructionReport | None = None  # refitted projections (iterative, kwon projection)
     iterative_report: IterativeReport | None = None  # method=iterative: each sub-layer's step
     # the model the masks apply to: the input model, or a copy with refitted output projections
     masked_model: torch.nn.Module | None = None
-    guard_report: GuardReport | None = None  # options.guard: held-out losses and per-layer rollbacks
+    guard_report: GuardReport | None = None  # Kwon(guard=True): held-out losses and per-layer rollbacks
+    method: str = "iterative"
+    held_out_samples: int = 0  # calibration samples the method asked to hold out of everything else
     # the search's own cost model (for MACs the same as mac_ratio / macs / dense_macs; for latency, ms)
     cost_name: str = "mac"
     cost_ratio: float = math.nan
@@ -136,43 +97,29 @@ def timed(timings: dict[str, float], name: str, fn, *args, **kwargs):
     return out
 
 
-def _tune_prefix(batches: list[dict], num_samples: int) -> list[dict]:
-    """The shortest prefix of ``batches`` holding ``num_samples`` samples (all of them if fewer)."""
-    out, n = [], 0
-    for b in batches:
-        if n >= num_samples:
-            break
-        out.append(b)
-        n += len(b["input_ids"])
-    return out
-
-
 def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, cost: MacCost | LatencyCost,
-                constraint: float,
-                options: PruneOptions = PruneOptions(), fisher: FisherSource = None,
+                constraint: float, method: PruneMethod | None = None, fisher: FisherSource = None,
                 evaluate: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, str], float] | None = None,
-                device=None) -> PruneResult:
+                device=None, progress: bool = True) -> PruneResult:
     """Prune a dense fine-tuned ``model`` of a supported family (``bertprune.models.adapters``) to
-    ``constraint`` of its encoder's cost.
+    ``constraint`` of its encoder's cost with ``method`` (default ``Iterative()``).
 
     calibration_batches: padded batches (``input_ids`` / ``attention_mask`` [/ ``token_type_ids``] ``[B, T]``
-    and the kind's labels, e.g. ``labels [B]``), on any device; ``options.tune_samples`` of them (a prefix)
-    also feed the tuning. cost: the cost model the search budgets (``MacCost``: MACs of the encoder;
-    ``LatencyCost``: predicted latency of the whole model, its ``mac`` model gives the MAC figures).
-    fisher: None = computed here, in-process (``collect_fisher``); else the mask gradients already computed
-    (a mapping with ``FISHER_KEYS``, e.g. the multi-process Lightning run), or a callable returning them
-    (called and timed as the ``fisher`` step). evaluate: ``(masked_model, head_mask [L, H], neuron_mask [L, F],
-    stage) -> metric``, called after search, rearrangement and tuning, or after ``iterative`` (timed as
-    ``eval_<stage>``); ``masked_model`` is ``model`` or, once output projections are refitted
-    (``tuning_method="projection"``, ``method="iterative"``), the refitted copy the masks apply to.
-    options.method: ``"kwon"`` (the paper's one-shot pipeline) or ``"iterative"`` (``bertprune.core.iterative``:
-    sub-layer by sub-layer, importance re-measured, projections refitted; the last ``guard_samples`` calibration
-    samples held out to check each refit).
-    options.guard: the last ``guard_samples`` calibration samples are held out of everything (given Fisher
-    gradients of all batches are cut to the others) and each stage after the search is rolled back per layer
-    where it raises their loss (``bertprune.core.guard``; ``PruneResult.guard_report``).
+    and the kind's labels, e.g. ``labels [B]``), on any device; the last ``method.held_out(num_samples)``
+    samples are held out of everything else (Fisher included) to check the method's fits. cost: the cost
+    model the search budgets (``MacCost``: MACs of the encoder; ``LatencyCost``: predicted latency of the
+    whole model, its ``mac`` model gives the MAC figures).
+    fisher: None = computed here, in-process (``collect_fisher``), when the method asks for it; else the mask
+    gradients already computed for every calibration batch (a mapping with ``FISHER_KEYS``, e.g. the
+    multi-process Lightning run: cut to the fit batches here), or a callable returning them (called and timed
+    as the ``fisher`` step). evaluate: ``(masked_model, head_mask [L, H], neuron_mask [L, F], stage) -> metric``,
+    called at each stage the method reports (timed as ``eval_<stage>``); ``masked_model`` is ``model`` or the
+    method's refitted copy the masks apply to.
     The model is frozen (weights need no gradient, eval mode) and left unpruned; the pruned one is a copy.
     """
+    method = Iterative() if method is None else method
+    if not isinstance(method, PruneMethod):
+        raise TypeError(f"method={method!r} is not a bertprune.core.method.PruneMethod (e.g. Iterative(), Kwon())")
     kind = get_kind(kind)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     freeze(model)
@@ -180,112 +127,44 @@ def prune_model(model, calibration_batches: list[dict], kind: str | TaskKind, co
     constraint = check_constraint(constraint, cost, L * H, L * F)
     timings: dict[str, float] = {}
     stage_metrics: dict[str, float] = {}
+    num_samples = sum(len(b["input_ids"]) for b in calibration_batches)
+    held = method.held_out(num_samples)
+    fit_batches, held_out = split_held_out(calibration_batches, held) if held else (calibration_batches, [])
 
-    masked_model = model  # what the masks apply to (a refit replaces it by a copy with new projections)
-
-    def stage(name: str, head_mask, neuron_mask) -> None:
+    def stage(name: str, masked_model, head_mask, neuron_mask) -> None:
         if evaluate is not None:
             stage_metrics[name] = timed(timings, f"eval_{name}", evaluate, masked_model, head_mask, neuron_mask, name)
 
-    guard = None
-    refits = options.method == "iterative" or (options.tune and options.tuning_method == "projection")
-    if options.guard or refits:  # refits are checked on held-out calibration batches too
-        fit_batches, held_out = split_held_out(calibration_batches, options.guard_samples)
-        if options.guard:
-            guard = Guard(model, kind, held_out, device)
-    else:
-        fit_batches, held_out = calibration_batches, []
-
-    # ---- 1. Fisher
-    if fisher is None:
-        grads = timed(timings, "fisher", collect_fisher, model, fit_batches, kind, device,
-                      progress=options.progress)
-        fisher = {"head_importance": grads.head_importance, "neuron_importance": grads.neuron_importance,
-                  "head_grads": grads.head_grads, "neuron_grads": grads.neuron_grads}
-    elif callable(fisher):
-        fisher = timed(timings, "fisher", fisher)
-    fisher = dict(fisher)
-    missing = [k for k in FISHER_KEYS if k not in fisher]
-    if missing:
-        raise ValueError(f"fisher lacks {missing}; give {FISHER_KEYS} (bertprune.lightning.fisher.load_fisher)")
-    if held_out and len(fisher["head_grads"]) != len(fit_batches):  # held-out batches: out of Fisher too
-        if len(fisher["head_grads"]) != len(calibration_batches):
-            raise ValueError(f"fisher holds {len(fisher['head_grads'])} batches' gradients; expected one per "
-                             f"calibration batch ({len(calibration_batches)})")
-        n = len(fit_batches)
-        fisher.update(head_grads=fisher["head_grads"][:n], neuron_grads=fisher["neuron_grads"][:n])
-        fisher.update(head_importance=fisher["head_grads"].pow(2).sum(0),
-                      neuron_importance=fisher["neuron_grads"].pow(2).sum(0))
-    head_imp, neuron_imp = fisher["head_importance"].to(device), fisher["neuron_importance"].to(device)
-    check_importance(head_imp, neuron_imp)
-    last_tokens = options.last_layer_tokens if kind.reads_cls else "all"
-
-    if options.method == "iterative":  # ---- 2'. sub-layer by sub-layer: search, prune, refit (core/iterative.py)
-        it = options.iterative
-        masked_model, head_mask, neuron_mask, it_report = timed(
-            timings, "iterative", prune_iterative, model, fit_batches, held_out, kind, cost, constraint, head_imp,
-            neuron_imp, len(_tune_prefix(fit_batches, it.importance_samples)), damping=it.damping,
-            last_layer_tokens=it.last_layer_tokens if kind.reads_cls else "all", device=device,
-            progress=options.progress,
-            **({"head_grads": fisher["head_grads"], "neuron_grads": fisher["neuron_grads"]} if it.rearrange else {}))
-        stage("iterative", head_mask, neuron_mask)
-        return _result(model, masked_model, head_mask, neuron_mask, cost, fisher, timings, stage_metrics,
-                       iterative_report=it_report, reconstruction_report=it_report.reconstruction,
-                       guard_report=guard.report if guard is not None else None)
-
-    # ---- 2. search
-    head_mask, neuron_mask = timed(timings, "search", search_masks, head_imp, neuron_imp, constraint, cost)
-    if guard is not None:
-        guard.baseline("search", head_mask, neuron_mask)
-    stage("search", head_mask, neuron_mask)
-
-    def guarded(name: str, before, after):
-        if guard is None:
-            return after
-        return timed(timings, f"guard_{name}", guard.check, name, before, after)
-
-    # ---- 3. rearrangement
-    if options.rearrange:
-        before = (head_mask, neuron_mask)
-        head_mask, neuron_mask = timed(timings, "rearrange", lambda: (
-            rearrange_masks(head_mask, fisher["head_grads"]), rearrange_masks(neuron_mask, fisher["neuron_grads"])))
-        head_mask, neuron_mask = guarded("rearrange", before, (head_mask, neuron_mask))
-        stage("rearrange", head_mask, neuron_mask)
-
-    # ---- 4. tuning
-    report = reconstruction = None
-    if options.tune and options.tuning_method == "projection":  # whole output projections refitted
-        before = (head_mask, neuron_mask)
-        work, head_mask, neuron_mask, reconstruction = timed(
-            timings, "tune", reconstruct, model, head_mask, neuron_mask,
-            _tune_prefix(fit_batches, options.tune_samples), held_out, damping=options.refit_damping,
-            last_layer_tokens=last_tokens, device=device, progress=options.progress)
-        if guard is not None:  # the refit is weights, not masks: kept or rolled back as a whole
-            kept = timed(timings, "guard_tune", guard.check_model, "tune", work, (head_mask, neuron_mask), before)
-            if kept:
-                masked_model = work
-            else:
-                head_mask, neuron_mask = before
+    def fisher_source() -> dict:
+        if fisher is None:
+            grads = timed(timings, "fisher", collect_fisher, model, fit_batches, kind, device, progress=progress)
+            out = {"head_importance": grads.head_importance, "neuron_importance": grads.neuron_importance,
+                   "head_grads": grads.head_grads, "neuron_grads": grads.neuron_grads}
         else:
-            masked_model = work
-        stage("tune", head_mask, neuron_mask)
-    elif options.tune:
-        if options.tuning_teacher == "sqrt":
-            t_head, t_neuron = search_masks(head_imp, neuron_imp, math.sqrt(constraint), cost)
-        else:
-            t_head, t_neuron = ones_masks(model, device)
-        before = (head_mask, neuron_mask)
-        head_mask, neuron_mask, report = timed(
-            timings, "tune", tune_masks, model, head_mask, neuron_mask, t_head, t_neuron,
-            _tune_prefix(fit_batches, options.tune_samples), damping=options.damping,
-            max_scale=options.max_scale, device=device, progress=options.progress,
-            last_layer_tokens=last_tokens)
-        head_mask, neuron_mask = guarded("tune", before, (head_mask, neuron_mask))
-        stage("tune", head_mask, neuron_mask)
+            out = dict(timed(timings, "fisher", fisher) if callable(fisher) else fisher)
+        missing = [k for k in FISHER_KEYS if k not in out]
+        if missing:
+            raise ValueError(f"fisher lacks {missing}; give {FISHER_KEYS} (bertprune.lightning.fisher.load_fisher)")
+        if held_out and len(out["head_grads"]) != len(fit_batches):  # held-out batches: out of Fisher too
+            if len(out["head_grads"]) != len(calibration_batches):
+                raise ValueError(f"fisher holds {len(out['head_grads'])} batches' gradients; expected one per "
+                                 f"calibration batch ({len(calibration_batches)})")
+            n = len(fit_batches)
+            out.update(head_grads=out["head_grads"][:n], neuron_grads=out["neuron_grads"][:n])
+            out.update(head_importance=out["head_grads"].pow(2).sum(0),
+                       neuron_importance=out["neuron_grads"].pow(2).sum(0))
+        check_importance(out["head_importance"], out["neuron_importance"])
+        return out
 
-    return _result(model, masked_model, head_mask, neuron_mask, cost, fisher, timings, stage_metrics,
-                   tune_report=report, reconstruction_report=reconstruction,
-                   guard_report=guard.report if guard is not None else None)
+    ctx = PruneContext(model=model, fit_batches=fit_batches, held_out=held_out, kind=kind, cost=cost,
+                       constraint=constraint, device=device, progress=progress, timings=timings,
+                       fisher_source=fisher_source, stage_fn=stage)
+    out = method.prune(ctx)
+    r = out.reports
+    return _result(model, out.masked_model, out.head_mask, out.neuron_mask, cost, ctx._fisher or {}, timings,
+                   stage_metrics, tune_report=r.get("tune"), reconstruction_report=r.get("reconstruction"),
+                   iterative_report=r.get("iterative"), guard_report=r.get("guard"), method=method.name,
+                   held_out_samples=held)
 
 
 def _result(model, masked_model, head_mask, neuron_mask, cost, fisher, timings, stage_metrics, **reports) -> PruneResult:

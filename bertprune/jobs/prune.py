@@ -20,10 +20,9 @@ import torch
 from omegaconf import OmegaConf
 
 from bertprune.core.masks import MaskHooks, mask_shapes
-from bertprune.core.pipeline import (GUARD_STEPS, STEPS, TUNING_TEACHERS, IterativeOptions, PruneOptions, prune_model,
-                                     timed, unpruned_result)
+from bertprune.core.method import PruneMethod
+from bertprune.core.pipeline import prune_model, pruning_time, timed, unpruned_result
 from bertprune.core.search import check_constraint
-from bertprune.core.tuning import LAST_LAYER_TOKENS
 from bertprune.io import atomic_write_json
 from bertprune.jobs.sweep import STAGES
 from bertprune.lightning.hardware import check_hardware
@@ -37,36 +36,12 @@ from bertprune.tasks.metrics import metric_format
 
 log = logging.getLogger(__name__)
 RESULTS = "results.json"
-# The steps whose wall time is the pruning time (time/prune_s); evaluation passes are reported apart.
-PRUNE_STEPS = (*STEPS, "save")
-UNSTRUCTURED_STEP = "unstructured"  # part of the pruning time too, when the job has that step
+UNSTRUCTURED_STEP = "unstructured"  # part of the pruning time (time/prune_s), when the job has that step
 # What a prune job writes into its folder. A rerun into the same folder removes them first, so nothing
 # of the previous run (an ONNX export of another model beside the new pruned/ …) can pass for this one's.
 RUN_ARTIFACTS = (RESULTS, "pruned", "onnx", "onnx_int8", "bench", "csv", "tuning.json", "fisher.safetensors",
                  "obs_gradients.safetensors", "reconstruction.json", "iterative.json")
 DENSE_RUNTIME = "dense runtime"  # what ONNX Runtime does with zeros in dense weights: multiplies them
-
-
-_EXAMPLES = {"num_samples": 2048, "batch_size": 32, "tuning.num_samples": 512, "tuning.damping": 0.01,
-             "tuning.max_scale": 10, "tuning.refit_damping": 0.01, "iterative.importance_samples": 512,
-             "iterative.damping": 0.001}
-
-
-def _number(cfg, key: str, kind=float, minimum: float = 0.0, why: str = ""):
-    """``cfg.<key>`` as ``kind`` (int or float), finite and >= ``minimum``, or one error naming the key."""
-    value = OmegaConf.select(cfg, key)
-    try:
-        if isinstance(value, bool) or value is None:
-            raise TypeError
-        number = kind(value)
-        if kind is int and number != float(value):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ValueError(f"{key}={value!r} is not {'an integer' if kind is int else 'a number'}; "
-                         f"e.g. {key}={_EXAMPLES[key]}") from None
-    if not math.isfinite(number) or number < minimum:
-        raise ValueError(f"{key}={value!r} must be >= {minimum}{why}; e.g. {key}={_EXAMPLES[key]}")
-    return number
 
 
 def _cost_words(cfg) -> str:
@@ -88,18 +63,6 @@ def check_prune_config(cfg) -> float:
     if not math.isfinite(c) or not 0.0 < c < 1.0:
         raise ValueError(f"constraint={c} must be in (0, 1): the fraction of the dense model's {_cost_words(cfg)} "
                          "that is kept")
-    if cfg.tuning.teacher not in TUNING_TEACHERS:
-        raise ValueError(f"tuning.teacher={cfg.tuning.teacher!r}; expected {' or '.join(TUNING_TEACHERS)}")
-    if cfg.tuning.get("last_layer_tokens", "all") not in LAST_LAYER_TOKENS:
-        raise ValueError(f"tuning.last_layer_tokens={cfg.tuning.last_layer_tokens!r}; expected cls (fit the last "
-                         "layer's FFN on the [CLS] token the classifier reads) or all (every token)")
-    _number(cfg, "tuning.num_samples", int, 1, " (0 samples would leave every scale at 1 and call it tuned; "
-            "to skip tuning set tuning.enabled=false)")
-    _number(cfg, "tuning.damping", float, 0.0, " (a ridge toward 1; negative damping gives meaningless scales)")
-    _number(cfg, "tuning.max_scale", float, 1.0, " (the bound on |scale|: scales near 1 must pass)")
-    _number(cfg, "tuning.refit_damping", float, 0.0, " (a ridge toward the dense weights; negative is meaningless)")
-    _number(cfg, "iterative.importance_samples", int, 1, " (each re-measured importance needs calibration samples)")
-    _number(cfg, "iterative.damping", float, 0.0, " (a ridge toward the dense weights; negative is meaningless)")
     return c
 
 
@@ -273,29 +236,11 @@ def prune(cfg, callbacks=None) -> dict:
         return _prune(cfg, callbacks, job_loggers)
 
 
-def prune_options(cfg) -> PruneOptions:
-    """The pipeline's options from a prune config (``rearrange``, ``tuning.*``)."""
-    from bertprune.config import held_out_samples
+def prune_method(cfg) -> PruneMethod:
+    """The pruning method of a prune config (``conf/method/<name>.yaml``) as its class's instance, checked."""
+    from bertprune.config import build_method
 
-    t, d = cfg.tuning, PruneOptions()
-    return PruneOptions(rearrange=bool(cfg.rearrange), tune=bool(t.enabled), tuning_teacher=str(t.teacher),
-                        tune_samples=min(int(t.num_samples), int(cfg.num_samples)), damping=float(t.damping),
-                        max_scale=float(t.max_scale), last_layer_tokens=str(t.last_layer_tokens),
-                        guard=bool(cfg.guard.enabled),
-                        guard_samples=held_out_samples(int(cfg.num_samples), cfg.guard.get("samples")),
-                        method=str(cfg.get("method", d.method)), tuning_method=str(t.get("method", d.tuning_method)),
-                        refit_damping=float(t.get("refit_damping", d.refit_damping)), iterative=iterative_options(cfg))
-
-
-def iterative_options(cfg) -> IterativeOptions:
-    """``method=iterative``'s options from a prune config (``iterative.*``)."""
-    it = cfg.get("iterative") or {}
-    d = IterativeOptions()
-    return IterativeOptions(importance_samples=min(int(it.get("importance_samples", d.importance_samples)),
-                                                   int(cfg.num_samples)),
-                            damping=float(it.get("damping", d.damping)),
-                            last_layer_tokens=str(it.get("last_layer_tokens", d.last_layer_tokens)),
-                            rearrange=bool(it.get("rearrange", d.rearrange)))
+    return build_method(cfg.method, int(cfg.num_samples))
 
 
 def _prune(cfg, callbacks, job_loggers) -> dict:
@@ -320,7 +265,7 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
         from bertprune.onnx.runtime import choose_providers
 
         choose_providers(str(cfg.hardware.runtime_device))  # the ONNX checks' provider, before any work
-    options = prune_options(cfg)
+    method = prune_method(cfg)
     unstructured = unstructured_options(cfg)
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -416,7 +361,7 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     if cfg.structured:
         # ---- Fisher (through Lightning: 1 or more processes) -> search -> rearrange -> tune -> physical
         calibration = [collate([train_rows[j] for j in b]) for b in batches]
-        result = prune_model(model, calibration, kind, cost, constraint, options, device=device, evaluate=masked_eval,
+        result = prune_model(model, calibration, kind, cost, constraint, method, device=device, evaluate=masked_eval,
                              fisher=lambda: run_fisher(model, kind, train_rows, batches, collate, cfg.hardware,
                                                        run_dir / "fisher.safetensors"))
         timings.update(result.timings)
@@ -457,7 +402,7 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
         meta["unstructured"] = {k.split("/", 1)[1]: v for k, v in u_results.items() if k.startswith("unstructured/")}
     pruned_dir = timed(timings, "save", save_checkpoint, pruned, tokenizer, run_dir / "pruned", metadata=meta)
     # Pruning time proper: the evaluation passes (eval_*, parity) are timed apart and not counted.
-    prune_time = sum(timings.get(k, 0.0) for k in (*PRUNE_STEPS, *GUARD_STEPS, UNSTRUCTURED_STEP))
+    prune_time = pruning_time(timings)
 
     results = {
         # structured=false: None, as in the checkpoint's metadata (sweep tables leave the cell empty)
@@ -485,12 +430,12 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
         results.update({f"guard/loss_{k}": v for k, v in g.losses.items()})
         results.update({"guard/rollbacks": g.rollbacks, "guard/rolled_back_layers": len(g.rollbacks)})
     if cfg.structured:
-        results.update({"method": options.method, "tuning/method": options.tuning_method})
+        results.update({"method": method.name, **{f"method/{k}": v for k, v in method.options().items()}})
     if result.reconstruction_report is not None:  # each refit, kept or rolled back on held-out calibration tokens
         rr = result.reconstruction_report
         results.update({"reconstruct/fitted": sum(e["status"] == "fitted" for e in rr.entries),
                         "reconstruct/rolled_back": [{"layer": e["layer"], "part": e["part"]} for e in rr.rollbacks],
-                        "reconstruct/held_out_samples": options.guard_samples})
+                        "reconstruct/held_out_samples": result.held_out_samples})
         atomic_write_json(run_dir / "reconstruction.json", rr.entries)
     if result.iterative_report is not None:
         atomic_write_json(run_dir / "iterative.json", result.iterative_report.steps)

@@ -38,7 +38,7 @@ HYDRA_FILES = ("config.yaml", "overrides.yaml")
 PIPELINE_TAGS = {"classification": "text-classification", "regression": "text-classification",
                  "qa": "question-answering", "qa_v2": "question-answering"}
 PAPER = "https://arxiv.org/abs/2204.09656"
-METHODS = {  # results["method"] -> how the card names it (jobs written before the method key: kwon)
+METHODS = {  # results["method"] -> how the card names it (jobs written before the method key: kwon; others: their name)
     "kwon": (f"Kwon et al., \"A Fast Post-Training Pruning Framework for Transformers\" (NeurIPS 2022, [paper]({PAPER})): "
              "Fisher-based mask search under the cost budget, mask rearrangement, mask tuning (least squares), then "
              "physical pruning"),
@@ -285,7 +285,8 @@ def model_card(run_dir: Path, repo_id: str, license: str | None = None, rows: li
     hydra_cfg = run_dir / ".hydra" / "config.yaml"
     job = OmegaConf.to_container(OmegaConf.load(hydra_cfg), resolve=False) if hydra_cfg.is_file() else {}
     cost = (job.get("cost") or {}).get("_target_", "bertprune.core.cost.MacCost.for_model")
-    tuning = job.get("tuning") or {}
+    chosen = job.get("method")  # conf/method/<name>.yaml's node (older jobs: the method's name)
+    options = {k: v for k, v in chosen.items() if k != "_target_"} if isinstance(chosen, dict) else {}
     method = results.get("method", "kwon")
     seq_len = results.get("prune/mac_seq_len", meta.get("mac_seq_len"))
     teacher_line = (f"fine-tuned by bertprune's `train.py` from `{base or 'random initial weights'}` "
@@ -333,9 +334,8 @@ def model_card(run_dir: Path, repo_id: str, license: str | None = None, rows: li
               f"({results['prune/mac_ratio']:.3f}) |",
               "| calibration | " + ", ".join(f"{label} {results[k]}" for label, k in (
                   ("training samples", "num_samples"), ("batch", "batch_size"), ("seed", "seed")) if results.get(k) is not None) + " |",
-              (f"| iterative | " + (", ".join(f"{k} {v}" for k, v in (job.get("iterative") or {}).items())
-                                    or "see results.json") + " |" if method == "iterative" else
-               f"| mask tuning | " + (", ".join(f"{k} {v}" for k, v in tuning.items()) or "see results.json") + " |")]
+              f"| method options ({method}) | " + (", ".join(f"{k} {v}" for k, v in options.items())
+                                                   or "see results.json") + " |"]
     lines += [f"| parameters, pruned / dense | {results['model/parameters']:,} / {results['model/parameters_dense']:,} |",
               f"| size of model.safetensors | {results['model/file_size'] / 1e6:.1f} MB |",
               f"| pruning time | {results['time/prune_s']:.1f} s |", ""]

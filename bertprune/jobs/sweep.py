@@ -9,9 +9,9 @@ else it is a marked row: ``failed`` (with the error), ``interrupted`` (Ctrl-C) o
 (started, never ended: killed, or still running). The quality columns follow the task's metric
 (results.json's ``metric``: ``eval/accuracy_*``, ``eval/mcc_*`` for CoLA, ``eval/pearson_*`` for STS-B ...).
 
-Ablation grids: every key the sweep varies (``rearrange=true,false seed=0,1,2`` ...) is a column of the
+Ablation grids: every key the sweep varies (``method.rearrange=true,false seed=0,1,2`` ...) is a column of the
 summary (read from each job's ``.hydra/overrides.yaml``) and names the job's folder
-(``c0.4-rearrange=false-seed=1``: ``job_suffix``); with ``seed`` swept, ``aggregate.csv`` and the summary's
+(``c0.4-method.rearrange=false-seed=1``: ``job_suffix``); with ``seed`` swept, ``aggregate.csv`` and the summary's
 last table give mean ± std over the seeds of each setting, with the count of jobs that failed.
 """
 
