@@ -22,15 +22,25 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_weight_norm_keeps_the_heads_with_the_largest_output_columns():
     torch.manual_seed(0)
     model = tiny_bert("classification", 2, 100).eval()
-    attn = model.bert.encoder.layer[0].attention.output.dense
     d_head = model.config.hidden_size // model.config.num_attention_heads
-    with torch.no_grad():  # layer 0: head 1 planted far larger than every other head
-        attn.weight[:, d_head:2 * d_head] *= 50
+    with torch.no_grad():  # the later heads and neurons of every layer planted larger than the earlier ones
+        for layer in model.bert.encoder.layer:
+            attn, ffn = layer.attention.output.dense, layer.output.dense
+            for h in range(model.config.num_attention_heads):
+                attn.weight[:, h * d_head:(h + 1) * d_head] *= 0.1 + h
+            ffn.weight *= torch.linspace(0.1, 3.0, ffn.weight.shape[1])
     batches = [{"input_ids": torch.randint(0, 100, (4, 8)), "attention_mask": torch.ones(4, 8, dtype=torch.long),
                 "labels": torch.randint(0, 2, (4,))}]
     r = prune_model(model, batches, "classification", MacCost.for_model(model, 8.0), 0.5, WeightNorm(),
                     progress=False)
-    assert r.head_mask[0, 1] == 1 and r.mac_ratio <= 0.5 + 1e-6 and r.method == "weight_norm"
+    assert r.mac_ratio <= 0.5 + 1e-6 and r.method == "weight_norm" and 0 < r.head_mask.sum() < r.head_mask.numel()
+    for layer, heads, neurons in zip(model.bert.encoder.layer, r.head_mask, r.neuron_mask):
+        attn = layer.attention.output.dense.weight
+        norms = attn.reshape(attn.shape[0], -1, d_head).norm(dim=(0, 2))
+        for mask, imp in ((heads, norms), (neurons, layer.output.dense.weight.norm(dim=0))):
+            kept, pruned = imp[mask != 0], imp[mask == 0]
+            if len(kept) and len(pruned):  # within a layer, every kept unit outweighs every pruned one
+                assert kept.min() >= pruned.max()
     assert "fisher" not in r.timings  # a data-free method asks for no Fisher
     with pytest.raises(ValueError, match="method.power"):
         WeightNorm(power=-1.0)
