@@ -238,7 +238,7 @@ def test_prune_checks_deepsparse_lengths_against_the_task_before_any_work(tiny_c
     from bertprune.jobs.prune import prune
 
     monkeypatch.setattr(train, "ensure_teacher", lambda cfg: pytest.fail("teacher must not be trained"))
-    monkeypatch.setattr("bertprune.jobs.prune.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
+    monkeypatch.setattr("bertprune.tasks.evaluators.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
     cfg = tiny_cfg("prune", ["bench=true", "bench_options.runtime=deepsparse", "bench_options.deepsparse_seq_lens=[16,64]",
                              f"bench_options.deepsparse_python={fake_python}"])  # task.max_length=32
     with pytest.raises(ValueError, match=r"\[64\] outside \[1, 32\] \(task.max_length\)"):

