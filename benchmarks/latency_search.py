@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bertprune import results as R
+
 
 def _compose(overrides: list[str]):
     from hydra import compose, initialize_config_dir
@@ -171,7 +173,7 @@ def main(argv=None) -> dict:
                   "head_grads": g.head_grads, "neuron_grads": g.neuron_grads}
     options = prune_method(cfg0)
     # the teacher's validation metric as its fine-tuning measured it (the same split; saves a pass)
-    dense_acc = json.loads((Path(teacher_dir) / "metrics.json").read_text())[f"eval/{metric}"]
+    dense_acc = json.loads((Path(teacher_dir) / "metrics.json").read_text())[R.eval_key(metric)]
     out["dense"] = {metric: dense_acc}
     jobs = {}
     mac_cost = MacCost.for_model(teacher, S)
@@ -182,16 +184,16 @@ def main(argv=None) -> dict:
             onnx = root / f"{name}-c{c}.onnx"
             with quiet():
                 export_onnx(r.model, onnx, kind, None)
-            jobs[(name, c)] = {"pruned_onnx": str(onnx), "prune/heads_per_layer": r.heads_per_layer,
-                               "prune/ffn_per_layer": r.ffn_per_layer, "prune/mac_ratio": r.mac_ratio,
-                               "prune/kept_heads": sum(r.heads_per_layer), "prune/kept_neurons": sum(r.ffn_per_layer),
-                               f"eval/{metric}": acc, "prune/cost_ratio": r.cost_ratio}
+            jobs[(name, c)] = {"pruned_onnx": str(onnx), R.HEADS_PER_LAYER: r.heads_per_layer,
+                               R.FFN_PER_LAYER: r.ffn_per_layer, R.MAC_RATIO: r.mac_ratio,
+                               R.KEPT_HEADS: sum(r.heads_per_layer), R.KEPT_NEURONS: sum(r.ffn_per_layer),
+                               R.eval_key(metric): acc, R.LATENCY_RATIO: r.cost_ratio}
             out["variants"][f"{name}-c{c}"] = jobs[(name, c)]
             print(f"{name} c{c}: {metric} {acc:.2f}, MAC ratio {r.mac_ratio:.3f}, heads {sum(r.heads_per_layer)}, "
                   f"neurons {sum(r.ffn_per_layer)}", flush=True)
             save()
             del r
-    r0 = {f"eval/{metric}_dense": dense_acc}
+    r0 = {R.eval_key(metric, "dense"): dense_acc}
 
     # ---- 3. every exported model + the dense one, interleaved, at both batch sizes
     dense_onnx = root / "dense.onnx"
@@ -201,7 +203,7 @@ def main(argv=None) -> dict:
     paths = [dense_onnx] + [Path(r["pruned_onnx"]) for r in jobs.values()]
     shapes = [([teacher.config.num_attention_heads] * teacher.config.num_hidden_layers,
                [teacher.config.intermediate_size] * teacher.config.num_hidden_layers)]
-    shapes += [(r["prune/heads_per_layer"], r["prune/ffn_per_layer"]) for r in jobs.values()]
+    shapes += [(r[R.HEADS_PER_LAYER], r[R.FFN_PER_LAYER]) for r in jobs.values()]
     timing = {}
     for scenario, s in settings.items():
         s = lat.LatencySettings(**{**s.__dict__, "min_time_s": args.min_time, "rounds": args.rounds})
@@ -238,8 +240,8 @@ def main(argv=None) -> dict:
     d1, d32 = b1["dense"]["measured_ms"], b32["dense"]["measured_ms"]
     for n in names:
         r = jobs[(n.split("-c")[0], float(n.split("-c")[1]))] if n != "dense" else None
-        acc = r[f"eval/{metric}"] if r else r0[f"eval/{metric}_dense"]
-        mac = r["prune/mac_ratio"] if r else 1.0
+        acc = r[R.eval_key(metric)] if r else r0[R.eval_key(metric, "dense")]
+        mac = r[R.MAC_RATIO] if r else 1.0
         ratio = b1[n]["predicted_ms"] / b1["dense"]["predicted_ms"]
         print(f"| {n} | {acc:.2f} | {mac:.3f} | {ratio:.3f} | {b1[n]['predicted_ms']:.2f} / {b1[n]['served_ms']:.2f} "
               f"| {b1[n]['predicted_ms'] / b1[n]['served_ms']:.3f} | {b32[n]['predicted_ms']:.1f} / "
@@ -261,7 +263,7 @@ def main(argv=None) -> dict:
           "b1 | b" + str(bs) + " |\n|---|---|---|---|")
     for c in args.constraints:
         rl, rm = jobs[("latency", c)], jobs[("mac", c)]
-        print(f"| {c} | {rl[f'eval/{metric}'] - rm[f'eval/{metric}']:+.2f} | "
+        print(f"| {c} | {rl[R.eval_key(metric)] - rm[R.eval_key(metric)]:+.2f} | "
               f"{b1[f'latency-c{c}']['measured_ms'] / b1[f'mac-c{c}']['measured_ms']:.3f} | "
               f"{b32[f'latency-c{c}']['measured_ms'] / b32[f'mac-c{c}']['measured_ms']:.3f} |")
     for sc in ("single_stream", "offline"):

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from bertprune import results as R
+
 log = logging.getLogger("benchmarks.obs_oneshot")
 
 
@@ -246,7 +248,7 @@ def paired_comparisons(rows, predictions, B, recomputations) -> list[dict]:
     example: wins = examples OBS gets right and the other wrong, losses the reverse, and McNemar's p."""
     out = []
     for s in dict.fromkeys(r["sparsity"] for r in rows):
-        at = {r["method"]: f"{r['method']}@{s}" for r in rows if r["sparsity"] == s}
+        at = {r[R.METHOD]: f"{r[R.METHOD]}@{s}" for r in rows if r["sparsity"] == s}
         obs = next((at[n] for n in (f"OBS B={B}, {recomputations} recomputations", f"OBS B={B}, 1 estimate")
                     if n in at), None)
         for other in ("diagonal Fisher (B=1)", "magnitude"):
@@ -284,8 +286,8 @@ def run_compound(cfg, args, out: Path) -> dict:
 def _method_table(rows, sparsities, cell) -> list[str]:
     """Markdown lines: one row per method, one column per sparsity, ``cell(row)`` in each (– where not run)."""
     lines = ["| method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |", "|---|" + "---|" * len(sparsities)]
-    for name in dict.fromkeys(r["method"] for r in rows if r["sparsity"] in sparsities):
-        found = [next((r for r in rows if r["method"] == name and r["sparsity"] == s), None) for s in sparsities]
+    for name in dict.fromkeys(r[R.METHOD] for r in rows if r["sparsity"] in sparsities):
+        found = [next((r for r in rows if r[R.METHOD] == name and r["sparsity"] == s), None) for s in sparsities]
         lines.append(f"| {name} | " + " | ".join(cell(r) if r else "–" for r in found) + " |")
     return lines
 
@@ -335,24 +337,24 @@ def format_markdown(rows, compound, dense_scores, metric, sparsities, sweep, set
         def sp(v):
             return (f"{v['latency_ms']:.2f} ms / {v['throughput']:.0f}/s" if v else "–")
 
-        method = f" method={r['method']}" if r.get("method") else ""
-        lines += ["", f"Compound chain, one job: `python prune.py constraint={r['constraint']}{method} unstructured=obs "
-                      f"unstructured.sparsity={r['unstructured/target_sparsity']} unstructured.num_grads="
-                      f"{r['unstructured/num_grads']} unstructured.fisher_block_size="
-                      f"{r['unstructured/fisher_block_size']} unstructured.num_recomputations="
-                      f"{r['unstructured/num_recomputations']} quantize=int8` (ONNX Runtime CPU, batch-1 latency / "
+        method = f" method={r[R.METHOD]}" if r.get("method") else ""
+        lines += ["", f"Compound chain, one job: `python prune.py constraint={r[R.CONSTRAINT]}{method} unstructured=obs "
+                      f"unstructured.sparsity={r[R.unstructured_key('target_sparsity')]} unstructured.num_grads="
+                      f"{r[R.unstructured_key('num_grads')]} unstructured.fisher_block_size="
+                      f"{r[R.unstructured_key('fisher_block_size')]} unstructured.num_recomputations="
+                      f"{r[R.unstructured_key('num_recomputations')]} quantize=int8` (ONNX Runtime CPU, batch-1 latency / "
                       "batch-32 throughput, round-robin with the dense export; sizes: file / gzip):", "",
                   f"| step | {m} | params (non-zero) | size | ONNX Runtime speed |", "|---|---|---|---|---|",
-                  f"| dense | {r[f'eval/{m}_dense']:.2f} | {r['model/parameters_dense'] / 1e6:.2f} M | "
+                  f"| dense | {r[R.eval_key(m, 'dense')]:.2f} | {r[R.PARAMETERS_DENSE] / 1e6:.2f} M | "
                   f"{d['file_size'] / 1e6:.1f} MB | {sp(d)} |" if d else "| dense | – | – | – | – |",
-                  f"| structured {r['constraint']} (MAC ratio {r['prune/mac_ratio']:.3f}) | {r[f'eval/{m}_tune']:.2f} | "
-                  f"{r['model/parameters'] / 1e6:.2f} M | = next row's file | = next row (same shapes) |",
-                  f"| + OBS {r['unstructured/sparsity']:.0%} of the linears | {r[f'eval/{m}_unstructured']:.2f} | "
-                  f"{r['model/parameters'] / 1e6:.2f} M ({r['model/nonzero_parameters'] / 1e6:.2f} M) | "
-                  f"{r['export/onnx_file_size'] / 1e6:.1f} / {r['export/onnx_gzip_size'] / 1e6:.1f} MB | "
-                  f"{sp(f)} ({r['export/runtime']}) |",
-                  f"| + INT8 (ONNX Runtime dynamic) | {r[f'export/int8_{m}']:.2f} | same | "
-                  f"{r['export/int8_file_size'] / 1e6:.1f} / {r['export/int8_gzip_size'] / 1e6:.1f} MB | {sp(i)} |"]
+                  f"| structured {r[R.CONSTRAINT]} (MAC ratio {r[R.MAC_RATIO]:.3f}) | {r[R.eval_key(m, 'tune')]:.2f} | "
+                  f"{r[R.PARAMETERS] / 1e6:.2f} M | = next row's file | = next row (same shapes) |",
+                  f"| + OBS {r[R.unstructured_key('sparsity')]:.0%} of the linears | {r[R.eval_key(m, 'unstructured')]:.2f} | "
+                  f"{r[R.PARAMETERS] / 1e6:.2f} M ({r[R.NONZERO_PARAMETERS] / 1e6:.2f} M) | "
+                  f"{r[R.export_key('onnx', 'file_size')] / 1e6:.1f} / {r[R.export_key('onnx', 'gzip_size')] / 1e6:.1f} MB | "
+                  f"{sp(f)} ({r[R.EXPORT_RUNTIME]}) |",
+                  f"| + INT8 (ONNX Runtime dynamic) | {r[R.export_key('int8', m)]:.2f} | same | "
+                  f"{r[R.export_key('int8', 'file_size')] / 1e6:.1f} / {r[R.export_key('int8', 'gzip_size')] / 1e6:.1f} MB | {sp(i)} |"]
         if d and f and i:
             lines += ["", f"Speedups vs dense fp32 (latency / throughput): structured+OBS "
                           f"{d['latency_ms'] / f['latency_ms']:.2f}× / {f['throughput'] / d['throughput']:.2f}×, "

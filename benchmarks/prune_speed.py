@@ -17,6 +17,8 @@ import time
 
 import torch
 
+from bertprune import results as R
+
 
 def _time(fn, repeats: int) -> float:
     fn()  # warm-up
@@ -89,22 +91,22 @@ def main(argv=None) -> dict:
             res[name] = (statistics.median(dense_t), statistics.median(pruned_t))
 
     out = {
-        "constraint": args.constraint, "mac_ratio": r["prune/mac_ratio"], "prune_s": r["time/prune_s"],
-        "fisher_s": r.get("time/fisher_s"), "tune_s": r.get("time/tune_s"), "floor_fwd_bwd_s": floor,
-        "prune_over_floor": r["time/prune_s"] / floor,
+        "constraint": args.constraint, "mac_ratio": r[R.MAC_RATIO], "prune_s": r[R.PRUNE_S],
+        "fisher_s": r.get(R.time_key("fisher")), "tune_s": r.get(R.time_key("tune")), "floor_fwd_bwd_s": floor,
+        "prune_over_floor": r[R.PRUNE_S] / floor,
         "latency_b1_dense_ms": 1e3 * res["batch1"][0], "latency_b1_pruned_ms": 1e3 * res["batch1"][1],
         "latency_b32_dense_ms": 1e3 * res["batch32"][0], "latency_b32_pruned_ms": 1e3 * res["batch32"][1],
-        "metric": metric, f"{metric}_dense": r[f"eval/{metric}_dense"], f"{metric}_pruned": r[f"eval/{metric}"],
+        "metric": metric, f"{metric}_dense": r[R.eval_key(metric, 'dense')], f"{metric}_pruned": r[R.eval_key(metric)],
     }
-    steps = ", ".join(f"{k} {r[f'time/{k}_s']:.1f} s" for k in ("fisher", "search", "rearrange", "tune", "iterative")
-                      if r.get(f"time/{k}_s") is not None)
-    out.update({f"{k}_s": r.get(f"time/{k}_s") for k in ("iterative",)}, method=r["method"])
+    steps = ", ".join(f"{k} {r[R.time_key(k)]:.1f} s" for k in ("fisher", "search", "rearrange", "tune", "iterative")
+                      if r.get(R.time_key(k)) is not None)
+    out.update({f"{k}_s": r.get(R.time_key(k)) for k in ("iterative",)}, method=r[R.METHOD])
     print(f"""
 | measure (same run) | value |
 |---|---|
 | constraint / achieved MAC ratio | {args.constraint:.2f} / {out['mac_ratio']:.3f} |
 | {metric} dense -> pruned | {out[f'{metric}_dense']:.4g} -> {out[f'{metric}_pruned']:.4g} |
-| pruning wall time (Fisher -> saved; method={r['method']}) | {out['prune_s']:.1f} s ({steps}) |
+| pruning wall time (Fisher -> saved; method={r[R.METHOD]}) | {out['prune_s']:.1f} s ({steps}) |
 | floor: plain fwd+bwd over the {cfg.num_samples} calibration samples | {floor:.1f} s |
 | **pruning / floor** (target <= 2.5) | **{out['prune_over_floor']:.2f}x** |
 | PyTorch CPU latency batch 1, dense / pruned | {out['latency_b1_dense_ms']:.2f} / {out['latency_b1_pruned_ms']:.2f} ms -> **{res['batch1'][0] / res['batch1'][1]:.2f}x** |

@@ -17,6 +17,7 @@ Families (the prefix says where the number comes from):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,8 @@ WANDB_ENTITY = "wandb/entity"
 WANDB_GROUP = "wandb/group"
 WANDB_DIR = "wandb/dir"
 WANDB_MODE = "wandb/mode"
+BENCH_SUMMARY = "bench/summary"  # written back by bench.py: its summary.json
+BENCH_COMPLETE = "bench/complete"
 
 # the stages of eval/<metric>_<stage>, in pipeline order; "pruned_model" = the physically pruned model
 STAGES = ("dense", "search", "rearrange", "tune", "iterative", "unstructured")
@@ -80,6 +83,17 @@ PRUNED_MODEL = "pruned_model"
 def eval_key(metric: str, stage: str | None = None) -> str:
     """``eval/<metric>`` (the final stage's value) or ``eval/<metric>_<stage>``."""
     return f"eval/{metric}" if stage is None else f"eval/{metric}_{stage}"
+
+
+def metric_of_key(key: str) -> str | None:
+    """The metric of a dense-model key ``eval/<metric>_dense`` (None for any other key)."""
+    m = re.fullmatch(r"eval/(\w+?)_dense", key)
+    return m.group(1) if m else None
+
+
+def is_final_eval_key(key: str) -> bool:
+    """``eval/<metric>``: a final-stage metric (no stage suffix)."""
+    return key.startswith("eval/") and key.count("_") == 0
 
 
 def time_key(step: str) -> str:

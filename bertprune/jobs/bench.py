@@ -20,6 +20,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bertprune import results as R
 from bertprune.io import atomic_write_text
 from bertprune.mlperf import qsl, runs as mlperf_runs
 from bertprune.mlperf.report import BenchSummary, build_rows, csv_table, markdown_table, plot
@@ -100,7 +101,7 @@ def write_back_to_runs(plans, scenarios, modes, rows, runs: dict, out: Path) -> 
                 log_file = Path(r["log_dir"]) / "mlperf_log_summary.txt"
                 files[log_file.relative_to(out).as_posix()] = log_file
         try:
-            run_id = write_back(job / "results.json", {"bench/summary": str(out / "summary.json"),
+            run_id = write_back(job / "results.json", {R.BENCH_SUMMARY: str(out / "summary.json"),
                                                        **loadgen_metrics(mine, scenarios, modes)}, files)
         except Exception as e:  # noqa: BLE001 - the benchmark's own results are on disk already
             log.warning("W&B write-back to %s failed (%s: %s)", job, type(e).__name__, e)

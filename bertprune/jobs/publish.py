@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bertprune import results as R
 from bertprune.io import atomic_write_json, atomic_write_text
 from bertprune.jobs.sweep import STAGES
 
@@ -229,16 +230,16 @@ def eval_results(results: dict, task_kind: str, dataset: dict, rows: list[dict])
     export, and the primary one from each LoadGen accuracy run."""
     from huggingface_hub import EvalResult
 
-    metric = results["metric"]
+    metric = results[R.METRIC]
     common = {"task_type": PIPELINE_TAGS.get(task_kind, task_kind), **{k: v for k, v in dataset.items() if v}}
     out = [EvalResult(**common, metric_type=m, metric_name=f"{m} (pruned model, PyTorch)",
-                      metric_value=results[f"eval/{m}_pruned_model"])
-           for m in dict.fromkeys([metric, *(k[len("eval/"):-len("_pruned_model")] for k in results
-                                             if k.startswith("eval/") and k.endswith("_pruned_model"))])
-           if f"eval/{m}_pruned_model" in results]
-    if results.get(f"export/onnx_{metric}") is not None:
+                      metric_value=results[R.eval_key(m, R.PRUNED_MODEL)])
+           for m in dict.fromkeys([metric, *(k[len(R.eval_key("")):-len("_" + R.PRUNED_MODEL)] for k in results
+                                             if k.startswith(R.eval_key("")) and k.endswith("_" + R.PRUNED_MODEL))])
+           if R.eval_key(m, R.PRUNED_MODEL) in results]
+    if results.get(R.export_key("onnx", metric)) is not None:
         out.append(EvalResult(**common, metric_type=metric, metric_name=f"{metric} (ONNX Runtime)",
-                              metric_value=results[f"export/onnx_{metric}"]))
+                              metric_value=results[R.export_key("onnx", metric)]))
     for r in rows:
         if r.get("metric_value") is not None:
             out.append(EvalResult(**common, metric_type=r.get("metric") or metric,
@@ -265,7 +266,7 @@ def model_card(run_dir: Path, repo_id: str, license: str | None = None, rows: li
     rows = rows or []
     task = meta.get("task") or {"name": results.get("task")}
     kind = task.get("kind", "classification")
-    metric, fmt = results["metric"], (lambda v: _fmt(v, 2 if results["metric"] in ("accuracy", "f1", "exact_match") else 4))
+    metric, fmt = results[R.METRIC], (lambda v: _fmt(v, 2 if results[R.METRIC] in ("accuracy", "f1", "exact_match") else 4))
     base, local, prov = starting_weights(results["teacher"])
     license = card_license(local, license)
     dataset = dataset_of(task)
@@ -281,14 +282,14 @@ def model_card(run_dir: Path, repo_id: str, license: str | None = None, rows: li
                          metrics=list(dict.fromkeys([metric, *(r.get("metric") for r in rows if r.get("metric"))])),
                          eval_results=eval_results(results, kind, dataset, rows))
     L, H, F = adapter_for(config := AutoConfig.from_pretrained(run_dir / "pruned")).dense_shape(config)
-    heads, ffn = results["prune/heads_per_layer"], results["prune/ffn_per_layer"]
+    heads, ffn = results[R.HEADS_PER_LAYER], results[R.FFN_PER_LAYER]
     hydra_cfg = run_dir / ".hydra" / "config.yaml"
     job = OmegaConf.to_container(OmegaConf.load(hydra_cfg), resolve=False) if hydra_cfg.is_file() else {}
     cost = (job.get("cost") or {}).get("_target_", "bertprune.core.cost.MacCost.for_model")
     chosen = job.get("method")  # conf/method/<name>.yaml's node (older jobs: the method's name)
     options = {k: v for k, v in chosen.items() if k != "_target_"} if isinstance(chosen, dict) else {}
-    method = results.get("method", "kwon")
-    seq_len = results.get("prune/mac_seq_len", meta.get("mac_seq_len"))
+    method = results.get(R.METHOD, "kwon")
+    seq_len = results.get(R.MAC_SEQ_LEN, meta.get("mac_seq_len"))
     teacher_line = (f"fine-tuned by bertprune's `train.py` from `{base or 'random initial weights'}` "
                     f"({', '.join(f'{k} {v}' for k, v in (prov['fine_tuning'] or {}).items() if v is not None)})"
                     if prov["fine_tuned_by_bertprune"] else f"`{results['teacher']}`")
@@ -296,27 +297,27 @@ def model_card(run_dir: Path, repo_id: str, license: str | None = None, rows: li
     start = (f"{f'`{base}`' if base else 'A randomly initialised BERT'} fine-tuned on {dataset['dataset_name']} and "
              "pruned **without retraining** by bertprune")
     if structured:
-        headline = (f"{start} to **{results['prune/mac_ratio']:.3f}** of its encoder's "
+        headline = (f"{start} to **{results[R.MAC_RATIO]:.3f}** of its encoder's "
                     f"MACs (constraint {results['constraint']}): {sum(heads)} of {L * H} attention heads and {sum(ffn)} of "
-                    f"{L * F} FFN neurons kept, {results['model/parameters']:,} parameters (dense "
-                    f"{results['model/parameters_dense']:,}). A dense, physically smaller model: no masks at inference.")
+                    f"{L * F} FFN neurons kept, {results[R.PARAMETERS]:,} parameters (dense "
+                    f"{results[R.PARAMETERS_DENSE]:,}). A dense, physically smaller model: no masks at inference.")
     else:
         headline = f"{start}, without its structured step: every head and FFN neuron is kept."
     if unstructured:
-        gz = results.get("model/gzip_size")
-        headline += (f" Then {unstructured_description(unstructured)}: {results['model/nonzero_parameters']:,} of "
-                     f"{results['model/parameters']:,} parameters are non-zero. The zeros are stored in dense tensors: "
+        gz = results.get(R.GZIP_SIZE)
+        headline += (f" Then {unstructured_description(unstructured)}: {results[R.NONZERO_PARAMETERS]:,} of "
+                     f"{results[R.PARAMETERS]:,} parameters are non-zero. The zeros are stored in dense tensors: "
                      "the files shrink once compressed" + (f" (model.safetensors gzipped: {gz / 1e6:.1f} MB of "
-                                                          f"{results['model/file_size'] / 1e6:.1f} MB)" if gz else "")
+                                                          f"{results[R.FILE_SIZE] / 1e6:.1f} MB)" if gz else "")
                      + ", and a dense runtime (ONNX Runtime) runs them no faster.")
     lines = [f"# {name}", "", headline, "",
              "## Results", "", f"| model | {metric} |", "|---|---|",
-             f"| dense teacher | {fmt(results.get(f'eval/{metric}_dense'))} |"]
-    lines += [f"| after {stage} | {fmt(results[f'eval/{metric}_{stage}'])} |" for stage in STAGES[1:]
-              if f"eval/{metric}_{stage}" in results]
-    lines += [f"| **this model (PyTorch)** | **{fmt(results.get(f'eval/{metric}_pruned_model'))}** |"]
-    if results.get(f"export/onnx_{metric}") is not None:
-        lines.append(f"| this model, ONNX Runtime (`onnx/model.onnx`) | {fmt(results[f'export/onnx_{metric}'])} |")
+             f"| dense teacher | {fmt(results.get(R.eval_key(metric, 'dense')))} |"]
+    lines += [f"| after {stage} | {fmt(results[R.eval_key(metric, stage)])} |" for stage in STAGES[1:]
+              if R.eval_key(metric, stage) in results]
+    lines += [f"| **this model (PyTorch)** | **{fmt(results.get(R.eval_key(metric, R.PRUNED_MODEL)))}** |"]
+    if results.get(R.export_key("onnx", metric)) is not None:
+        lines.append(f"| this model, ONNX Runtime (`onnx/model.onnx`) | {fmt(results[R.export_key('onnx', metric)])} |")
     lines += [f"| MLPerf LoadGen accuracy run, {r['scenario']} ({r['precision']}) | {fmt(r['metric_value'])} |"
               for r in rows if r.get("metric_value") is not None]
     lines += ["", f"Evaluated on {dataset['dataset_name']}, split {dataset.get('dataset_split')}.", "",
@@ -331,14 +332,14 @@ def model_card(run_dir: Path, repo_id: str, license: str | None = None, rows: li
         lines += [
               f"| cost model | `{cost}`" + (f" at {seq_len:.1f} tokens per sequence |" if seq_len else " |"),
               f"| MACs per sequence, pruned / dense | {_fmt(meta.get('macs'), 0)} / {_fmt(meta.get('dense_macs'), 0)} "
-              f"({results['prune/mac_ratio']:.3f}) |",
+              f"({results[R.MAC_RATIO]:.3f}) |",
               "| calibration | " + ", ".join(f"{label} {results[k]}" for label, k in (
                   ("training samples", "num_samples"), ("batch", "batch_size"), ("seed", "seed")) if results.get(k) is not None) + " |",
               f"| method options ({method}) | " + (", ".join(f"{k} {v}" for k, v in options.items())
                                                    or "see results.json") + " |"]
-    lines += [f"| parameters, pruned / dense | {results['model/parameters']:,} / {results['model/parameters_dense']:,} |",
-              f"| size of model.safetensors | {results['model/file_size'] / 1e6:.1f} MB |",
-              f"| pruning time | {results['time/prune_s']:.1f} s |", ""]
+    lines += [f"| parameters, pruned / dense | {results[R.PARAMETERS]:,} / {results[R.PARAMETERS_DENSE]:,} |",
+              f"| size of model.safetensors | {results[R.FILE_SIZE] / 1e6:.1f} MB |",
+              f"| pruning time | {results[R.PRUNE_S]:.1f} s |", ""]
     if structured:
         lines += ["Kept per layer (of " + f"{H} heads and {F} FFN neurons):", "",
                   "| layer | " + " | ".join(str(i) for i in range(len(heads))) + " |",
@@ -407,9 +408,9 @@ def variant_name(results: dict) -> str:
 def run_metadata(results: dict) -> dict:
     """What a run's export sidecar says of its pruning, from its results.json: the constraint (None when
     structured=false, whose constraint was never applied) and the unstructured step, if any."""
-    u = {k.split("/", 1)[1]: v for k, v in results.items() if k.startswith("unstructured/")}
+    u = {k.split("/", 1)[1]: v for k, v in results.items() if k.startswith(R.unstructured_key(""))}
     # results.json from before structured=false recorded None kept the unused default: drop it here too
-    return {"constraint": results["constraint"] if results.get("structured", True) else None,
+    return {"constraint": results[R.CONSTRAINT] if results.get(R.STRUCTURED, True) else None,
             **({"unstructured": u} if u else {})}
 
 

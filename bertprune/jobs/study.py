@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bertprune import results as R
 from bertprune.jobs.sweep import OK, RESULTS, metric_of, tidy
 
 PERCENTILES = (("latency_min_ms", 0.0), ("latency_p50_ms", 50.0), ("latency_p90_ms", 90.0),
@@ -165,7 +166,7 @@ def kept_structure(jobs, which: str = "heads"):
     folder name), one column per layer."""
     import pandas as pd
 
-    key = "prune/heads_per_layer" if which == "heads" else "prune/ffn_per_layer"
+    key = R.HEADS_PER_LAYER if which == "heads" else R.FFN_PER_LAYER
     done = jobs[(jobs["status"] == OK) & jobs[key].notna()] if key in jobs else jobs.iloc[0:0]
     return pd.DataFrame([list(v) for v in done[key]], index=list(done["job"]),
                         columns=[f"layer {i}" for i in range(len(done[key].iloc[0]))] if len(done) else [])
@@ -181,17 +182,17 @@ def wandb_summaries(sweep: str | Path):
     rows = []
     for results_file in sorted(Path(sweep).glob(f"*/{RESULTS}")):
         r = json.loads(results_file.read_text())
-        if not r.get("wandb/run_id"):
+        if not r.get(R.WANDB_RUN_ID):
             continue
-        if r.get("wandb/mode") == "online":
+        if r.get(R.WANDB_MODE) == "online":
             import wandb
 
-            run = wandb.Api().run(f"{r.get('wandb/entity') or wandb.Api().default_entity}/{r['wandb/project']}/"
-                                  f"{r['wandb/run_id']}")
+            run = wandb.Api().run(f"{r.get(R.WANDB_ENTITY) or wandb.Api().default_entity}/{r[R.WANDB_PROJECT]}/"
+                                  f"{r[R.WANDB_RUN_ID]}")
             summary = dict(run.summary)
         else:
             summary = {}
-            for part in offline_runs(results_file.parent / "wandb", r["wandb/run_id"]):
+            for part in offline_runs(results_file.parent / "wandb", r[R.WANDB_RUN_ID]):
                 summary.update(part["summary"])
-        rows.append({"job": results_file.parent.name, "run_id": r["wandb/run_id"], **summary})
+        rows.append({"job": results_file.parent.name, "run_id": r[R.WANDB_RUN_ID], **summary})
     return pd.DataFrame(rows)

@@ -31,25 +31,26 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from bertprune.io import atomic_write_json, atomic_write_text
+from bertprune import results as R
 from bertprune.results import RESULTS_FILE as RESULTS
 from bertprune.results import STAGES
 from bertprune.tasks.metrics import metric_format
 
 STATUS = "status.json"
 OK, FAILED, INTERRUPTED, UNFINISHED = "ok", "failed", "interrupted", "unfinished"
-HEAD = [("constraint", "constraint", "{:.2f}"), ("prune/mac_ratio", "MAC ratio", "{:.3f}")]
+HEAD = [(R.CONSTRAINT, "constraint", "{:.2f}"), (R.MAC_RATIO, "MAC ratio", "{:.3f}")]
 # the unstructured step's settings (unstructured=obs / magnitude jobs only: absent keys give no column)
-UNSTRUCTURED = [("unstructured/method", "method", "{}"), ("unstructured/pattern", "pattern", "{}"),
-                ("unstructured/sparsity", "sparsity", "{:.3f}"), ("unstructured/num_grads", "m", "{}"),
-                ("unstructured/damp", "damp", "{:g}"), ("unstructured/fisher_block_size", "B", "{}"),
-                ("unstructured/num_recomputations", "recomp.", "{}")]
-TAIL = [("prune/kept_heads", "heads", "{}"), ("prune/kept_neurons", "neurons", "{}"),
-        ("model/parameters", "params", "{:,}"), ("time/prune_s", "prune s", "{:.1f}")]
+UNSTRUCTURED = [(R.unstructured_key(k), header, fmt) for k, header, fmt in (
+    ("method", "method", "{}"), ("pattern", "pattern", "{}"), ("sparsity", "sparsity", "{:.3f}"),
+    ("num_grads", "m", "{}"), ("damp", "damp", "{:g}"), ("fisher_block_size", "B", "{}"),
+    ("num_recomputations", "recomp.", "{}"))]
+TAIL = [(R.KEPT_HEADS, "heads", "{}"), (R.KEPT_NEURONS, "neurons", "{}"),
+        (R.PARAMETERS, "params", "{:,}"), (R.PRUNE_S, "prune s", "{:.1f}")]
 SHORT = {"accuracy": "acc"}
 SWEPT_ENV = "BERTPRUNE_SWEPT_KEYS"  # the keys the running sweep varies (set at its start, read by job_suffix)
 IN_FOLDER_NAME = ("constraint",)    # already in the folder name (c<constraint>)
 SEED = "seed"
-AGGREGATED = ("prune/mac_ratio", "prune/kept_heads", "prune/kept_neurons", "time/prune_s")  # + the metric columns
+AGGREGATED = (R.MAC_RATIO, R.KEPT_HEADS, R.KEPT_NEURONS, R.PRUNE_S)  # + the metric columns
 
 
 def swept_keys(overrides) -> list[str]:
@@ -103,10 +104,10 @@ def grid_keys(rows: list[dict]) -> list[str]:
 
 
 def metric_of(results: dict) -> str | None:
-    """The task metric a job's results are in: ``results["metric"]``, else read off ``eval/<metric>_dense``."""
-    if results.get("metric"):
-        return results["metric"]
-    return next((m.group(1) for k in results if (m := re.fullmatch(r"eval/(\w+?)_dense", k))), None)
+    """The task metric a job's results are in: ``results[R.METRIC]``, else read off ``eval/<metric>_dense``."""
+    if results.get(R.METRIC):
+        return results[R.METRIC]
+    return next((m for k in results if (m := R.metric_of_key(k))), None)
 
 
 def columns(rows: list[dict]) -> list[tuple[str, str, str]]:
@@ -116,9 +117,9 @@ def columns(rows: list[dict]) -> list[tuple[str, str, str]]:
     for m in metrics:
         fmt = metric_format(m)  # accuracy/f1 %: 2 decimals; mcc/pearson/spearman: 4 digits; mse: 4 significant
         short = SHORT.get(m, m)
-        quality += [(f"eval/{m}_{s}", f"dense {short}" if s == "dense" else s if len(metrics) == 1 else f"{s} {short}",
+        quality += [(R.eval_key(m, s), f"dense {short}" if s == "dense" else s if len(metrics) == 1 else f"{s} {short}",
                      fmt) for s in STAGES]
-    onnx = [(f"export/onnx_{m}", f"ONNX {SHORT.get(m, m)}", metric_format(m)) for m in metrics]
+    onnx = [(R.export_key("onnx", m), f"ONNX {SHORT.get(m, m)}", metric_format(m)) for m in metrics]
     # a column no row has a value for is left out (e.g. the constraint of a sweep run with structured=false)
     return [c for c in HEAD + UNSTRUCTURED + quality + TAIL + onnx if any(r.get(c[0]) is not None for r in rows)]
 
@@ -126,16 +127,17 @@ def columns(rows: list[dict]) -> list[tuple[str, str, str]]:
 def best_per_sparsity(rows: list[dict]) -> list[str]:
     """For a grid of unstructured jobs (the damp / num_grads sweep): the best job at each target sparsity
     that more than one finished job ran."""
-    done = [r for r in rows if r["status"] == OK and "unstructured/target_sparsity" in r and metric_of(r)]
+    done = [r for r in rows if r["status"] == OK and R.unstructured_key("target_sparsity") in r and metric_of(r)]
     lines = []
-    for s in sorted({r["unstructured/target_sparsity"] for r in done}):
-        at = [r for r in done if r["unstructured/target_sparsity"] == s]
+    target = R.unstructured_key("target_sparsity")
+    for s in sorted({r[target] for r in done}):
+        at = [r for r in done if r[target] == s]
         if len(at) < 2:
             continue
         m = metric_of(at[0])
         lower = m == "mse"  # the one metric where less is better
-        best = (min if lower else max)(at, key=lambda r: r.get(f"eval/{m}", math.nan))
-        lines.append(f"* best at sparsity {s:g}: {best['job']} ({m} {metric_format(m).format(best[f'eval/{m}'])}"
+        best = (min if lower else max)(at, key=lambda r: r.get(R.eval_key(m), math.nan))
+        lines.append(f"* best at sparsity {s:g}: {best['job']} ({m} {metric_format(m).format(best[R.eval_key(m)])}"
                      + "".join(f", {h} {_cell(best, k, f)}" for k, h, f in UNSTRUCTURED[3:] if k in best) + ")")
     return lines
 
@@ -167,10 +169,10 @@ def collect(sweep_dir: Path) -> list[dict]:
         if results is not None:
             row = {**results, "status": OK, "error": ""}
             if results.get("structured") is False:  # older structured=false jobs recorded the unused default
-                row["constraint"] = None
+                row[R.CONSTRAINT] = None
         elif status is not None or (job / ".hydra").is_dir():
             state = (status or {}).get("status")
-            row = {"constraint": _job_constraint(job), "error": (status or {}).get("error", ""),
+            row = {R.CONSTRAINT: _job_constraint(job), "error": (status or {}).get("error", ""),
                    "status": state if state in (FAILED, INTERRUPTED) else UNFINISHED}
             if state == OK:  # ended well but wrote no results.json (or an unreadable one)
                 row.update(status=FAILED, error=f"no readable {RESULTS}")
@@ -179,7 +181,7 @@ def collect(sweep_dir: Path) -> list[dict]:
         row["job"] = job.name
         row["_overrides"] = job_overrides(job)
         rows.append(row)
-    rows.sort(key=lambda r: (r.get("constraint") is None, r.get("constraint") or 0, r["job"]))
+    rows.sort(key=lambda r: (r.get(R.CONSTRAINT) is None, r.get(R.CONSTRAINT) or 0, r["job"]))
     return rows
 
 
@@ -200,7 +202,7 @@ def tidy(sweep_dir: str | Path):
 
     rows = collect(Path(sweep_dir))
     keys, cols = grid_keys(rows), columns(rows)
-    final = [f"eval/{m}" for m in dict.fromkeys(metric_of(r) for r in rows if metric_of(r))]
+    final = [R.eval_key(m) for m in dict.fromkeys(metric_of(r) for r in rows if metric_of(r))]
     data = [{"job": r["job"], **{k: r["_overrides"].get(k) for k in keys}, "metric": metric_of(r),
              **{k: r.get(k) for k in final}, **{k: r.get(k) for k, _, _ in cols if k not in final},
              "status": r["status"], "error": r["error"]} for r in rows]
@@ -214,8 +216,8 @@ def aggregate(df, keys: list[str]):
     job counts (a failed job is counted, never averaged)."""
     import pandas as pd
 
-    by = [k for k in keys if k != SEED] + (["constraint"] if "constraint" in df.columns else [])
-    values = [c for c in df.columns if (c.startswith("eval/") and c.count("_") == 0) or c in AGGREGATED]
+    by = [k for k in keys if k != SEED] + ([R.CONSTRAINT] if R.CONSTRAINT in df.columns else [])
+    values = [c for c in df.columns if R.is_final_eval_key(c) or c in AGGREGATED]
     values = [c for c in values if c in df.columns]
     ok = df[df["status"] == OK]
     groups = df.groupby(by, dropna=False, sort=True) if by else [((), df)]
@@ -283,11 +285,11 @@ def aggregate_markdown(sweep_dir: Path, rows: list[dict], keys: list[str]) -> li
     df = aggregate(tidy(sweep_dir), keys)
     atomic_write_text(sweep_dir / "aggregate.csv", df.to_csv(index=False))
     metrics = list(dict.fromkeys(m for r in rows if (m := metric_of(r))))
-    shown = [(f"eval/{m}", SHORT.get(m, m), metric_format(m)) for m in metrics] + [
-        ("prune/mac_ratio", "MAC ratio", "{:.3f}"), ("prune/kept_heads", "heads", "{:.1f}"),
-        ("prune/kept_neurons", "neurons", "{:.0f}"), ("time/prune_s", "prune s", "{:.1f}")]
+    shown = [(R.eval_key(m), SHORT.get(m, m), metric_format(m)) for m in metrics] + [
+        (R.MAC_RATIO, "MAC ratio", "{:.3f}"), (R.KEPT_HEADS, "heads", "{:.1f}"),
+        (R.KEPT_NEURONS, "neurons", "{:.0f}"), (R.PRUNE_S, "prune s", "{:.1f}")]
     shown = [c for c in shown if f"{c[0]} mean" in df.columns]
-    by = [k for k in keys if k != SEED] + (["constraint"] if "constraint" in df.columns else [])
+    by = [k for k in keys if k != SEED] + ([R.CONSTRAINT] if R.CONSTRAINT in df.columns else [])
     seeds = sorted({_plain(r["_overrides"].get(SEED)) for r in rows})
     lines = [f"Over seeds {', '.join(seeds)} (mean ± std of the finished jobs; `aggregate.csv`):", "",
              "| " + " | ".join(by) + " | " + " | ".join(h for _, h, _ in shown) + " | ok | failed |",

@@ -19,6 +19,7 @@ from bertprune.lightning.hardware import check_hardware, trainer_kwargs
 from bertprune.io import atomic_dir, atomic_write_json, sha256_file
 from bertprune.models import check_source, load_model, load_tokenizer, write_checkpoint
 from bertprune.resources import CONF_DIR, cache_dir, config_key, packaged_relative, sha256_cached
+from bertprune import results as R
 
 log = logging.getLogger(__name__)
 COMPLETE = "COMPLETE.json"
@@ -202,9 +203,9 @@ def fine_tune(cfg, out_dir: Path) -> TrainResult:
     train_time = time.perf_counter() - start
     model = module.model.cpu().eval()
     metrics = evaluate(model, dm.val_dataloader(), task.kind)
-    metrics = {f"eval/{k}": v for k, v in metrics.items()}
+    metrics = {R.eval_key(k): v for k, v in metrics.items()}
     metrics.update({"train/time_s": round(train_time, 1), "train/examples": len(tokenized["train"]),
-                    "eval/examples": len(tokenized["validation"])})
+                    R.eval_key("examples"): len(tokenized["validation"])})
     for lg in loggers:
         lg.log_metrics(metrics)
     finish_wandb()
@@ -226,7 +227,7 @@ def train(cfg) -> TrainResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = {"teacher": str(result.folder), "cached": result.cached, **result.metrics}
     atomic_write_json(run_dir / "metrics.json", summary)
-    acc = result.metrics.get("eval/accuracy")
+    acc = result.metrics.get(R.eval_key("accuracy"))
     print(f"teacher: {result.folder}\n" + (f"dev accuracy: {acc:.2f}%" if acc is not None else
                                               f"metrics: {result.metrics}") + (" (cached)" if result.cached else ""))
     return result

@@ -12,6 +12,7 @@ import torch
 
 from bertprune.models import model_inputs
 from bertprune.tasks.data import Task, make_loader
+from bertprune import results as R
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +92,14 @@ class FineTuneModule(pl.LightningModule):
 
     def validation_step(self, batch, _):
         outputs = self.model(**model_inputs(self.model, batch))
-        self.log("eval/loss", self.kind.loss(outputs, batch), prog_bar=False)
+        self.log(R.eval_key("loss"), self.kind.loss(outputs, batch), prog_bar=False)
         preds, target = self.kind.fit_metric_inputs(outputs, batch)
         for metric in self.val_metrics.values():
             metric.update(preds, target)
 
     def on_validation_epoch_end(self):
         for key, metric in self.val_metrics.items():
-            self.log(f"eval/{key}", self.kind.fit_metric_value(key, metric.compute()), prog_bar=True)
+            self.log(R.eval_key(key), self.kind.fit_metric_value(key, metric.compute()), prog_bar=True)
             metric.reset()
 
     def configure_optimizers(self):

@@ -23,6 +23,8 @@ import time
 import zlib
 from pathlib import Path
 
+from bertprune import results as R
+
 log = logging.getLogger(__name__)
 
 
@@ -115,9 +117,9 @@ class JobLoggers:
         run = self.run
         if run is None:
             return {}
-        return {"wandb/run_id": run.id, "wandb/project": run.project, "wandb/entity": run.entity or None,
-                "wandb/dir": str(Path(run.dir).parents[2]), "wandb/group": run.group or None,
-                "wandb/mode": "offline" if run.offline else "online"}
+        return {R.WANDB_RUN_ID: run.id, R.WANDB_PROJECT: run.project, R.WANDB_ENTITY: run.entity or None,
+                R.WANDB_DIR: str(Path(run.dir).parents[2]), R.WANDB_GROUP: run.group or None,
+                R.WANDB_MODE: "offline" if run.offline else "online"}
 
     def log_study(self, results: dict, stages: list[tuple[str, dict]], head_mask=None, neuron_mask=None,
                   run_dir: str | Path | None = None) -> None:
@@ -180,7 +182,7 @@ def log_structure(run, results: dict, head_mask=None, neuron_mask=None) -> None:
     (which heads of each layer are kept, and the kept FFN fraction)."""
     import wandb
 
-    heads, ffn = results.get("prune/heads_per_layer"), results.get("prune/ffn_per_layer")
+    heads, ffn = results.get(R.HEADS_PER_LAYER), results.get(R.FFN_PER_LAYER)
     if not heads or not ffn:
         return
     num_heads = int(head_mask.shape[1]) if head_mask is not None else max(heads)
@@ -244,7 +246,7 @@ def log_artifacts(run, run_dir: Path, results: dict) -> None:
         a.add_reference(Path(pruned).resolve().as_uri())
         made["pruned"] = run.log_artifact(a, aliases=["latest", run_dir.name[:120]]).name
     for key, folder in (("onnx", "onnx"), ("int8", "onnx_int8")):
-        onnx = results.get(f"export/{key}_path")
+        onnx = results.get(R.export_key(key, "path"))
         if not onnx or not Path(onnx).is_file():
             continue
         a = wandb.Artifact(artifact_name(key, run_dir, results), type="onnx",
@@ -260,7 +262,7 @@ def log_artifacts(run, run_dir: Path, results: dict) -> None:
 
 
 def _variant_meta(results: dict) -> dict:
-    keys = ("constraint", "prune/mac_ratio", "method", "metric", f"eval/{results.get('metric')}")
+    keys = (R.CONSTRAINT, R.MAC_RATIO, R.METHOD, R.METRIC, R.eval_key(results.get(R.METRIC)))
     return {k.replace("/", "_"): results[k] for k in keys if k in results}
 
 
@@ -276,16 +278,16 @@ def write_back(results_path: str | Path, metrics: dict, files: dict | None = Non
     import json
 
     results = json.loads(Path(results_path).read_text())
-    run_id = results.get("wandb/run_id")
+    run_id = results.get(R.WANDB_RUN_ID)
     if not run_id or not metrics:
         return None
     import wandb
 
     os.environ.setdefault("WANDB_SILENT", "true")
-    run = wandb.init(id=run_id, resume="allow", project=results.get("wandb/project"),
-                     entity=results.get("wandb/entity"), dir=results.get("wandb/dir") or str(Path(results_path).parent),
-                     mode=wandb_mode(None) if results.get("wandb/mode") == "online" else "offline",
-                     group=results.get("wandb/group"), job_type="bench", reinit="finish_previous")
+    run = wandb.init(id=run_id, resume="allow", project=results.get(R.WANDB_PROJECT),
+                     entity=results.get(R.WANDB_ENTITY), dir=results.get(R.WANDB_DIR) or str(Path(results_path).parent),
+                     mode=wandb_mode(None) if results.get(R.WANDB_MODE) == "online" else "offline",
+                     group=results.get(R.WANDB_GROUP), job_type="bench", reinit="finish_previous")
     try:
         numeric = {k: (float(v) if not isinstance(v, bool) else int(v)) for k, v in metrics.items()
                    if isinstance(v, (int, float))}
@@ -294,8 +296,8 @@ def write_back(results_path: str | Path, metrics: dict, files: dict | None = Non
         existing = {name: Path(f) for name, f in (files or {}).items() if f and Path(f).is_file()}
         if existing:
             a = wandb.Artifact(artifact_name("bench", Path(results_path).parent, results), type="bench",
-                               metadata={"derived_from": {"onnx": results.get("export/onnx_path"),
-                                                          "int8": results.get("export/int8_path")}})
+                               metadata={"derived_from": {"onnx": results.get(R.export_key("onnx", "path")),
+                                                          "int8": results.get(R.export_key("int8", "path"))}})
             for name, f in existing.items():
                 if f.stat().st_size < 1_000_000:
                     a.add_file(str(f), name=name)
