@@ -75,7 +75,7 @@ def test_a_failed_job_leaves_a_wandb_run_marked_failed(tiny_cfg, monkeypatch):
 
     monkeypatch.setattr(wandb, "finish", spy)
     cfg = tiny_cfg("prune", ["constraint=0.5", "num_samples=32", "batch_size=16", "export=false", "logger=wandb",
-                             "tuning.enabled=false", "training.epochs=1"])
+                             "training.epochs=1"])
     with pytest.raises(RuntimeError, match="boom"):
         prune(cfg, callbacks=[Boom()])
     assert finished == [("train-csv-tiny", 0), ("prune-csv-tiny-c0.5", 1)], finished  # the teacher's, the job's
