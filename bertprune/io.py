@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -73,3 +74,8 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def safe_name(name: str) -> str:
+    """``name`` with every character a file or folder name should not hold replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9._@#-]+", "_", name)

@@ -21,12 +21,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bertprune import results as R
-from bertprune.io import atomic_write_text
+from bertprune.io import atomic_write_text, safe_name
 from bertprune.mlperf import qsl, runs as mlperf_runs
 from bertprune.mlperf.report import BenchSummary, build_rows, csv_table, markdown_table, plot
 from bertprune.mlperf.runs import RunSpec
 from bertprune.mlperf.scenarios import ScenarioSettings, resolve_modes, resolve_scenarios
-from bertprune.mlperf.submission import mlperf_version, safe_name, write_submission
+from bertprune.mlperf.submission import mlperf_version, write_submission
 from bertprune.mlperf.system import SystemConfig, detect
 from bertprune.onnx import interface, variants
 from bertprune.onnx.variants import Variant

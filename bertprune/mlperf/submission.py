@@ -11,11 +11,10 @@ does (the full logs stay in the run folders).
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 from pathlib import Path
 
-from bertprune.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
+from bertprune.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text, safe_name
 from bertprune.mlperf.logs import logged_seeds
 from bertprune.mlperf.system import DIVISION, Machine, SystemConfig, default_system_name, describe, detect
 from bertprune.onnx.variants import Variant, unstructured_description
@@ -32,11 +31,6 @@ MLPERF_SEEDS = {"v6.1": {"qsl_rng_seed": 2085463073848966840, "sample_index_rng_
                          "schedule_rng_seed": 16159082839903944936}}
 # truncate_accuracy_log.py: logs of VIEWABLE_SIZE bytes or more keep their first and last VIEWABLE_SIZE bytes
 ACCURACY_LOG_VIEWABLE = 4096
-
-
-def safe_name(name: str) -> str:
-    """``name`` with every character a folder name should not hold replaced by ``_``."""
-    return re.sub(r"[^A-Za-z0-9._@#-]+", "_", name)
 
 
 def measurements(variant: Variant, task, onnx_sha256: str | None = None) -> dict:

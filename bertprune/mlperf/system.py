@@ -20,6 +20,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bertprune.io import safe_name
+
 DIVISION = "open"
 NOT_GIVEN = "not given (set bench.py system.{key}=...)"
 # SystemConfig key -> the systems/<system>.json field it fills
@@ -234,8 +236,6 @@ def detect(path: str | Path = ".") -> Machine:
 
 
 def default_system_name(machine: Machine | None = None) -> str:
-    from bertprune.mlperf.submission import safe_name
-
     machine = machine or detect()
     cpu = re.sub(r"\(R\)|\(TM\)|CPU|Processor|@.*$", "", machine.cpu_model).strip()
     return safe_name(f"{machine.hostname}-{cpu}".replace(" ", "-").lower()).strip("-_")
