@@ -13,7 +13,7 @@ LOCK   := requirements.lock
 LOCK_VENV ?= /tmp/bertprune-lock-venv
 OTHER_ORT := $(if $(filter gpu,$(ORT)),onnxruntime,onnxruntime-gpu)
 
-.PHONY: setup setup-deepsparse lock check-env demo test test-unit test-integration test-slow bench-prune bench-export bench-harness bench-latency bench-obs bench-accuracy bench-runtimes clean
+.PHONY: setup setup-deepsparse lock check-env demo test lint-imports test-unit test-integration test-slow bench-prune bench-export bench-harness bench-latency bench-obs bench-accuracy bench-runtimes clean
 
 $(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -56,8 +56,11 @@ lock:                       # refresh requirements.lock: a fresh venv from pypro
 demo: $(STAMP)
 	$(PY) -m bertprune.jobs.demo
 
-test: $(STAMP)
+test: $(STAMP) lint-imports
 	$(PY) -m pytest -q -ra
+
+lint-imports: $(STAMP)    # the layer order of pyproject's [tool.importlinter]: every import points down
+	$(VENV)/bin/lint-imports
 
 # The three tiers (`make test` runs them all, as CI does):
 test-unit: $(STAMP)         # in-process, tiny models built in code: seconds in all

@@ -48,7 +48,7 @@ def main(argv=None) -> dict:
     from bertprune.mlperf.system import package_versions
     from bertprune.models import load_model, load_tokenizer
     from bertprune.tasks.data import Task, average_token_length, load_task_data, make_loader, tokenize
-    from bertprune.tasks.evaluate import evaluate, predict_logits
+    from bertprune.evaluation import evaluate, predict_logits
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--constraints", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6])

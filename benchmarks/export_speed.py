@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bertprune.io import atomic_write_text
 from bertprune.onnx import variants as onnx_variants
-from bertprune.onnx.interface import INPUTS
+from bertprune.interface import INPUTS
 from bertprune.onnx.variants import SIDECAR
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ def load_task(name: str):
     from omegaconf import OmegaConf
 
     from bertprune.tasks.data import Task
-    from bertprune.resources import register_resolvers
+    from bertprune.config import register_resolvers
 
     register_resolvers()
     from bertprune.resources import CONF_DIR
@@ -72,10 +72,10 @@ def measure(source: str | None, batch: int, seconds: float, task_name: str, devi
             tokenizer: str | None = None, workdir: Path | None = None) -> dict:
     from bertprune.mlperf.qsl import load_features, prepare_features
     from bertprune.mlperf.runs import RunSpec, run_isolated
-    from bertprune.mlperf.scenarios import ScenarioSettings
+    from bertprune.scenarios import ScenarioSettings
     from bertprune.mlperf.sut import OrtSUT
     from bertprune.onnx import variants
-    from bertprune.onnx.interface import INPUTS
+    from bertprune.interface import INPUTS
     from bertprune.onnx.runtime import make_session
 
     task = load_task(task_name)

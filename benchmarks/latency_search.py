@@ -94,7 +94,6 @@ def _print_points(out: dict) -> None:
 
 
 def main(argv=None) -> dict:
-    import torch
 
     from bertprune.config import register
     from bertprune.core.cost import LatencyCost, MacCost
@@ -107,7 +106,7 @@ def main(argv=None) -> dict:
     from bertprune.onnx.export import export_onnx
     from bertprune.onnx.runtime import quiet
     from bertprune.tasks.data import Task, average_token_length, load_task_data, make_loader, tokenize
-    from bertprune.tasks.evaluate import evaluate
+    from bertprune.evaluation import evaluate
     from tqdm.auto import tqdm
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import tempfile
 import time
@@ -45,7 +44,7 @@ def main(argv=None) -> dict:
     from bertprune.models import load_model, load_tokenizer
     from bertprune.resources import CONF_DIR
     from bertprune.tasks.data import Task, load_task_data, make_loader, tokenize
-    from bertprune.tasks.evaluate import predict_logits
+    from bertprune.evaluation import predict_logits
     from bertprune.tasks.kinds import score as score_kind
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

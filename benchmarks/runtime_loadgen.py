@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from bertprune.jobs.bench import plan_bench, run_bench
-    from bertprune.mlperf.scenarios import ScenarioSettings
+    from bertprune.scenarios import ScenarioSettings
     from bertprune.onnx.deepsparse_runtime import check_runtime, check_seq_lens
 
     if args.rounds < 1:

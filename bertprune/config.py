@@ -28,12 +28,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Dict, List, Optional
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from bertprune.resources import packaged_path
 
 # Lightning's precision strings (lightning_fabric.connector._PRECISION_INPUT)
 PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
@@ -199,7 +204,7 @@ class TrainConfig(TeacherJobConfig):
 
 @dataclass
 class BenchOptions:
-    """prune.py's ``bench_options`` (bench=true): bertprune.lightning.bench_callback.LoadgenCallback's arguments."""
+    """prune.py's ``bench_options`` (bench=true): bertprune.jobs.callbacks.LoadgenCallback's arguments."""
     scenarios: List[Scenario] = field(default_factory=lambda: [Scenario.offline, Scenario.single_stream])
     mode: BenchMode = BenchMode.performance
     device: RuntimeDevice = RuntimeDevice.cpu   # prune.yaml: ${hardware.runtime_device}
@@ -265,7 +270,7 @@ class SystemSchema:
 @dataclass
 class BenchConfig:
     task: Dict[str, Any] = MISSING
-    scenario: Dict[str, Any] = MISSING  # {name: settings}; checked by bertprune.mlperf.scenarios.ScenarioSettings
+    scenario: Dict[str, Any] = MISSING  # {name: settings}; checked by bertprune.scenarios.ScenarioSettings
     source: str = MISSING
     mode: BenchMode = MISSING
     submission: bool = MISSING
@@ -324,17 +329,49 @@ SCHEMAS = {"train_schema": TrainConfig, "prune_schema": PruneConfig, "export_sch
            "bench_schema": BenchConfig, "publish_schema": PublishConfig}
 
 
+SWEPT_ENV = "BERTPRUNE_SWEPT_KEYS"  # the keys the running sweep varies (set at its start, read by job_suffix)
+IN_FOLDER_NAME = ("constraint",)    # already in the folder name (c<constraint>)
+
+
 def register() -> None:
-    """Register the schemas (Hydra's ConfigStore) and the ``${pkg:...}`` resolver; idempotent."""
-    from hydra.core.config_store import ConfigStore
-
-    from bertprune.resources import register_resolvers
-
+    """Register the schemas (Hydra's ConfigStore) and the configs' resolvers; idempotent."""
     register_resolvers()
     cs = ConfigStore.instance()
     for name, node in SCHEMAS.items():
         cs.store(name=name, node=node)
     cs.store(group="cost", name="latency_schema", node=LatencyCostConfig)
+
+
+def register_resolvers() -> None:
+    """The configs' OmegaConf resolvers: ``${pkg:package,relative/path}`` (``resources.packaged_path``),
+    ``${sweep_suffix:<overrides>}`` (a sweep job's folder-name suffix: the keys the sweep varies, ``job_suffix``)
+    and ``${structure:${structured},${constraint}}`` (a prune job's folder-name prefix: ``c0.5``, or ``dense``
+    for structured=false, whose constraint is never applied)."""
+    if not OmegaConf.has_resolver("pkg"):
+        OmegaConf.register_new_resolver("pkg", packaged_path)
+    if not OmegaConf.has_resolver("sweep_suffix"):
+        OmegaConf.register_new_resolver("sweep_suffix", lambda overrides, *named: job_suffix(list(overrides or ()), named))
+    if not OmegaConf.has_resolver("structure"):
+        OmegaConf.register_new_resolver("structure", _structure)
+
+
+def _structure(structured, constraint) -> str:
+    return f"c{constraint}" if structured in (True, "true", "True") else "dense"
+
+
+def job_suffix(task_overrides, named=()) -> str:
+    """The folder-name suffix of one sweep job: ``-key=value`` for each key the sweep varies besides the
+    constraint and the keys ``named`` already in the folder name (``hydra.sweep.subdir:
+    c${constraint}${sweep_suffix:${hydra.overrides.task}}``), so that no two jobs of a grid share a folder;
+    "" for a plain constraint sweep."""
+    swept = [k for k in os.environ.get(SWEPT_ENV, "").split(",") if k and k not in (*IN_FOLDER_NAME, *named)]
+    parts = []
+    for o in task_overrides or ():
+        key, _, value = str(o).partition("=")
+        if key.lstrip("+~") in swept:
+            value = value.lower() if value in ("True", "False") else value  # as typed: true / false
+            parts.append(f"{key.lstrip('+~')}={value}")
+    return "".join("-" + re.sub(r"[^A-Za-z0-9_.=+-]+", "_", p) for p in parts)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -94,28 +94,3 @@ def packaged_relative(path: str | Path) -> str | None:
         if p == root or root in p.parents:
             return f"{package}:{p.relative_to(root).as_posix()}"
     return None
-
-
-def register_resolvers() -> None:
-    """The configs' OmegaConf resolvers: ``${pkg:package,relative/path}``, ``${sweep_suffix:<overrides>}``
-    (a sweep job's folder-name suffix: the keys the sweep varies, ``bertprune.jobs.sweep.job_suffix``) and
-    ``${structure:${structured},${constraint}}`` (a prune job's folder-name prefix: ``c0.5``, or ``dense``
-    for structured=false, whose constraint is never applied)."""
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("pkg"):
-        OmegaConf.register_new_resolver("pkg", packaged_path)
-    if not OmegaConf.has_resolver("sweep_suffix"):
-        OmegaConf.register_new_resolver("sweep_suffix", _sweep_suffix)
-    if not OmegaConf.has_resolver("structure"):
-        OmegaConf.register_new_resolver("structure", _structure)
-
-
-def _structure(structured, constraint) -> str:
-    return f"c{constraint}" if structured in (True, "true", "True") else "dense"
-
-
-def _sweep_suffix(overrides, *named) -> str:
-    from bertprune.jobs.sweep import job_suffix
-
-    return job_suffix(list(overrides or ()), named)

@@ -65,6 +65,9 @@ RECONSTRUCT_ROLLED_BACK = "reconstruct/rolled_back"
 RECONSTRUCT_HELD_OUT = "reconstruct/held_out_samples"
 EXPORT_RUNTIME = "export/runtime"
 EXPORT_DENSE_ONNX_PATH = "export/dense_onnx_path"
+EXPORT_PARITY = "export/parity_max_abs_diff"
+EXPORT_PROVIDER = "export/provider"
+EXPORT_TIME = "export/time_s"
 # ---- where the run was logged (bench.py writes LoadGen's results back there)
 WANDB_RUN_ID = "wandb/run_id"
 WANDB_PROJECT = "wandb/project"
@@ -108,6 +111,48 @@ def export_key(variant: str, what: str) -> str:
     """``export/<variant>_<what>``: variant ``onnx`` / ``int8`` / ``pytorch``; what ``path``, ``file_size``,
     ``parity_max_abs_diff``, a metric name ..."""
     return f"export/{variant}_{what}"
+
+def export_entries(fp32: dict, int8: dict | None) -> dict:
+    """A job's results entries of its ONNX export (``bertprune.onnx.export.export_variant``'s ``fp32`` / ``int8``
+    reports): ``export/onnx_path``, ``export/onnx_<metric>``, ``export/pytorch_<metric>`` (metric named for what it
+    is: accuracy, mse, f1 ...), parity, provider, file size, time; ``export/int8_*`` for the INT8 variant."""
+    metric = fp32["metric"]
+    out = {export_key("onnx", "path"): fp32["path"], export_key("onnx", metric): fp32["metric_value"].get("onnx"),
+           export_key("pytorch", metric): fp32["metric_value"].get("pytorch"),
+           EXPORT_PARITY: fp32["parity_max_abs_diff"], EXPORT_PROVIDER: fp32["provider"],
+           export_key("onnx", "file_size"): fp32["file_size"], EXPORT_TIME: fp32["export_time_s"]}
+    if int8 is not None:
+        out.update({export_key("int8", "path"): int8["path"], export_key("int8", metric): int8["metric_value"].get("onnx"),
+                    export_key("int8", "file_size"): int8["file_size"],
+                    export_key("int8", "parity_max_abs_diff"): int8["parity_max_abs_diff"]})
+    return out
+
+
+def bench_key(precision: str, scenario: str, what: str) -> str:
+    """``bench/<scenario>/<what>`` for the FP32 export, ``bench_<precision>/<scenario>/<what>`` for the others
+    (scenario = config-group name, e.g. offline)."""
+    prefix = f"bench_{precision}" if precision != "fp32" else "bench"
+    return f"{prefix}/{scenario}/{what}"
+
+
+def loadgen_entries(rows, scenarios, modes) -> dict:
+    """A job's results entries of its LoadGen rows (``bertprune.mlperf.report`` rows): ``bench_key(...)`` for
+    valid, throughput, latency_p90_ms, latency_p99_ms (performance mode) and the metric (accuracy mode);
+    ``.../error`` for a run that did not finish."""
+    names = {s.loadgen: s.name for s in scenarios}
+    out: dict = {}
+    for row in rows:
+        key = lambda what: bench_key(row.precision, names[row.scenario], what)  # noqa: E731
+        if "performance" in modes:
+            out[key("valid")] = row.valid == "VALID"
+            out[key("throughput")] = row.throughput
+            out[key("latency_p90_ms")] = row.latency_p90_ms
+            out[key("latency_p99_ms")] = row.latency_p99_ms
+        if "accuracy" in modes:
+            out[key(row.metric)] = row.metric_value  # bench/offline/accuracy, .../mse, .../f1
+        if row.status != "ok":
+            out[key("error")] = row.error
+    return out
 
 
 def unstructured_key(name: str) -> str:

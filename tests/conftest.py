@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from bertprune.config import register
-from bertprune.onnx.interface import QA_OUTPUTS
+from bertprune.interface import QA_OUTPUTS
 from bertprune.resources import CONF_DIR, packaged_path
 
 CONF = str(CONF_DIR)

@@ -16,9 +16,10 @@ from conftest import CONF, compose_cfg, csv_task, minilm_dir, tiny_onnx, write_v
 
 from bertprune.io import sha256_file
 from bertprune.jobs.bench import bench, run_bench
-from bertprune.lightning.bench_callback import LoadgenCallback
-from bertprune.mlperf import runs, scenarios
-from bertprune.mlperf.scenarios import SCENARIOS, ScenarioSettings
+from bertprune.jobs.callbacks import LoadgenCallback
+from bertprune import scenarios
+from bertprune.mlperf import runs
+from bertprune.scenarios import SCENARIOS, ScenarioSettings
 from bertprune.onnx import variants
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -41,13 +41,13 @@ def test_every_config_composes_and_validates(config, group, option, tmp_path):
     if config in VALIDATE:
         VALIDATE[config](cfg)
     if config == "bench":
-        from bertprune.mlperf.scenarios import resolve_scenarios
+        from bertprune.scenarios import resolve_scenarios
 
         assert resolve_scenarios(dict(cfg.scenario))
 
 
 def test_all_scenarios_at_once_and_a_sweep_value_compose(tmp_path):
-    from bertprune.mlperf.scenarios import resolve_scenarios
+    from bertprune.scenarios import resolve_scenarios
 
     cfg = compose_cfg("bench", ["source=x", "scenario=[offline,single_stream,server,multi_stream]"], tmp_path)
     assert len(resolve_scenarios(dict(cfg.scenario))) == 4

@@ -159,7 +159,7 @@ def test_a_new_task_kind_is_one_class_in_kinds(tmp_path, monkeypatch):
     from bertprune.resources import packaged_path
     from bertprune.tasks import kinds
     from bertprune.tasks.data import make_loader, tokenize
-    from bertprune.tasks.evaluate import evaluate
+    from bertprune.evaluation import evaluate
 
     class Scored(kinds.Regression):  # a regression scored by mean absolute error
         name, metrics = "scored", ("mae",)

@@ -94,7 +94,7 @@ def test_good_deepsparse_seq_lens_pass_the_check():
 
 
 def test_sut_cuts_each_batch_to_the_shortest_compiled_length_that_holds_it():
-    from bertprune.mlperf.scenarios import ScenarioSettings
+    from bertprune.scenarios import ScenarioSettings
     from bertprune.mlperf.sut import OrtSUT
     from bertprune.tasks.features import Features
 
@@ -238,7 +238,7 @@ def test_prune_checks_deepsparse_lengths_against_the_task_before_any_work(tiny_c
     from bertprune.jobs.prune import prune
 
     monkeypatch.setattr(train, "ensure_teacher", lambda cfg: pytest.fail("teacher must not be trained"))
-    monkeypatch.setattr("bertprune.tasks.evaluators.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
+    monkeypatch.setattr("bertprune.evaluation.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
     cfg = tiny_cfg("prune", ["bench=true", "bench_options.runtime=deepsparse", "bench_options.deepsparse_seq_lens=[16,64]",
                              f"bench_options.deepsparse_python={fake_python}"])  # task.max_length=32
     with pytest.raises(ValueError, match=r"\[64\] outside \[1, 32\] \(task.max_length\)"):
@@ -286,7 +286,7 @@ def test_bench_runs_every_scenario_on_deepsparse_and_says_so(tiny_data, fake_pyt
     """LoadGen over the worker: every scenario VALID, accuracy mode equal to the direct evaluation, the rows,
     summary and submission tree naming DeepSparse, and every engine call at a compiled shape."""
     from bertprune.jobs.bench import run_bench
-    from bertprune.mlperf.scenarios import ScenarioSettings
+    from bertprune.scenarios import ScenarioSettings
 
     log = tmp_path / "engine.log"
     monkeypatch.setenv("FAKE_DEEPSPARSE_LOG", str(log))

@@ -18,7 +18,7 @@ import bertprune.onnx.export as onnx_export
 from bertprune.tasks.data import Task
 from bertprune.models import load_model, load_tokenizer, model_shape, save_checkpoint, tiny_bert
 from bertprune.onnx.export import export_variant
-from bertprune.onnx.interface import INPUTS, QA_OUTPUTS
+from bertprune.interface import INPUTS, QA_OUTPUTS
 from bertprune.onnx.parity import ParityError, check_parity, load_eval_data, run_pytorch
 from bertprune.onnx.quantize import quantize_int8
 from bertprune.onnx.variants import int8_dir
@@ -315,7 +315,7 @@ def test_export_single_checkpoint_goes_to_output_dir(checkpoints, tmp_path):
 
 @pytest.mark.integration
 def test_export_callback_returns_results_and_reuses_dense(checkpoints, pruned_export, task, tmp_path):
-    from bertprune.lightning.callbacks import ExportCallback
+    from bertprune.jobs.callbacks import ExportCallback
     from bertprune.jobs.export import dense_dir
 
     run_dir = tmp_path / "sweep" / "c0.5"

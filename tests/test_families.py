@@ -258,7 +258,7 @@ def test_refuse_pruned_reads_each_familys_config_names(tmp_path):
 @pytest.mark.parametrize("family", ("distilbert", "roberta"))
 def test_pruned_export_has_the_mlperf_interface_and_parity(family, kind, tmp_path):
     from bertprune.onnx.export import export_onnx
-    from bertprune.onnx.interface import INPUTS, check_interface
+    from bertprune.interface import INPUTS, check_interface
     from bertprune.onnx.parity import check_parity
     from bertprune.tasks.kinds import get_kind
 
@@ -348,7 +348,7 @@ def test_pruned_family_variant_under_loadgen_accuracy_equals_direct(family, kind
 
     from bertprune.mlperf import qsl, runs
     from bertprune.mlperf.runs import RunSpec
-    from bertprune.mlperf.scenarios import ScenarioSettings
+    from bertprune.scenarios import ScenarioSettings
     from bertprune.onnx import variants
     from bertprune.onnx.export import export_onnx
     from bertprune.tasks.data import Task

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CONF, NEG, POS, _snippet
+from conftest import CONF, _snippet
 from omegaconf import OmegaConf
 
 from bertprune.tasks import metrics as M
@@ -324,7 +324,7 @@ def test_loadgen_accuracy_mode_scores_the_task_metric(tiny_data, tmp_path, kind,
     from conftest import csv_task, make_regression_csv, write_variant
 
     from bertprune.jobs.bench import run_bench
-    from bertprune.mlperf.scenarios import ScenarioSettings
+    from bertprune.scenarios import ScenarioSettings
 
     task = dataclasses.replace(csv_task(tiny_data), metrics=metrics)  # as task.metrics=[...]
     if kind == "regression":  # an STS-B-like regression variant

@@ -16,11 +16,13 @@ import pytest
 
 from conftest import VOCAB, csv_task, minilm_dir, tiny_onnx, write_variant
 
-from bertprune.mlperf import logs, qsl, runs, scenarios, settings, sut
+from bertprune import scenarios
+from bertprune.mlperf import logs, qsl, runs, settings, sut
 from bertprune.mlperf.runs import RunSpec
-from bertprune.mlperf.scenarios import ScenarioSettings
+from bertprune.scenarios import ScenarioSettings
 from bertprune.mlperf.sut import OrtSUT
-from bertprune.onnx import interface, variants
+from bertprune import interface
+from bertprune.onnx import variants
 from bertprune.tasks.data import Task
 from bertprune.tasks.features import Features
 FAST = dict(min_duration_ms=500, calibration_s=0.3)
@@ -283,7 +285,8 @@ def test_variant_discovery_is_one_function(tiny_data, tmp_path, monkeypatch):
     one ``variants.discover_variants`` and find the same ones in a sweep (half-written exports skipped)."""
     import bertprune.jobs.bench as jobs_bench
     from benchmarks.export_speed import find_variants
-    from bertprune.lightning.bench_callback import LoadgenCallback
+    from bertprune.jobs import callbacks
+    from bertprune.jobs.callbacks import LoadgenCallback
 
     sweep = tmp_path / "sweep"
     write_variant(sweep / "dense" / "onnx", "dense")
@@ -300,7 +303,7 @@ def test_variant_discovery_is_one_function(tiny_data, tmp_path, monkeypatch):
     assert [p.variant.name for p in plans] == expected
     assert sorted(s["variant"] for s in find_variants(sweep)) == sorted(expected)
     seen = {}
-    monkeypatch.setattr(jobs_bench, "run_bench", lambda sources, *a, **k: seen.setdefault("sources", sources)
+    monkeypatch.setattr(callbacks, "run_bench", lambda sources, *a, **k: seen.setdefault("sources", sources)
                         and SimpleNamespace(files={}, complete=True, rows=[]))
     LoadgenCallback(scenarios=["offline"]).on_variant_saved(sweep / "0", minilm_dir(), csv_task(tiny_data), {})
     assert sorted(Path(s).parent.name for s in seen["sources"]) == ["onnx", "onnx_int8"]

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
-from omegaconf import open_dict
 
 from bertprune.core.cost import LatencyCost, MacCost, PiecewiseLinear, isotonic
 from bertprune.core.search import check_constraint, cost_ratio, search_latency, search_masks

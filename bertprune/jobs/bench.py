@@ -25,10 +25,11 @@ from bertprune.io import atomic_write_text, safe_name
 from bertprune.mlperf import qsl, runs as mlperf_runs
 from bertprune.mlperf.report import BenchSummary, build_rows, csv_table, markdown_table, plot
 from bertprune.mlperf.runs import RunSpec
-from bertprune.mlperf.scenarios import ScenarioSettings, resolve_modes, resolve_scenarios
+from bertprune.scenarios import ScenarioSettings, resolve_modes, resolve_scenarios
 from bertprune.mlperf.submission import mlperf_version, write_submission
 from bertprune.mlperf.system import SystemConfig, detect
-from bertprune.onnx import interface, variants
+from bertprune import interface
+from bertprune.onnx import variants
 from bertprune.onnx.variants import Variant
 
 log = logging.getLogger(__name__)
@@ -60,27 +61,6 @@ def _to_python(value):
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
-def loadgen_metrics(rows, scenarios, modes) -> dict:
-    """A job's results entries of its LoadGen rows: ``bench/<scenario>/{valid,throughput,latency_p90_ms,
-    latency_p99_ms,<metric>}`` for the FP32 export, ``bench_<precision>/...`` for the others (scenario =
-    config-group name, e.g. offline); ``.../error`` for a run that did not finish."""
-    names = {s.loadgen: s.name for s in scenarios}
-    out: dict = {}
-    for row in rows:
-        prefix = f"bench_{row.precision}" if row.precision != "fp32" else "bench"
-        key = f"{prefix}/{names[row.scenario]}"
-        if "performance" in modes:
-            out[f"{key}/valid"] = row.valid == "VALID"
-            out[f"{key}/throughput"] = row.throughput
-            out[f"{key}/latency_p90_ms"] = row.latency_p90_ms
-            out[f"{key}/latency_p99_ms"] = row.latency_p99_ms
-        if "accuracy" in modes:
-            out[f"{key}/{row.metric}"] = row.metric_value  # bench/offline/accuracy, .../mse, .../f1
-        if row.status != "ok":
-            out[f"{key}/error"] = row.error
-    return out
-
-
 def write_back_to_runs(plans, scenarios, modes, rows, runs: dict, out: Path) -> list[str]:
     """The LoadGen results of each variant exported by a prune job (``<job>/onnx``, ``<job>/onnx_int8``) on
     that job's W&B run, resumed by the id in its results.json, with the run folders' summaries as a
@@ -102,7 +82,7 @@ def write_back_to_runs(plans, scenarios, modes, rows, runs: dict, out: Path) -> 
                 files[log_file.relative_to(out).as_posix()] = log_file
         try:
             run_id = write_back(job / "results.json", {R.BENCH_SUMMARY: str(out / "summary.json"),
-                                                       **loadgen_metrics(mine, scenarios, modes)}, files)
+                                                       **R.loadgen_entries(mine, scenarios, modes)}, files)
         except Exception as e:  # noqa: BLE001 - the benchmark's own results are on disk already
             log.warning("W&B write-back to %s failed (%s: %s)", job, type(e).__name__, e)
             continue

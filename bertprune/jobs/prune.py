@@ -27,14 +27,14 @@ from bertprune.core.method import PruneMethod
 from bertprune.core.obs import check_memory, prunable_linears
 from bertprune.core.pipeline import PruneResult, prune_model, pruning_time, timed, unpruned_result
 from bertprune.core.search import check_constraint
+from bertprune.evaluation import evaluator_for
 from bertprune.io import atomic_write_json
+from bertprune.jobs.callbacks import default_callbacks
 from bertprune.lightning.hardware import check_hardware
 from bertprune.models import (FFN_KEY, HEADS_KEY, check_prunable, count_parameters, load_model, load_tokenizer,
                               save_checkpoint)
 from bertprune.models.adapters import adapter_for
 from bertprune.tasks.data import Task
-from bertprune.tasks.evaluators import evaluator_for
-from bertprune.tasks.metrics import metric_format
 
 log = logging.getLogger(__name__)
 RESULTS = R.RESULTS_FILE
@@ -260,7 +260,7 @@ class PruneInputs:
     latency_settings: Any  # cost=latency's table settings, or None
     run_dir: Path
     tokenizer: Any
-    evaluator: Any  # bertprune.tasks.evaluators: the kind's training rows, collate, validation scores
+    evaluator: Any  # bertprune.evaluation: the kind's training rows, collate, validation scores
     teacher: str
     model: torch.nn.Module
     batch_size: int
@@ -560,31 +560,3 @@ def run_unstructured(pruned, options, cfg, kind, train_rows, grad_batches, colla
     (run_dir / "obs_gradients.safetensors").unlink(missing_ok=True)  # B x the model's size: not kept
     u = cfg.unstructured
     return R.unstructured_entries(options, report, u.num_grads, u.grad_batch_size, memory)
-
-
-def default_callbacks(cfg, task: Task | None = None) -> list:
-    """Export / LoadGen callbacks switched on by ``export=true`` / ``bench=true``; ``bench_options`` are
-    LoadgenCallback's arguments, checked here (a wrong key or value is one error before the job prunes; with
-    ``task``, DeepSparse's lengths against its max_length too)."""
-    cbs = []
-    if cfg.get("export", False):
-        from bertprune.lightning.callbacks import ExportCallback
-
-        quantize = cfg.get("quantize")
-        cbs.append(ExportCallback(quantize=None if quantize is None else str(quantize),
-                                  device=str(cfg.hardware.runtime_device)))
-    if cfg.get("bench", False):
-        from bertprune.lightning.bench_callback import LoadgenCallback
-
-        # typed and closed by the schema (bertprune.config.BenchOptions): a wrong key or value fails composition
-        options = (OmegaConf.to_container(cfg.bench_options, resolve=True, enum_to_str=True)
-                   if cfg.get("bench_options") else {})
-        if not cfg.get("export", False):
-            raise ValueError("bench=true needs export=true: LoadGen runs the job's exported ONNX variant")
-        cb = LoadgenCallback(**options)
-        if task is not None:
-            from bertprune.onnx.deepsparse_runtime import check_seq_lens
-
-            check_seq_lens(cb.deepsparse_seq_lens, task.max_length, task.task_kind.fixed_seq_len, cb.runtime)
-        cbs.append(cb)
-    return cbs

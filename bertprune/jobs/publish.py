@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bertprune import results as R
-from bertprune.io import atomic_write_json, atomic_write_text
+from bertprune.io import atomic_write_json
 from bertprune.jobs.sweep import STAGES
 
 log = logging.getLogger(__name__)

@@ -23,15 +23,15 @@ import io
 import json
 import math
 import os
-import re
 import sys
 import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from bertprune.io import atomic_write_json, atomic_write_text
 from bertprune import results as R
+from bertprune.config import IN_FOLDER_NAME, SWEPT_ENV, job_suffix  # noqa: F401 (job_suffix: the sweep's folder names)
+from bertprune.io import atomic_write_json, atomic_write_text
 from bertprune.results import RESULTS_FILE as RESULTS
 from bertprune.results import STAGES
 from bertprune.tasks.metrics import metric_format
@@ -47,8 +47,6 @@ UNSTRUCTURED = [(R.unstructured_key(k), header, fmt) for k, header, fmt in (
 TAIL = [(R.KEPT_HEADS, "heads", "{}"), (R.KEPT_NEURONS, "neurons", "{}"),
         (R.PARAMETERS, "params", "{:,}"), (R.PRUNE_S, "prune s", "{:.1f}")]
 SHORT = {"accuracy": "acc"}
-SWEPT_ENV = "BERTPRUNE_SWEPT_KEYS"  # the keys the running sweep varies (set at its start, read by job_suffix)
-IN_FOLDER_NAME = ("constraint",)    # already in the folder name (c<constraint>)
 SEED = "seed"
 AGGREGATED = (R.MAC_RATIO, R.KEPT_HEADS, R.KEPT_NEURONS, R.PRUNE_S)  # + the metric columns
 
@@ -60,21 +58,6 @@ def swept_keys(overrides) -> list[str]:
 
     parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
     return [o.key_or_group for o in parsed if o.is_sweep_override()]
-
-
-def job_suffix(task_overrides, named=()) -> str:
-    """The folder-name suffix of one sweep job: ``-key=value`` for each key the sweep varies besides the
-    constraint and the keys ``named`` already in the folder name (``hydra.sweep.subdir:
-    c${constraint}${sweep_suffix:${hydra.overrides.task}}``), so that no two jobs of a grid share a folder;
-    "" for a plain constraint sweep."""
-    swept = [k for k in os.environ.get(SWEPT_ENV, "").split(",") if k and k not in (*IN_FOLDER_NAME, *named)]
-    parts = []
-    for o in task_overrides or ():
-        key, _, value = str(o).partition("=")
-        if key.lstrip("+~") in swept:
-            value = value.lower() if value in ("True", "False") else value  # as typed: true / false
-            parts.append(f"{key.lstrip('+~')}={value}")
-    return "".join("-" + re.sub(r"[^A-Za-z0-9_.=+-]+", "_", p) for p in parts)
 
 
 def job_overrides(job: Path) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from bertprune.tasks.data import Task, load_task_data, tokenize
-from bertprune.tasks.evaluate import evaluate
+from bertprune.evaluation import evaluate
 from bertprune.lightning.hardware import check_hardware, trainer_kwargs
 from bertprune.io import atomic_dir, atomic_write_json, sha256_file
 from bertprune.models import check_source, load_model, load_tokenizer, write_checkpoint

@@ -29,7 +29,7 @@ import numpy as np
 from bertprune.io import atomic_write_json, atomic_write_text
 from bertprune.mlperf.logs import accuracy_txt, parse_summary, read_accuracy_log
 from bertprune.mlperf.qsl import load_features
-from bertprune.mlperf.scenarios import MODES, ScenarioSettings, loadgen_name
+from bertprune.scenarios import MODES, ScenarioSettings, loadgen_name
 from bertprune.mlperf.settings import LOADGEN_MODEL, calibrate, loadgen_config, retune
 from bertprune.mlperf.sut import OrtSUT
 from bertprune.onnx.variants import sha256_mismatch

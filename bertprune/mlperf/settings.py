@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bertprune.mlperf.scenarios import ScenarioSettings
+from bertprune.scenarios import ScenarioSettings
 from bertprune.mlperf.sut import OrtSUT
 
 LOADGEN_MODEL = "bert"  # the model key of LoadGen's mlperf.conf

@@ -15,8 +15,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from bertprune.mlperf.scenarios import ScenarioSettings
-from bertprune.onnx.interface import INPUTS
+from bertprune.scenarios import ScenarioSettings
+from bertprune.interface import INPUTS
 from bertprune.tasks.features import Features
 from bertprune.tasks.kinds import get_kind
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bertprune.hub import hub_errors
 from bertprune.io import atomic_dir, atomic_write_text
 from bertprune.models.adapters import FAMILIES, FFN_KEY, HEADS_KEY, adapter_for
 from bertprune.tasks.kinds import TaskKind, get_kind
@@ -20,44 +21,6 @@ def _is_local(name_or_path: str) -> bool:
     """A folder (existing, or written as a path) rather than a hub name ("bert-base-uncased", "org/name")."""
     return (Path(name_or_path).exists() or name_or_path.startswith((".", "/", "~"))
             or name_or_path.count("/") > 1 or (os.path.sep != "/" and os.path.sep in name_or_path))
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    """True if ``exc`` (or anything in its chain) says the Hugging Face hub could not be reached."""
-    try:
-        from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
-        hub = (LocalEntryNotFoundError, OfflineModeIsEnabled)
-    except ImportError:  # pragma: no cover - very old huggingface_hub
-        hub = ()
-    import socket
-
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, (*hub, ConnectionError, TimeoutError, socket.gaierror)) or \
-                type(exc).__name__ in ("ConnectError", "ConnectTimeout", "ConnectionError"):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def hub_errors(name: str, what: str = "model", local: str = "model.name_or_path=/path/to/a/local/folder"):
-    """Context manager: a hub download that fails for lack of a network becomes one clear error
-    ("no network: give a local folder"); every other error passes through unchanged."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def _ctx():
-        try:
-            yield
-        except Exception as e:
-            if not _is_connection_error(e):
-                raise
-            raise OSError(f"no network: the {what} {name!r} is not a local folder, so it is read as a Hugging Face "
-                          f"hub name, and the hub cannot be reached (nor is it in the hub cache). Give a local folder "
-                          f"instead ({local}), or run once with a network to fill the hub cache.") from None
-
-    return _ctx()
 
 
 def check_safetensors(path: str | Path) -> None:

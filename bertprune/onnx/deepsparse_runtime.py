@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from bertprune.onnx import deepsparse_worker as protocol
-from bertprune.onnx.interface import INPUTS
+from bertprune.interface import INPUTS
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ import time
 import traceback
 from pathlib import Path
 
-INPUTS = ("input_ids", "input_mask", "segment_ids")  # the MLPerf BERT interface (bertprune.onnx.interface)
+INPUTS = ("input_ids", "input_mask", "segment_ids")  # the MLPerf BERT interface (bertprune.interface)
 ROUTE_MARGIN = 0.10  # a length runs at a longer one only when that engine is > 10 % faster
 IR_MAX = 9  # the ONNX Runtime inside DeepSparse 1.8 reads IR versions <= 9
 _LEN = struct.Struct("<Q")

@@ -33,8 +33,9 @@ from pathlib import Path
 import torch
 
 from bertprune.io import atomic_dir, atomic_write_json, sha256_file
-from bertprune.onnx import interface
-from bertprune.onnx.interface import INPUTS, MLPerfWrapper
+from bertprune import interface
+from bertprune.interface import INPUTS
+from bertprune.onnx.wrapper import MLPerfWrapper
 from bertprune.onnx.parity import (PARITY_BATCH_SIZES, PARITY_TOLERANCE, ParityError, check_parity, evaluate_onnx,
                                    evaluate_pytorch, load_eval_data, torch_device)
 from bertprune.onnx.quantize import QUANTIZE, quantize_int8

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from bertprune.core.cost import LatencyCost, MacCost
+from bertprune.scenarios import ScenarioSettings
 from bertprune.tasks.kinds import get_kind
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,6 @@ def check_settings(s: LatencySettings) -> None:
 def scenario_serving(name: str) -> tuple[int, int | None]:
     """(batch size, intra-op threads) of the LoadGen scenario ``name`` as ``conf/scenario/<name>.yaml`` sets
     them (SingleStream 1; Offline its configured batch), i.e. what ``bench.py`` serves the model with."""
-    from bertprune.mlperf.scenarios import ScenarioSettings
-
     if name not in SCENARIO_NAMES:
         _fail("scenario", name, f"one of {', '.join(SCENARIO_NAMES)}")
     sc = ScenarioSettings.named(name)
@@ -245,7 +244,7 @@ class Runner:
             self.outputs = list(kind.onnx_outputs)
             self._run = lambda: self.session.run(self.outputs, self.feeds)
         else:
-            from bertprune.onnx.interface import MLPerfWrapper
+            from bertprune.onnx.wrapper import MLPerfWrapper
 
             dev = torch.device("cuda" if resolve_runtime(s)["provider"] == "cuda" else "cpu")
             self.provider = str(dev)

@@ -3,7 +3,7 @@
 ``check_parity`` compares every output on padded validation batches (``load_eval_data``: the first b
 validation samples padded to the longest one and to ``max_length``, for each parity batch size b);
 ``evaluate_onnx`` / ``evaluate_pytorch`` measure the task metric with both, with the same definitions as
-``bertprune.tasks.evaluate`` (text kinds) and the kind's ``score`` (qa: SQuAD v1.1 after n-best decoding).
+``bertprune.evaluation`` (text kinds) and the kind's ``score`` (qa: SQuAD v1.1 after n-best decoding).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bertprune.onnx.interface import INPUTS, MLPerfWrapper
+from bertprune.interface import INPUTS
+from bertprune.onnx.wrapper import MLPerfWrapper
 from bertprune.tasks.data import Task
 from bertprune.tasks.features import to_feeds
 from bertprune.tasks.kinds import KINDS, QuestionAnswering, get_kind, score
@@ -72,7 +73,7 @@ def torch_device(session) -> str:
 
 
 def evaluate_onnx(session, data, kind, examples=None, batch_size: int = EVAL_BATCH_SIZE, metrics=None) -> dict:
-    """Task metrics through ONNX Runtime, with the same definitions as ``bertprune.tasks.evaluate``.
+    """Task metrics through ONNX Runtime, with the same definitions as ``bertprune.evaluation``.
 
     classification / regression: ``data`` = batches with a ``labels`` entry (a ``make_loader`` loader)
     -> ``{"accuracy": %}`` / ``{"mse": ..}``. qa: ``data`` = ``squad.SquadFeatures`` and ``examples`` the
@@ -92,12 +93,12 @@ def evaluate_onnx(session, data, kind, examples=None, batch_size: int = EVAL_BAT
 
 def evaluate_pytorch(model, data, kind, examples=None, device="cpu", batch_size: int = EVAL_BATCH_SIZE,
                      metrics=None) -> dict:
-    """The PyTorch side of ``evaluate_onnx`` (classification goes through ``bertprune.tasks.evaluate``)."""
+    """The PyTorch side of ``evaluate_onnx`` (classification goes through ``bertprune.evaluation``)."""
     kind = get_kind(kind)
     if isinstance(kind, QuestionAnswering):
         model = model.to(device).eval()
         return _span_metrics(kind, lambda feeds: run_pytorch(model, feeds, kind, device), data, examples, batch_size)
-    from bertprune.tasks.evaluate import evaluate
+    from bertprune.evaluation import evaluate
 
     return evaluate(model.to(device), data, kind.name, device, metrics=metrics)
 

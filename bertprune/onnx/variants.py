@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bertprune.onnx import interface
+from bertprune import interface
 
 log = logging.getLogger(__name__)
 

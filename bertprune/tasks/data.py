@@ -17,6 +17,7 @@ import datasets
 import numpy as np
 import torch
 
+from bertprune.hub import hub_errors
 from bertprune.tasks.kinds import TaskKind, get_kind, score
 from bertprune.tasks.metrics import METRICS
 
@@ -337,8 +338,6 @@ def load_task_data(task: Task) -> datasets.DatasetDict:
         dd = load_debates2016(task.data_file, task.validation_fraction)
         rows = {split: (f"{task.data_file} ({split} split)", "index") for split in dd}
     elif task.source == "hub" and not task.local_files():
-        from bertprune.models import hub_errors
-
         if not task.hub_name:
             raise ValueError(f"task {task.name}: source=hub needs task.hub_name (e.g. glue)")
         with hub_errors(task.hub_name, "data set", "task.source=files with task.train_file/task.validation_file"):

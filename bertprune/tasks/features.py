@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bertprune.onnx.interface import HF_INPUTS, INPUTS
+from bertprune.interface import HF_INPUTS, INPUTS
 from bertprune.tasks.kinds import KINDS, QuestionAnswering, get_kind
 
 TRAIN_ROWS_FOR_LENGTH = 4096  # training rows whose mean token length is the MAC model's S (export)

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from bertprune.onnx.interface import LOGITS_OUTPUTS, QA_OUTPUTS
+from bertprune.interface import LOGITS_OUTPUTS, QA_OUTPUTS
 from bertprune.tasks.metrics import METRICS
 
 

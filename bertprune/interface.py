@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 INPUTS = ("input_ids", "input_mask", "segment_ids")
 INPUT_DTYPE = "int64"
 # Hugging Face argument behind each MLPerf input name.
@@ -128,27 +126,3 @@ def check_interface(model, kind, max_length: int | None = None, num_labels: int 
         if output_dims is not None and num_labels is not None and output_dims != num_labels:
             raise InterfaceError(f"{where}: logits have {output_dims} columns but the task has num_labels={num_labels}")
     return Signature(onnx_seq_len=onnx_seq_len, outputs=list(want), output_dims=output_dims)
-
-
-class MLPerfWrapper(torch.nn.Module):
-    """MLPerf names -> Hugging Face names; returns the kind's ``graph_outputs`` ((start, end) logits for
-    qa, ``[batch, seq]`` each; else the logits ``[batch, num_labels]``). kind: a ``tasks.kinds.TaskKind``.
-
-    ``segment_ids`` stays a graph input for every family: a family that reads no token types (its
-    adapter's ``takes_token_types``: DistilBERT, RoBERTa) gets it through a zero-cost use (``input_ids
-    + 0 * segment_ids``), so the exporter does not fold the input away."""
-
-    def __init__(self, model, kind):
-        from bertprune.models.adapters import adapter_for
-
-        super().__init__()
-        self.model, self.kind = model, kind
-        self.takes_token_types = adapter_for(model).takes_token_types
-
-    def forward(self, input_ids, input_mask, segment_ids):
-        if self.takes_token_types:
-            out = self.model(input_ids=input_ids, attention_mask=input_mask, token_type_ids=segment_ids)
-        else:
-            out = self.model(input_ids=input_ids + 0 * segment_ids, attention_mask=input_mask)
-        outs = self.kind.graph_outputs(out)
-        return outs if len(outs) > 1 else outs[0]

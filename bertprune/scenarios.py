@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Mapping
 
+from omegaconf import OmegaConf
+
+from bertprune.resources import CONF_DIR
+
 # Config-group name -> LoadGen scenario name.
 SCENARIOS = {"offline": "Offline", "single_stream": "SingleStream", "multi_stream": "MultiStream", "server": "Server"}
 
@@ -86,10 +90,6 @@ class ScenarioSettings:
         """The settings of ``conf/scenario/<name>.yaml`` (what bench.py's ``scenario=[<name>]`` composes), with
         ``overrides``: a scenario given by name alone runs as configured (Offline at its batch size 32, with
         min_query_count 1), never at this class's bare defaults."""
-        from omegaconf import OmegaConf
-
-        from bertprune.resources import CONF_DIR
-
         key = scenario_key(name)
         path = CONF_DIR / "scenario" / f"{key}.yaml"
         try:
